@@ -1,0 +1,1 @@
+"""The semcodec bitstream: container format (``container``) and entropy coding (``entropy``)."""
