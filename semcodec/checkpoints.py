@@ -1,0 +1,154 @@
+"""Self-describing safetensors checkpoints (no pickles).
+
+Every checkpoint carries in its ``__metadata__``: ``format_version``, ``kind``,
+the full architecture config as JSON, the semantic priors it holds, and the
+semcodec version. The architecture is rebuilt from that config and checked
+against the tensors; it is never inferred from tensor shapes.
+
+The entropy bottleneck's integer CDF tables (``_quantized_cdf``, ``_offset``,
+``_cdf_length``) are saved once a model is frozen for shipping; they are what
+the decoder codes with, so every machine uses the very same integers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import ModelError
+from .models.residual import ResidualCodec, ResidualConfig
+from .version import __version__
+
+#: Version of the checkpoint layout (independent of the package and bitstream versions).
+CHECKPOINT_FORMAT_VERSION = "1"
+
+_OPTIMIZER_PREFIX = "optimizer/"
+_CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
+
+
+def file_digest(path: str | Path) -> bytes:
+    """Full sha256 of a file (the stream header stores its first 8 bytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file through a temporary file and a rename, so no partial file remains."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_residual_checkpoint(model: ResidualCodec, path: str | Path, metadata: dict | None = None,
+                             optimizer_state: dict[str, torch.Tensor] | None = None,
+                             dtype: torch.dtype = torch.float32) -> None:
+    """Save a residual codec (optionally with Adam moments for resuming) as safetensors.
+
+    Args:
+        model: the codec.
+        path: destination file; written atomically.
+        metadata: extra string-able metadata (iterations, recipe, ...).
+        optimizer_state: flat tensor dict of optimizer state, stored under ``optimizer/``.
+        dtype: storage dtype of floating-point weights (``torch.float16`` for shipped files).
+    """
+    tensors = {}
+    for name, t in model.state_dict().items():
+        if name.startswith("gaussian_conditional."):
+            continue  # the coder uses semcodec's own scale table, not these buffers
+        if name.rsplit(".", 1)[-1] in _CDF_BUFFERS and t.numel() == 0:
+            continue  # not frozen yet
+        t = t.detach().contiguous()
+        tensors[name] = t.to(dtype) if t.is_floating_point() else t
+    for name, t in (optimizer_state or {}).items():
+        tensors[_OPTIMIZER_PREFIX + name] = t.detach().contiguous().float()
+    meta = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "kind": "residual",
+        "config": json.dumps(model.config.to_dict()),
+        "semantic_priors": json.dumps({k: p.project.in_channels for k, p in model.semantic_priors.items()}),
+        "semcodec_version": __version__,
+    }
+    meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    atomic_save(tensors, Path(path), meta)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, without loading tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (OSError, SafetensorError) as e:
+        raise ModelError(f"cannot read checkpoint {path}: {e}") from None
+
+
+def load_residual_checkpoint(path: str | Path, with_optimizer: bool = False):
+    """Load a residual codec checkpoint.
+
+    Returns:
+        ``(model, metadata)``, or ``(model, optimizer_state, metadata)`` with ``with_optimizer``.
+        The model is in float32 and eval mode.
+
+    Raises:
+        ModelError: unreadable file, wrong kind or format version, or tensors that do not
+            match the architecture recorded in the metadata.
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    if meta.get("kind") != "residual":
+        raise ModelError(f"{path} is not a semcodec residual-codec checkpoint")
+    if meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        raise ModelError(f"{path} has checkpoint format {meta.get('format_version')!r}; "
+                         f"this semcodec reads {CHECKPOINT_FORMAT_VERSION!r}")
+    try:
+        config = ResidualConfig.from_dict(json.loads(meta["config"]))
+        priors = json.loads(meta.get("semantic_priors", "{}"))
+        tensors = load_file(str(path))
+    except (KeyError, TypeError, ValueError, SafetensorError) as e:
+        raise ModelError(f"malformed checkpoint {path}: {e}") from None
+    model = ResidualCodec(config)
+    for key, token_dim in priors.items():
+        model.add_semantic_prior(key, int(token_dim))
+    optimizer_state = {k[len(_OPTIMIZER_PREFIX):]: v for k, v in tensors.items() if k.startswith(_OPTIMIZER_PREFIX)}
+    weights = {k: v for k, v in tensors.items() if not k.startswith(_OPTIMIZER_PREFIX)}
+    # The frozen integer CDF tables have data-dependent shapes: size the buffers first.
+    eb = model.entropy_bottleneck
+    for buf in _CDF_BUFFERS:
+        key = f"entropy_bottleneck.{buf}"
+        if key in weights:
+            getattr(eb, buf).resize_(weights[key].shape)
+    expected = {k for k in model.state_dict() if not k.startswith("gaussian_conditional.")}
+    optional = {f"entropy_bottleneck.{b}" for b in _CDF_BUFFERS}
+    missing = expected - weights.keys() - optional
+    unexpected = weights.keys() - expected
+    if missing or unexpected:
+        raise ModelError(f"checkpoint {path} does not match its recorded architecture "
+                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    state = model.state_dict()
+    for k, v in weights.items():
+        if state[k].shape != v.shape:
+            raise ModelError(f"checkpoint {path}: tensor {k} has shape {tuple(v.shape)}, "
+                             f"architecture expects {tuple(state[k].shape)}")
+    model.load_state_dict({k: v.to(state[k].dtype) for k, v in weights.items()}, strict=False)
+    model.eval()
+    if with_optimizer:
+        return model, optimizer_state, meta
+    return model, meta

@@ -1,0 +1,178 @@
+"""Layer 1: the residual pixel codec (mean-scale hyperprior with gain vectors and a semantic prior).
+
+::
+
+    x ─ g_a ─ y ─·gain(q)─ y' ──────── Q(y' - μ) + μ ─ ŷ' ─·gain⁻¹(q)─ g_s ─ x̂
+                  │                          ▲ (μ, σ)
+                  └ h_a ─·hgain(q)─ z ─ Q ─ ẑ ─·hgain⁻¹(q)─ h_s ─ (+ SemanticPrior(T̂)) ─┘
+
+Minnen, Ballé, Toderici, "Joint Autoregressive and Hierarchical Priors for Learned
+Image Compression" (NeurIPS 2018), mean-scale hyperprior without the autoregressive
+context; continuous rate through interpolated gain vectors as in Cui et al.,
+"Asymmetric Gained Deep Image Compression With Continuous Rate Adaptation" (CVPR 2021).
+
+The rate knob ``q`` is real-valued in ``[0, L-1]`` where ``L`` is the number of
+trained λ levels: ``gain(q) = gain[l]^(1-t) · gain[l+1]^t`` with ``l = floor(q)``,
+``t = q - l``. Larger ``q`` means more bits.
+
+``forward`` is the training path (noisy/straight-through quantization, likelihoods);
+coding a real stream is in :mod:`semcodec.codec` over :mod:`semcodec.bitstream.entropy`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .. import _compat  # noqa: F401  (torchvision import shim; must precede compressai)
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+
+from .transforms import (
+    SemanticPrior,
+    analysis_transform,
+    hyper_analysis_transform,
+    hyper_synthesis_transform,
+    synthesis_transform,
+)
+
+#: Lower bound of σ, shared by training (GaussianConditional) and the coder's scale table.
+SCALE_MIN = 0.11
+
+
+@dataclass(frozen=True)
+class ResidualConfig:
+    """Architecture of the residual codec (stored as JSON in every checkpoint)."""
+
+    N: int = 96
+    M: int = 128
+    #: λ of each gain level (distortion weight on MSE of [0, 255] pixels / 255²), ascending.
+    lambdas: tuple[float, ...] = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483)
+    #: Channels of the semantic prior's hidden layers.
+    prior_channels: int = 64
+
+    @property
+    def levels(self) -> int:
+        return len(self.lambdas)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ResidualConfig":
+        d = dict(d)
+        d["lambdas"] = tuple(d["lambdas"])
+        return cls(**d)
+
+
+@dataclass
+class ResidualOutput:
+    """Result of the training forward pass."""
+
+    x_hat: torch.Tensor                 # (B, 3, H, W) reconstruction in [0, 1] (not clamped)
+    y_likelihoods: torch.Tensor         # (B, M, h, w)
+    z_likelihoods: torch.Tensor         # (B, N, h/4, w/4)
+    extras: dict = field(default_factory=dict)
+
+
+class ResidualCodec(nn.Module):
+    """Mean-scale hyperprior with continuous-rate gain vectors and optional semantic priors."""
+
+    def __init__(self, config: ResidualConfig):
+        super().__init__()
+        self.config = config
+        N, M, L = config.N, config.M, config.levels
+        self.g_a = analysis_transform(N, M)
+        self.g_s = synthesis_transform(N, M)
+        self.h_a = hyper_analysis_transform(N, M)
+        self.h_s = hyper_synthesis_transform(N, M)
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None, scale_bound=SCALE_MIN)
+        # Gains are stored as logs so that interpolation is linear and gains stay positive.
+        self.log_gain = nn.Parameter(torch.linspace(-1.0, 1.0, L)[:, None].repeat(1, M))      # (L, M)
+        self.log_inv_gain = nn.Parameter(-self.log_gain.detach().clone())                      # (L, M)
+        self.log_hyper_gain = nn.Parameter(torch.zeros(L, N))                                   # (L, N)
+        self.log_hyper_inv_gain = nn.Parameter(torch.zeros(L, N))                               # (L, N)
+        #: One semantic prior per semantic model id (e.g. "tiny"); empty for a pixels-only model.
+        self.semantic_priors = nn.ModuleDict()
+
+    # ------------------------------------------------------------------ gains
+    def gains(self, q: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Interpolated gain vectors for rate knobs ``q`` of shape (B,), values in [0, L-1].
+
+        Returns a dict of (B, C, 1, 1) tensors: ``y``, ``y_inv``, ``z``, ``z_inv``.
+        """
+        L = self.config.levels
+        q = q.to(torch.float32).clamp(0, L - 1)
+        lo = q.floor().long().clamp(max=L - 2) if L > 1 else torch.zeros_like(q, dtype=torch.long)
+        t = (q - lo.to(q.dtype))[:, None]                                   # (B, 1)
+
+        def interp(table: torch.Tensor) -> torch.Tensor:                    # (L, C) → (B, C, 1, 1)
+            if L == 1:
+                return table[0].exp().expand(q.shape[0], -1)[..., None, None]
+            v = table[lo] * (1 - t) + table[lo + 1] * t
+            return v.exp()[..., None, None]
+
+        return {
+            "y": interp(self.log_gain), "y_inv": interp(self.log_inv_gain),
+            "z": interp(self.log_hyper_gain), "z_inv": interp(self.log_hyper_inv_gain),
+        }
+
+    # ------------------------------------------------------------------ semantic prior
+    def add_semantic_prior(self, semantic_model: str, token_dim: int) -> SemanticPrior:
+        """Create (or return) the semantic prior for one semantic model id."""
+        key = _module_key(semantic_model)
+        if key not in self.semantic_priors:
+            self.semantic_priors[key] = SemanticPrior(token_dim, self.config.prior_channels, self.config.M)
+        return self.semantic_priors[key]
+
+    def entropy_parameters(self, z_hat: torch.Tensor, gains: dict[str, torch.Tensor],
+                           latent_size: tuple[int, int], semantic: "SemanticCondition | None") -> torch.Tensor:
+        """(scales ‖ means) of ``y`` in the gained domain: (B, 2M, h, w)."""
+        params = self.h_s(z_hat * gains["z_inv"])
+        h, w = latent_size
+        params = params[:, :, :h, :w]
+        if semantic is not None:
+            prior = self.semantic_priors[_module_key(semantic.model)]
+            params = params + prior(semantic.tokens, semantic.grid, semantic.region, (h, w))
+        return params
+
+    # ------------------------------------------------------------------ training path
+    def forward(self, x: torch.Tensor, q: torch.Tensor, semantic: "SemanticCondition | None" = None) -> ResidualOutput:
+        """Training forward pass.
+
+        Args:
+            x: (B, 3, H, W) images in [0, 1]; H and W multiples of 64.
+            q: (B,) rate knobs in [0, L-1].
+            semantic: decoded tokens to condition on, or None.
+        """
+        g = self.gains(q)
+        y = self.g_a(x) * g["y"]                                         # (B, M, H/16, W/16)
+        z = self.h_a(y) * g["z"]                                         # (B, N, H/64, W/64)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        params = self.entropy_parameters(z_hat, g, y.shape[-2:], semantic)
+        scales, means = params.chunk(2, dim=1)                           # (B, M, h, w) each
+        _, y_likelihoods = self.gaussian_conditional(y, scales, means)   # noisy proxy for the rate
+        y_hat = torch.round(y - means).detach() + (y - means) - (y - means).detach() + means  # STE for g_s
+        x_hat = self.g_s(y_hat * g["y_inv"])
+        return ResidualOutput(x_hat=x_hat, y_likelihoods=y_likelihoods, z_likelihoods=z_likelihoods)
+
+    def aux_loss(self) -> torch.Tensor:
+        """Loss that fits the entropy bottleneck's quantiles (CompressAI convention)."""
+        return self.entropy_bottleneck.loss()
+
+
+@dataclass
+class SemanticCondition:
+    """Decoded semantic tokens handed to the residual codec's semantic prior."""
+
+    model: str                                   # semantic model id, e.g. "tiny"
+    tokens: torch.Tensor                         # (B, gh*gw, D)
+    grid: tuple[int, int]                        # (gh, gw)
+    region: tuple[float, float, float, float]    # image region inside the tower input (top, left, h, w), fractions
+
+
+def _module_key(semantic_model: str) -> str:
+    """ModuleDict keys may not contain dots or dashes."""
+    return semantic_model.replace("-", "_").replace(".", "_")

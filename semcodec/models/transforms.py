@@ -1,0 +1,111 @@
+"""Plain neural transforms of the residual codec (no entropy-coder state).
+
+Paper notation (Ballé et al. 2018, Minnen et al. 2018):
+
+* ``g_a`` analysis transform, image ``x`` → latent ``y``        (B, 3, H, W) → (B, M, H/16, W/16)
+* ``g_s`` synthesis transform, ``y_hat`` → ``x_hat``
+* ``h_a`` hyper-analysis, ``y`` → hyper-latent ``z``             (B, M, h, w) → (B, N, h/4, w/4)
+* ``h_s`` hyper-synthesis, ``z_hat`` → entropy parameters of ``y`` (B, N, h/4, w/4) → (B, 2M, h, w)
+* ``SemanticPrior`` decoded semantic tokens → a correction of the entropy parameters on the latent grid
+
+Everything here is an ``nn.Module`` built from CompressAI layers; the entropy
+models and the coding itself live in ``semcodec.models.residual`` and
+``semcodec.bitstream.entropy``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _compat  # noqa: F401  (torchvision import shim; must precede compressai)
+from compressai.layers import GDN
+from compressai.models.utils import conv, deconv
+
+
+def analysis_transform(N: int, M: int) -> nn.Sequential:
+    """``g_a``: four stride-2 5×5 convolutions with GDN. (B, 3, H, W) → (B, M, H/16, W/16)."""
+    return nn.Sequential(
+        conv(3, N), GDN(N),
+        conv(N, N), GDN(N),
+        conv(N, N), GDN(N),
+        conv(N, M),
+    )
+
+
+def synthesis_transform(N: int, M: int) -> nn.Sequential:
+    """``g_s``: mirror of ``g_a`` with inverse GDN. (B, M, h, w) → (B, 3, 16h, 16w)."""
+    return nn.Sequential(
+        deconv(M, N), GDN(N, inverse=True),
+        deconv(N, N), GDN(N, inverse=True),
+        deconv(N, N), GDN(N, inverse=True),
+        deconv(N, 3),
+    )
+
+
+def hyper_analysis_transform(N: int, M: int) -> nn.Sequential:
+    """``h_a``: (B, M, h, w) → (B, N, h/4, w/4)."""
+    return nn.Sequential(
+        conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+        conv(N, N), nn.LeakyReLU(inplace=True),
+        conv(N, N),
+    )
+
+
+def hyper_synthesis_transform(N: int, M: int) -> nn.Sequential:
+    """``h_s`` of the mean-scale hyperprior: (B, N, h/4, w/4) → (B, 2M, h, w) = (scales ‖ means)."""
+    return nn.Sequential(
+        deconv(N, M), nn.LeakyReLU(inplace=True),
+        deconv(M, M * 3 // 2), nn.LeakyReLU(inplace=True),
+        conv(M * 3 // 2, M * 2, stride=1, kernel_size=3),
+    )
+
+
+class SemanticPrior(nn.Module):
+    """Maps decoded semantic tokens onto the latent grid as a correction of the entropy parameters.
+
+    ::
+
+        tokens (B, gh·gw, D) ─ reshape → (B, D, gh, gw) ─ 1×1 conv → C ─ resize to the latent
+        grid of the padded square ─ crop the image region → (B, C, h, w) ─ 3×3 convs → (B, 2M, h, w)
+
+    The last convolution starts at zero, so a model with an untrained prior behaves
+    exactly like the model without one; a stream without layer 0 uses no correction.
+    """
+
+    def __init__(self, token_dim: int, channels: int, M: int):
+        super().__init__()
+        self.project = nn.Conv2d(token_dim, channels, kernel_size=1)
+        self.refine = nn.Sequential(
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1), nn.LeakyReLU(inplace=True),
+            nn.Conv2d(channels, 2 * M, kernel_size=3, padding=1),
+        )
+        nn.init.zeros_(self.refine[-1].weight)
+        nn.init.zeros_(self.refine[-1].bias)
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int], region: tuple[float, float, float, float],
+                latent_size: tuple[int, int]) -> torch.Tensor:
+        """Args:
+            tokens: (B, gh*gw, D) decoded patch tokens in raster order.
+            grid: (gh, gw) token grid.
+            region: (top, left, height, width) of the image inside the tower's input, as fractions of it.
+            latent_size: (h, w) of the latent ``y``.
+
+        Returns:
+            (B, 2M, h, w) additive correction of (scales ‖ means) parameters.
+        """
+        B, _, D = tokens.shape
+        gh, gw = grid
+        t = tokens.transpose(1, 2).reshape(B, D, gh, gw)        # (B, D, gh, gw)
+        f = self.project(t)                                     # (B, C, gh, gw)
+        h, w = latent_size
+        top, left, rh, rw = region
+        # Resize so that the image region of the token grid covers exactly h × w latent cells.
+        full_h, full_w = round(h / rh), round(w / rw)
+        f = F.interpolate(f, size=(full_h, full_w), mode="bilinear", align_corners=False)
+        r0, c0 = round(top * full_h), round(left * full_w)
+        f = f[:, :, r0:r0 + h, c0:c0 + w]                       # (B, C, h, w)
+        if f.shape[-2:] != (h, w):                               # rounding at the border
+            f = F.pad(f, (0, w - f.shape[-1], 0, h - f.shape[-2]), mode="replicate")
+        return self.refine(f)                                   # (B, 2M, h, w)

@@ -1,0 +1,235 @@
+"""Training of the residual codec: random crops, RD loss over a set of λ, resumable.
+
+The loop is built for a CPU budget (see DESIGN.md): it runs in the background,
+writes ``last.safetensors`` in its run folder at least every ``checkpoint_minutes``
+(atomically), appends one JSON line per logging step to ``log.jsonl`` and keeps an
+hourly snapshot for the learning curve. A run resumes from its own
+``last.safetensors`` (weights and Adam moments) or from a shipped checkpoint
+(weights only).
+
+Loss per image ``b`` with its level ``l_b`` (uniformly drawn):
+``R_b + λ_{l_b} · 255² · MSE_b`` where ``R_b`` is the estimated bits per pixel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoints import load_residual_checkpoint, save_residual_checkpoint
+from .errors import InvalidInputError
+from .models.residual import ResidualCodec, ResidualConfig
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class TrainSettings:
+    """Knobs of one training run (stored in the checkpoint metadata as the recipe)."""
+
+    data: str
+    run_dir: str
+    crop: int = 128
+    batch_size: int = 8
+    lr: float = 1e-3
+    lr_final: float = 1e-4
+    lr_decay_iterations: int = 150_000
+    warmup_iterations: int = 1000
+    aux_lr: float = 1e-3
+    max_iterations: int = 10**9
+    max_hours: float = 1e9
+    checkpoint_minutes: float = 8.0
+    log_every: int = 50
+    seed: int = 0
+    threads: int = 0
+
+
+def load_training_images(folder: str | Path, min_side: int) -> list[torch.Tensor]:
+    """Decode every image of ``folder`` once into memory as (3, H, W) uint8 tensors."""
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if "kodak" in str(Path(folder).resolve()).lower():
+        raise InvalidInputError("refusing to train on Kodak: it is the evaluation set")
+    images = []
+    for p in paths:
+        with Image.open(p) as im:
+            a = np.asarray(im.convert("RGB"))
+        if min(a.shape[:2]) >= min_side:
+            images.append(torch.from_numpy(a.copy()).permute(2, 0, 1))
+    if not images:
+        raise InvalidInputError(f"no training images of at least {min_side}px found in {folder}")
+    return images
+
+
+def random_batch(images: list[torch.Tensor], batch_size: int, crop: int, rng: random.Random) -> torch.Tensor:
+    """(B, 3, crop, crop) float batch in [0, 1] of random crops with random horizontal flips."""
+    out = torch.empty(batch_size, 3, crop, crop)
+    for i in range(batch_size):
+        im = images[rng.randrange(len(images))]
+        _, H, W = im.shape
+        top, left = rng.randrange(H - crop + 1), rng.randrange(W - crop + 1)
+        patch = im[:, top:top + crop, left:left + crop]
+        if rng.random() < 0.5:
+            patch = patch.flip(-1)
+        out[i] = patch.float() / 255.0
+    return out
+
+
+def rd_loss(model: ResidualCodec, x: torch.Tensor, level: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rate–distortion loss of a batch; per-image λ from its level."""
+    out = model(x, level.float())
+    num_pixels = x.shape[-2] * x.shape[-1]
+    bits = -(out.y_likelihoods.log2().flatten(1).sum(1) + out.z_likelihoods.log2().flatten(1).sum(1))  # (B,)
+    bpp = bits / num_pixels
+    mse = (out.x_hat - x).square().flatten(1).mean(1)                                                  # (B,)
+    lambdas = torch.tensor(model.config.lambdas, dtype=x.dtype)[level]
+    loss = (bpp + lambdas * 255**2 * mse).mean()
+    return {"loss": loss, "bpp": bpp.detach(), "mse": mse.detach()}
+
+
+def _lr_at(settings: TrainSettings, iteration: int) -> float:
+    """Linear warm-up, then cosine decay from ``lr`` to ``lr_final`` over ``lr_decay_iterations``."""
+    warmup = min((iteration + 1) / max(settings.warmup_iterations, 1), 1.0)
+    t = min(iteration / settings.lr_decay_iterations, 1.0)
+    return warmup * (settings.lr_final + 0.5 * (settings.lr - settings.lr_final) * (1 + math.cos(math.pi * t)))
+
+
+def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_from: str | None = None,
+          log=print) -> Path:
+    """Train (or resume training) a residual codec; returns the path of the last checkpoint."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    run_dir = Path(settings.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / "last.safetensors"
+    rng = random.Random(settings.seed)
+    torch.manual_seed(settings.seed)
+
+    state: dict = {"iteration": 0, "hours": 0.0}
+    source = last if last.exists() else (Path(resume_from) if resume_from else None)
+    if source is not None:
+        model, optim_state, meta = load_residual_checkpoint(source, with_optimizer=True)
+        state["iteration"] = int(meta.get("iterations", 0))
+        state["hours"] = float(meta.get("train_hours", 0.0))
+        log(f"resuming from {source} at iteration {state['iteration']} ({state['hours']:.2f} h)")
+    else:
+        model, optim_state = ResidualCodec(config or ResidualConfig()), None
+    model.train()
+
+    main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
+    aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
+    optimizer = torch.optim.Adam(main_params, lr=settings.lr)
+    aux_optimizer = torch.optim.Adam(aux_params, lr=settings.aux_lr)
+    names = {id(p): n for n, p in model.named_parameters()}
+    if optim_state is not None:
+        _restore_adam(optimizer, names, optim_state, "main")
+        _restore_adam(aux_optimizer, names, optim_state, "aux")
+
+    images = load_training_images(settings.data, settings.crop)
+    log(f"{len(images)} training images; model N={model.config.N} M={model.config.M}; "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; threads {torch.get_num_threads()}")
+
+    start = time.time()
+    hours_at_start = state["hours"]
+    last_checkpoint = time.time()
+    next_snapshot_hour = math.floor(hours_at_start) + 1
+    window: list[dict] = []
+    window_start = time.time()
+
+    def checkpoint() -> None:
+        meta = {"iterations": state["iteration"], "train_hours": state["hours"],
+                "recipe": json.dumps(settings.__dict__)}
+        save_residual_checkpoint(model, last, metadata=meta,
+                                 optimizer_state=_adam_state(optimizer, names, "main") | _adam_state(aux_optimizer, names, "aux"))
+
+    while state["iteration"] < settings.max_iterations and (state["hours"] - hours_at_start) < settings.max_hours:
+        lr = _lr_at(settings, state["iteration"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x = random_batch(images, settings.batch_size, settings.crop, rng)
+        level = torch.randint(0, model.config.levels, (settings.batch_size,))
+        terms = rd_loss(model, x, level)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+        optimizer.step()
+        aux_optimizer.zero_grad(set_to_none=True)
+        model.aux_loss().backward()
+        aux_optimizer.step()
+
+        state["iteration"] += 1
+        state["hours"] = hours_at_start + (time.time() - start) / 3600
+        window.append({"loss": terms["loss"].item(), "bpp": terms["bpp"], "mse": terms["mse"], "level": level})
+        if state["iteration"] % settings.log_every == 0:
+            record = _summarize(window, model.config.levels)
+            record.update(iteration=state["iteration"], hours=round(state["hours"], 4), lr=lr,
+                          its_per_s=round(len(window) / max(time.time() - window_start, 1e-9), 3))
+            with open(run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            log(f"it {record['iteration']} loss {record['loss']:.4f} lr {lr:.2e} "
+                + " ".join(f"L{l}:{v['bpp']:.3f}bpp/{v['psnr']:.2f}dB" for l, v in record["levels"].items()))
+            window, window_start = [], time.time()
+        if time.time() - last_checkpoint > settings.checkpoint_minutes * 60:
+            checkpoint()
+            last_checkpoint = time.time()
+        if state["hours"] >= next_snapshot_hour:
+            checkpoint()
+            snap = run_dir / f"snapshot-{next_snapshot_hour:03d}h.safetensors"
+            save_residual_checkpoint(model, snap, metadata={"iterations": state["iteration"],
+                                                            "train_hours": state["hours"]})
+            next_snapshot_hour += 1
+    checkpoint()
+    return last
+
+
+def _summarize(window: list[dict], levels: int) -> dict:
+    """Mean loss and per-level mean bpp / PSNR over a logging window."""
+    bpp = torch.cat([w["bpp"] for w in window])
+    mse = torch.cat([w["mse"] for w in window])
+    lvl = torch.cat([w["level"] for w in window])
+    per_level = {}
+    for l in range(levels):
+        sel = lvl == l
+        if sel.any():
+            per_level[str(l)] = {"bpp": bpp[sel].mean().item(),
+                                 "psnr": (10 * torch.log10(1 / mse[sel].clamp_min(1e-10))).mean().item()}
+    return {"loss": float(np.mean([w["loss"] for w in window])), "levels": per_level}
+
+
+def _adam_state(optimizer: torch.optim.Adam, names: dict[int, str], prefix: str) -> dict[str, torch.Tensor]:
+    """Adam moments as a flat tensor dict keyed by parameter name (safetensors-friendly)."""
+    out = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p)
+            if st:
+                n = names[id(p)]
+                out[f"{prefix}/{n}/exp_avg"] = st["exp_avg"]
+                out[f"{prefix}/{n}/exp_avg_sq"] = st["exp_avg_sq"]
+                out[f"{prefix}/{n}/step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+    return out
+
+
+def _restore_adam(optimizer: torch.optim.Adam, names: dict[int, str], state: dict[str, torch.Tensor],
+                  prefix: str) -> None:
+    """Inverse of :func:`_adam_state`; parameters without saved moments start fresh."""
+    by_id = {}
+    for key, t in state.items():
+        p, _, rest = key.partition("/")
+        if p == prefix:
+            name, _, what = rest.rpartition("/")
+            by_id.setdefault(name, {})[what] = t
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            saved = by_id.get(names[id(p)])
+            if saved and {"exp_avg", "exp_avg_sq", "step"} <= saved.keys() and saved["exp_avg"].shape == p.shape:
+                optimizer.state[p] = {"step": torch.tensor(float(saved["step"].item())),
+                                      "exp_avg": saved["exp_avg"].clone(), "exp_avg_sq": saved["exp_avg_sq"].clone()}
