@@ -1,0 +1,663 @@
+"""The semcodec container: a versioned, layered, checksummed envelope (format v1).
+
+A stream is a fixed preamble, a header that names everything a decoder needs
+(models, checkpoint and calibration hashes, image size, entropy coder, layer
+list) and one chunk per layer::
+
+    magic (8) | version (1+1) | flags (2) | header_length (4) | header | header_crc32 (4)
+    chunk: type (4) | length (4) | payload | crc32 (4)      (repeated)
+
+The semantic layer (``SEM0``) is always the first chunk, so a reader that only
+wants the tokens can stop after it (:func:`read_container_prefix`). The byte
+layout, the caps and the versioning policy are specified in
+``docs/bitstream.md``; this module is the reference implementation. Layer
+payloads are opaque here (see ``bitstream/payload.py``).
+
+Example:
+    >>> header = Header(
+    ...     codec_model="semcodec-tiny",
+    ...     codec_checkpoint=bytes.fromhex("0123456789abcdef"),
+    ...     semantic_model="",
+    ...     calibration=bytes(8),
+    ...     preprocessing="",
+    ...     width=64,
+    ...     height=48,
+    ...     layers=(RESIDUAL_LAYER,),
+    ... )
+    >>> data = write_container(Container(header, (Chunk(RESIDUAL_LAYER, b"pixels"),)))
+    >>> data[:8] == MAGIC
+    True
+    >>> read_container(data).layer(RESIDUAL_LAYER)
+    b'pixels'
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from semcodec.errors import (
+    CorruptStreamError,
+    InvalidInputError,
+    MissingLayerError,
+    TruncatedStreamError,
+    UnsupportedVersionError,
+)
+
+__all__ = [
+    "CONSTRICTION_RANGE_CODER",
+    "FORMAT_VERSION",
+    "LAYER_TYPES",
+    "MAGIC",
+    "MAX_CHUNKS",
+    "MAX_CHUNK_PAYLOAD",
+    "MAX_DIMENSION",
+    "MAX_HEADER_LENGTH",
+    "MAX_LAYERS",
+    "MAX_NAME_LENGTH",
+    "MAX_PIXELS",
+    "MIN_HEADER_LENGTH",
+    "RESIDUAL_LAYER",
+    "SEMANTIC_LAYER",
+    "Chunk",
+    "Container",
+    "Header",
+    "read_container",
+    "read_container_prefix",
+    "write_container",
+]
+
+#: (major, minor) of the format this module writes. It reads every 1.x.
+FORMAT_VERSION = (1, 0)
+#: PNG-style signature: the high byte catches 7-bit transports, CR LF / LF catch
+#: line-ending conversion, 0x1A stops ``type`` on DOS.
+MAGIC = b"\x89SMC\r\n\x1a\n"
+
+#: Layer 0: semantic tokens. When present it is the first chunk of the stream.
+SEMANTIC_LAYER = b"SEM0"
+#: Layer 1: residual pixels.
+RESIDUAL_LAYER = b"RES1"
+#: Layer types defined by format 1.0, in the order they appear in a stream.
+LAYER_TYPES = (SEMANTIC_LAYER, RESIDUAL_LAYER)
+
+#: ``entropy_coder`` id 1: constriction 0.5 ``stream.queue.RangeEncoder``,
+#: 32-bit words serialized little-endian, categorical models with ``perfect=False``.
+CONSTRICTION_RANGE_CODER = 1
+
+# Caps. Every length read from a stream is checked against these (and against
+# the bytes actually present) before anything is sliced or allocated.
+MIN_HEADER_LENGTH = 16
+MAX_HEADER_LENGTH = 4096
+MAX_NAME_LENGTH = 64
+MAX_DIMENSION = 16384
+MAX_PIXELS = 2**28
+MAX_LAYERS = 8
+MAX_CHUNKS = 64
+MAX_CHUNK_PAYLOAD = 256 * 2**20
+
+# Flag bits defined by format 1.0: none.
+_KNOWN_FLAGS = 0x0000
+_HASH_LENGTH = 8
+_NO_HASH = bytes(_HASH_LENGTH)
+
+_PREAMBLE = struct.Struct("<8sBBHI")  # magic, major, minor, flags, header_length
+_CHUNK_FRAME = struct.Struct("<4sI")  # type, payload length
+_CRC = struct.Struct("<I")
+
+_TYPE_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
+_LAYER_NAMES = {SEMANTIC_LAYER: "semantic layer", RESIDUAL_LAYER: "residual layer"}
+
+
+def _describe(chunk_type: bytes) -> str:
+    """``b"SEM0"`` -> ``"semantic layer (SEM0)"``; unknown types -> ``"chunk XXXX"``."""
+    name = chunk_type.decode("latin-1")
+    if chunk_type in _LAYER_NAMES:
+        return f"{_LAYER_NAMES[chunk_type]} ({name})"
+    return f"chunk {name}"
+
+
+def _is_chunk_type(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == 4 and all(c in _TYPE_CHARS for c in value)
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass; True as a width is a bug, not a 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a decoder needs to know before it reads any layer.
+
+    A header is checked on construction: a value the format cannot carry raises
+    :class:`~semcodec.errors.InvalidInputError`. Fields that a newer minor
+    version may extend (layer types, entropy coder ids, what an absent layer's
+    fields hold) are checked more strictly by :func:`write_container`, which
+    writes format 1.0 only.
+
+    Attributes:
+        codec_model: Registered name of the residual codec (ASCII ``[a-z0-9._-]``,
+            at most 64 characters); empty when the stream has no pixel layer.
+        codec_checkpoint: First 8 bytes of the sha256 of the codec checkpoint;
+            all zero when the stream has no pixel layer.
+        semantic_model: Registered name of the semantic tower; empty when the
+            stream has no semantic layer.
+        calibration: First 8 bytes of the sha256 of the tower's calibration;
+            all zero when the stream has no semantic layer.
+        preprocessing: Id of the tower's preprocessing (e.g.
+            ``"pad-square-336-clip"``); empty when the stream has no semantic layer.
+        width: Image width in pixels, 1..16384.
+        height: Image height in pixels, 1..16384 (and ``width * height <= 2**28``).
+        layers: Chunk types of the layers present, in stream order
+            (``SEMANTIC_LAYER`` first when present). A list is accepted and
+            stored as a tuple.
+        entropy_coder: Entropy coder id; 1 (:data:`CONSTRICTION_RANGE_CODER`)
+            is the only one format 1.0 defines.
+    """
+
+    codec_model: str
+    codec_checkpoint: bytes
+    semantic_model: str
+    calibration: bytes
+    preprocessing: str
+    width: int
+    height: int
+    layers: tuple[bytes, ...]
+    entropy_coder: int = CONSTRICTION_RANGE_CODER
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        _check_header(self)
+
+
+def _check_name(field: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"header field {field} must be a str, not {type(value).__name__}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidInputError(
+            f"header field {field} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}"
+        )
+    if not set(value) <= _NAME_CHARS:
+        raise InvalidInputError(
+            f"header field {field} is {value!r}; it may only contain a-z, 0-9, '.', '_' and '-'"
+        )
+
+
+def _check_header(h: Header) -> None:
+    """Checks what holds in every 1.x stream; raises InvalidInputError."""
+    for field in ("codec_model", "semantic_model", "preprocessing"):
+        _check_name(field, getattr(h, field))
+    for field in ("codec_checkpoint", "calibration"):
+        value = getattr(h, field)
+        if not isinstance(value, bytes) or len(value) != _HASH_LENGTH:
+            raise InvalidInputError(
+                f"header field {field} must be {_HASH_LENGTH} bytes (a sha256 prefix), got {value!r}"
+            )
+    for field in ("width", "height"):
+        value = getattr(h, field)
+        if not _is_int(value) or not 1 <= value <= MAX_DIMENSION:
+            raise InvalidInputError(f"image {field} {value!r} is outside 1..{MAX_DIMENSION}")
+    if h.width * h.height > MAX_PIXELS:
+        raise InvalidInputError(f"image of {h.width}x{h.height} pixels exceeds the limit of {MAX_PIXELS} pixels")
+    if not _is_int(h.entropy_coder) or not 1 <= h.entropy_coder <= 255:
+        raise InvalidInputError(f"entropy coder id {h.entropy_coder!r} is outside 1..255")
+    if not isinstance(h.layers, tuple):
+        raise InvalidInputError(f"header field layers must be a tuple of chunk types, not {type(h.layers).__name__}")
+    if len(h.layers) > MAX_LAYERS:
+        raise InvalidInputError(f"the header lists {len(h.layers)} layers; the limit is {MAX_LAYERS}")
+    for layer in h.layers:
+        if not _is_chunk_type(layer):
+            raise InvalidInputError(f"layer type {layer!r} is not 4 bytes of A-Z / 0-9")
+    if len(set(h.layers)) != len(h.layers):
+        raise InvalidInputError(f"the header lists a layer twice: {_format_types(h.layers)}")
+    if SEMANTIC_LAYER in h.layers and h.layers[0] != SEMANTIC_LAYER:
+        # Layer 0 first is what lets a reader decode tokens from a stream prefix.
+        raise InvalidInputError(f"the semantic layer must come first, got {_format_types(h.layers)}")
+    if RESIDUAL_LAYER in h.layers and (not h.codec_model or h.codec_checkpoint == _NO_HASH):
+        raise InvalidInputError("a stream with a residual layer must name its codec_model and codec_checkpoint")
+    if SEMANTIC_LAYER in h.layers and (
+        not h.semantic_model or not h.preprocessing or h.calibration == _NO_HASH
+    ):
+        raise InvalidInputError(
+            "a stream with a semantic layer must name its semantic_model, calibration and preprocessing"
+        )
+
+
+def _format_1_0_violation(h: Header) -> str | None:
+    """Returns which rule of format 1.0 that a newer 1.x minor version may relax ``h`` breaks, if any.
+
+    The writer enforces these rules; the reader enforces them on streams whose
+    minor version is not newer than its own.
+    """
+    for layer in h.layers:
+        if layer not in LAYER_TYPES:
+            return f"layer type {layer.decode('latin-1')} is not defined in format 1.0 (known: SEM0, RES1)"
+    if h.entropy_coder != CONSTRICTION_RANGE_CODER:
+        return f"entropy coder id {h.entropy_coder} is not defined in format 1.0 (known: 1)"
+    if RESIDUAL_LAYER not in h.layers and (h.codec_model or h.codec_checkpoint != _NO_HASH):
+        return "a stream without a residual layer must have an empty codec_model and an all-zero codec_checkpoint"
+    if SEMANTIC_LAYER not in h.layers and (h.semantic_model or h.preprocessing or h.calibration != _NO_HASH):
+        return (
+            "a stream without a semantic layer must have an empty semantic_model and preprocessing "
+            "and an all-zero calibration"
+        )
+    return None
+
+
+def _format_types(types: tuple[bytes, ...]) -> str:
+    return "(" + ", ".join(t.decode("latin-1") if isinstance(t, bytes) else repr(t) for t in types) + ")"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a stream: a type and its payload.
+
+    Attributes:
+        type: 4 ASCII bytes ``[A-Z0-9]``, e.g. :data:`SEMANTIC_LAYER`.
+        payload: The chunk's bytes (at most 256 MiB). ``bytearray`` and
+            ``memoryview`` are accepted and stored as ``bytes``.
+    """
+
+    type: bytes
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        if not _is_chunk_type(self.type):
+            raise InvalidInputError(f"chunk type {self.type!r} is not 4 bytes of A-Z / 0-9")
+        if isinstance(self.payload, (bytearray, memoryview)):
+            object.__setattr__(self, "payload", bytes(self.payload))
+        if not isinstance(self.payload, bytes):
+            raise InvalidInputError(f"chunk payload must be bytes, not {type(self.payload).__name__}")
+        if len(self.payload) > MAX_CHUNK_PAYLOAD:
+            raise InvalidInputError(
+                f"{_describe(self.type)} payload is {len(self.payload)} bytes; the limit is {MAX_CHUNK_PAYLOAD}"
+            )
+
+    def __repr__(self) -> str:
+        # Payloads can be megabytes; a repr (e.g. in a test failure) shows the size.
+        return f"Chunk(type={self.type!r}, payload=<{len(self.payload)} bytes>)"
+
+
+@dataclass(frozen=True)
+class Container:
+    """A parsed (or to-be-written) stream: header plus layer chunks.
+
+    ``chunks`` holds the layers in stream order. It equals ``header.layers`` for
+    a complete stream and is a prefix of it for one read by
+    :func:`read_container_prefix`. Chunks that are not layers (optional data of
+    a newer minor version) are skipped by the reader and never appear here.
+
+    Attributes:
+        header: The stream header.
+        chunks: The layer chunks, in stream order (a list is stored as a tuple).
+        version: ``(major, minor)`` of the stream; what
+            :func:`write_container` writes is always :data:`FORMAT_VERSION`.
+    """
+
+    header: Header
+    chunks: tuple[Chunk, ...]
+    version: tuple[int, int] = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.header, Header):
+            raise InvalidInputError(f"container header must be a Header, not {type(self.header).__name__}")
+        if isinstance(self.chunks, list):
+            object.__setattr__(self, "chunks", tuple(self.chunks))
+        if not isinstance(self.chunks, tuple) or not all(isinstance(c, Chunk) for c in self.chunks):
+            raise InvalidInputError("container chunks must be a tuple of Chunk")
+        types = tuple(c.type for c in self.chunks)
+        if types != self.header.layers[: len(types)]:
+            raise InvalidInputError(
+                f"chunks {_format_types(types)} do not follow the header's layers {_format_types(self.header.layers)}"
+            )
+        v = self.version
+        if not (isinstance(v, tuple) and len(v) == 2 and all(_is_int(x) and 0 <= x <= 255 for x in v)):
+            raise InvalidInputError(f"container version must be (major, minor) with values 0..255, got {v!r}")
+
+    def layer(self, type: bytes) -> bytes | None:  # noqa: A002 - mirrors Chunk.type
+        """Returns the payload of one layer.
+
+        Args:
+            type: The layer's chunk type, e.g. :data:`SEMANTIC_LAYER`.
+
+        Returns:
+            The payload, or ``None`` when this container does not hold that layer
+            (the stream has no such layer, or it was read only up to an earlier one).
+        """
+        for chunk in self.chunks:
+            if chunk.type == type:
+                return chunk.payload
+        return None
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def _encode_name(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return bytes([len(raw)]) + raw
+
+
+def _encode_header(h: Header) -> bytes:
+    return b"".join(
+        (
+            _encode_name(h.codec_model),
+            h.codec_checkpoint,
+            _encode_name(h.semantic_model),
+            h.calibration,
+            _encode_name(h.preprocessing),
+            struct.pack("<IIBB", h.width, h.height, h.entropy_coder, len(h.layers)),
+            *h.layers,
+        )
+    )
+
+
+def write_container(container: Container) -> bytes:
+    """Serializes a container as a format 1.0 stream.
+
+    Args:
+        container: The header and one chunk per listed layer, in the header's order.
+
+    Returns:
+        The stream bytes.
+
+    Raises:
+        InvalidInputError: The chunks do not match ``header.layers``, or the
+            header uses something format 1.0 does not define (an unknown layer
+            type or entropy coder, model fields set for an absent layer), or
+            ``container.version`` is not :data:`FORMAT_VERSION`.
+    """
+    if not isinstance(container, Container):
+        raise InvalidInputError(f"write_container expects a Container, not {type(container).__name__}")
+    if container.version != FORMAT_VERSION:
+        # Rewriting a newer stream as 1.0 would silently drop what we do not understand.
+        major, minor = container.version
+        raise InvalidInputError(
+            f"cannot write format version {major}.{minor}; this semcodec writes "
+            f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]} only"
+        )
+    header = container.header
+    violation = _format_1_0_violation(header)
+    if violation:
+        raise InvalidInputError(violation)
+    types = tuple(c.type for c in container.chunks)
+    if types != header.layers:
+        raise InvalidInputError(
+            f"chunks {_format_types(types)} do not match the header's layers {_format_types(header.layers)}"
+        )
+    header_bytes = _encode_header(header)
+    out = bytearray(_PREAMBLE.pack(MAGIC, FORMAT_VERSION[0], FORMAT_VERSION[1], 0, len(header_bytes)))
+    out += header_bytes
+    out += _CRC.pack(zlib.crc32(out))
+    for chunk in container.chunks:
+        frame = _CHUNK_FRAME.pack(chunk.type, len(chunk.payload))
+        out += frame
+        out += chunk.payload
+        out += _CRC.pack(zlib.crc32(chunk.payload, zlib.crc32(frame)))
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------- reader
+
+
+def _as_view(data: object) -> memoryview:
+    """A flat byte view of ``data``, without copying it when it is contiguous."""
+    if isinstance(data, str):
+        raise InvalidInputError("a semcodec stream is bytes, not str (open the file in binary mode, 'rb')")
+    try:
+        view = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidInputError(f"a semcodec stream must be bytes-like, not {type(data).__name__}") from None
+    if not view.c_contiguous:
+        return memoryview(view.tobytes())  # zlib.crc32 needs contiguous memory
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    return view
+
+
+class _HeaderCursor:
+    """Reads header fields from a checksummed, fully present header.
+
+    Running past its end is corruption, not truncation: ``header_length`` is
+    covered by the CRC, so the header is complete but its fields are wrong.
+    """
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        if n > len(self.view) - self.pos:
+            raise CorruptStreamError(f"corrupt header: it ends inside the field {what}")
+        out = bytes(self.view[self.pos : self.pos + n])
+        self.pos += n
+        return out
+
+    def name(self, what: str) -> str:
+        (n,) = self.take(1, what)
+        if n > MAX_NAME_LENGTH:
+            raise CorruptStreamError(f"corrupt header: field {what} is {n} bytes long; the limit is {MAX_NAME_LENGTH}")
+        # latin-1 never fails; Header() then rejects anything outside [a-z0-9._-].
+        return self.take(n, what).decode("latin-1")
+
+
+# What the magic looks like after the transfers it is designed to catch.
+_MANGLED_MAGIC = (
+    (MAGIC.replace(b"\r\n", b"\n"), "its line endings were converted (CR LF -> LF)"),
+    (MAGIC.replace(b"\n", b"\r\n"), "its line endings were converted (LF -> CR LF)"),
+    (bytes([MAGIC[0] & 0x7F]) + MAGIC[1:], "the high bit of its bytes was stripped"),
+    (b"\xef\xbf\xbdSMC", "it was decoded as text and re-encoded as UTF-8"),
+)
+
+
+def _mangling_hint(start: bytes) -> str:
+    for mangled, what in _MANGLED_MAGIC:
+        if len(start) >= 5 and mangled.startswith(start[: len(mangled)]):
+            return f": this looks like a semcodec stream, but {what}; copy it in binary mode"
+    return ""
+
+
+def _read_header(view: memoryview) -> tuple[Header, tuple[int, int], int]:
+    """Parses and checks preamble and header; returns (header, version, offset of the first chunk)."""
+    size = len(view)
+    if size == 0:
+        raise TruncatedStreamError("the input is empty (0 bytes); a semcodec stream starts with its magic bytes")
+    start = bytes(view[: len(MAGIC)])
+    if start != MAGIC[: len(start)]:
+        raise CorruptStreamError(f"not a semcodec stream (bad magic){_mangling_hint(start)}")
+    if size < 10:
+        raise TruncatedStreamError(f"stream is truncated: it is {size} bytes long and ends before its format version")
+    major, minor = view[8], view[9]
+    # The version is checked before anything else: a new major version may lay
+    # out everything after byte 10 differently, so nothing else can be judged.
+    if major != FORMAT_VERSION[0]:
+        advice = "; upgrade semcodec" if major > FORMAT_VERSION[0] else ""
+        raise UnsupportedVersionError(
+            f"unsupported format version {major}.{minor} (this semcodec reads {FORMAT_VERSION[0]}.x){advice}"
+        )
+    if size < _PREAMBLE.size:
+        raise TruncatedStreamError(f"stream is truncated: it is {size} bytes long and ends inside its preamble")
+    _, _, _, flags, header_length = _PREAMBLE.unpack_from(view, 0)
+    if not MIN_HEADER_LENGTH <= header_length <= MAX_HEADER_LENGTH:
+        raise CorruptStreamError(
+            f"corrupt stream: header length {header_length} is outside {MIN_HEADER_LENGTH}..{MAX_HEADER_LENGTH}"
+        )
+    header_end = _PREAMBLE.size + header_length
+    if size < header_end + _CRC.size:
+        raise TruncatedStreamError(
+            f"stream is truncated: it is {size} bytes long and ends inside its header "
+            f"(which needs {header_end + _CRC.size} bytes)"
+        )
+    (stored_crc,) = _CRC.unpack_from(view, header_end)
+    if zlib.crc32(view[:header_end]) != stored_crc:
+        raise CorruptStreamError("corrupt stream: header checksum mismatch")
+
+    # A reader knows every flag and field up to its own minor version; beyond
+    # that, a newer minor version may only add things an older reader can ignore.
+    newer_minor = minor > FORMAT_VERSION[1]
+    if flags & ~_KNOWN_FLAGS and not newer_minor:
+        raise CorruptStreamError(f"corrupt header: reserved flag bits are set (flags = 0x{flags:04x})")
+
+    cursor = _HeaderCursor(view[_PREAMBLE.size : header_end])
+    codec_model = cursor.name("codec_model")
+    codec_checkpoint = cursor.take(_HASH_LENGTH, "codec_checkpoint")
+    semantic_model = cursor.name("semantic_model")
+    calibration = cursor.take(_HASH_LENGTH, "calibration")
+    preprocessing = cursor.name("preprocessing")
+    width, height, entropy_coder, layer_count = struct.unpack(
+        "<IIBB", cursor.take(10, "width/height/entropy_coder/layer_count")
+    )
+    if layer_count > MAX_LAYERS:
+        raise CorruptStreamError(f"corrupt header: it lists {layer_count} layers; the limit is {MAX_LAYERS}")
+    raw_layers = cursor.take(4 * layer_count, "layers")
+    extra = header_length - cursor.pos
+    if extra and not newer_minor:
+        raise CorruptStreamError(f"corrupt header: {extra} unexpected bytes after its last field")
+    try:
+        header = Header(
+            codec_model=codec_model,
+            codec_checkpoint=codec_checkpoint,
+            semantic_model=semantic_model,
+            calibration=calibration,
+            preprocessing=preprocessing,
+            width=width,
+            height=height,
+            layers=tuple(raw_layers[i : i + 4] for i in range(0, len(raw_layers), 4)),
+            entropy_coder=entropy_coder,
+        )
+    except InvalidInputError as e:
+        raise CorruptStreamError(f"corrupt header: {e}") from e
+    violation = None if newer_minor else _format_1_0_violation(header)
+    if violation:
+        raise CorruptStreamError(f"corrupt header: {violation}")
+    return header, (major, minor), header_end + _CRC.size
+
+
+def _read_chunk(view: memoryview, pos: int, layers_done: bool) -> tuple[bytes, memoryview, int]:
+    """Reads and checksums the chunk at ``pos``; returns (type, payload view, end offset)."""
+    remaining = len(view) - pos
+    frame = bytes(view[pos : pos + min(_CHUNK_FRAME.size, remaining)])
+    chunk_type = frame[:4]
+    # Bytes that cannot start a chunk are garbage (corrupt); a plausible chunk
+    # start that runs past the end is a stream cut short (truncated).
+    if not all(c in _TYPE_CHARS for c in chunk_type):
+        if layers_done:
+            raise CorruptStreamError(
+                f"corrupt stream: {remaining} trailing bytes at offset {pos} after the last layer are not a chunk"
+            )
+        raise CorruptStreamError(f"corrupt stream: invalid chunk type {chunk_type!r} at offset {pos}")
+    if remaining < _CHUNK_FRAME.size:
+        raise TruncatedStreamError(f"stream is truncated: it ends inside the frame of the chunk at offset {pos}")
+    (length,) = struct.unpack_from("<I", frame, 4)
+    name = _describe(chunk_type)
+    if length > MAX_CHUNK_PAYLOAD:
+        raise CorruptStreamError(
+            f"corrupt stream: {name} at offset {pos} claims {length} bytes; the limit is {MAX_CHUNK_PAYLOAD}"
+        )
+    end = pos + _CHUNK_FRAME.size + length + _CRC.size
+    if end > len(view):
+        raise TruncatedStreamError(
+            f"stream is truncated: {name} at offset {pos} needs {end - pos} bytes but only {remaining} remain"
+        )
+    payload = view[pos + _CHUNK_FRAME.size : end - _CRC.size]
+    (stored_crc,) = _CRC.unpack_from(view, end - _CRC.size)
+    if zlib.crc32(payload, zlib.crc32(frame)) != stored_crc:
+        raise CorruptStreamError(f"corrupt stream: checksum mismatch in {name} at offset {pos}")
+    return chunk_type, payload, end
+
+
+def _read_chunks(view: memoryview, pos: int, header: Header, until: bytes | None) -> tuple[Chunk, ...]:
+    layers = header.layers
+    found: list[Chunk] = []
+    count = 0
+    while True:
+        if until is not None and found and found[-1].type == until:
+            return tuple(found)  # everything after `until` is ignored, unread
+        layers_done = len(found) == len(layers)
+        if pos == len(view):
+            if not layers_done:
+                raise TruncatedStreamError(
+                    f"stream is truncated: it ends before its {_describe(layers[len(found)])}"
+                )
+            return tuple(found)
+        if count == MAX_CHUNKS:
+            raise CorruptStreamError(f"corrupt stream: more than {MAX_CHUNKS} chunks")
+        chunk_type, payload, end = _read_chunk(view, pos, layers_done)
+        count += 1
+        if chunk_type in layers:
+            if layers_done or chunk_type != layers[len(found)]:
+                if any(c.type == chunk_type for c in found):
+                    raise CorruptStreamError(f"corrupt stream: the {_describe(chunk_type)} appears twice")
+                raise CorruptStreamError(
+                    f"corrupt stream: the {_describe(chunk_type)} comes before the "
+                    f"{_describe(layers[len(found)])}"
+                )
+            if chunk_type == SEMANTIC_LAYER and count != 1:
+                raise CorruptStreamError("corrupt stream: the semantic layer (SEM0) is not the first chunk")
+            found.append(Chunk(chunk_type, bytes(payload)))
+        elif chunk_type in LAYER_TYPES:
+            raise CorruptStreamError(
+                f"corrupt stream: it contains a {_describe(chunk_type)} that its header does not list"
+            )
+        # Any other type is optional data of a newer minor version: skipped (its CRC was checked).
+        pos = end
+
+
+def read_container(data: bytes | bytearray | memoryview) -> Container:
+    """Parses and fully validates a stream.
+
+    Args:
+        data: The whole stream. Payloads are copied out, so the buffer may be
+            released afterwards.
+
+    Returns:
+        The container, with one chunk per layer the header lists. Chunks that
+        are not layers (optional data of a newer minor version) are
+        checksummed and skipped.
+
+    Raises:
+        TruncatedStreamError: The data is empty or stops before the end of the
+            header, of a chunk, or before a listed layer.
+        CorruptStreamError: Bad magic, checksum mismatch, a field outside its
+            range, a layer missing, repeated or out of order, too many chunks,
+            or trailing bytes that do not form a chunk.
+        UnsupportedVersionError: The stream's major version is not 1.
+        InvalidInputError: ``data`` is not bytes-like.
+    """
+    view = _as_view(data)
+    header, version, pos = _read_header(view)
+    return Container(header, _read_chunks(view, pos, header, until=None), version)
+
+
+def read_container_prefix(data: bytes | bytearray | memoryview, until: bytes) -> Container:
+    """Parses a stream up to and including one layer, ignoring everything after it.
+
+    This lets a reader decode the semantic layer from the first bytes of a
+    stream (``until=SEMANTIC_LAYER``): bytes after that layer are neither read
+    nor checked, so they may be missing or damaged.
+
+    Args:
+        data: The stream, or any prefix of it that contains the layer ``until``.
+        until: The chunk type of the last layer to read.
+
+    Returns:
+        The container; ``chunks`` holds the layers up to and including ``until``.
+
+    Raises:
+        MissingLayerError: The header does not list ``until``.
+        TruncatedStreamError: The data stops before the end of layer ``until``.
+        CorruptStreamError: As in :func:`read_container`, for the bytes read.
+        UnsupportedVersionError: The stream's major version is not 1.
+        InvalidInputError: ``data`` is not bytes-like or ``until`` is not a chunk type.
+    """
+    if not _is_chunk_type(until):
+        raise InvalidInputError(f"layer type {until!r} is not 4 bytes of A-Z / 0-9")
+    view = _as_view(data)
+    header, version, pos = _read_header(view)
+    if until not in header.layers:
+        present = ", ".join(_describe(t) for t in header.layers) or "none"
+        raise MissingLayerError(f"the stream has no {_describe(until)} (its layers: {present})")
+    return Container(header, _read_chunks(view, pos, header, until=until), version)
