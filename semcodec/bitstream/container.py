@@ -131,11 +131,10 @@ def _is_int(value: object) -> bool:
 class Header:
     """What a decoder needs to know before it reads any layer.
 
-    A header is checked on construction: a value the format cannot carry raises
-    :class:`~semcodec.errors.InvalidInputError`. Fields that a newer minor
-    version may extend (layer types, entropy coder ids, what an absent layer's
-    fields hold) are checked more strictly by :func:`write_container`, which
-    writes format 1.0 only.
+    A header is checked on construction: a value format 1.x cannot carry raises
+    :class:`~semcodec.errors.InvalidInputError`. What a newer minor version may
+    extend (layer types, the fields of an absent layer) is checked more
+    strictly by :func:`write_container`, which writes format 1.0 only.
 
     Attributes:
         codec_model: Registered name of the residual codec (ASCII ``[a-z0-9._-]``,
@@ -154,7 +153,7 @@ class Header:
             (``SEMANTIC_LAYER`` first when present). A list is accepted and
             stored as a tuple.
         entropy_coder: Entropy coder id; 1 (:data:`CONSTRICTION_RANGE_CODER`)
-            is the only one format 1.0 defines.
+            is the only one format 1 defines.
     """
 
     codec_model: str
@@ -202,10 +201,13 @@ def _check_header(h: Header) -> None:
             raise InvalidInputError(f"image {field} {value!r} is outside 1..{MAX_DIMENSION}")
     if h.width * h.height > MAX_PIXELS:
         raise InvalidInputError(f"image of {h.width}x{h.height} pixels exceeds the limit of {MAX_PIXELS} pixels")
-    if not _is_int(h.entropy_coder) or not 1 <= h.entropy_coder <= 255:
-        raise InvalidInputError(f"entropy coder id {h.entropy_coder!r} is outside 1..255")
+    if h.entropy_coder != CONSTRICTION_RANGE_CODER or not _is_int(h.entropy_coder):
+        # Format 1.x has one coder; a new coder changes how layers decode, so it needs format 2.
+        raise InvalidInputError(f"entropy coder id {h.entropy_coder!r} is not defined in format 1 (known: 1)")
     if not isinstance(h.layers, tuple):
-        raise InvalidInputError(f"header field layers must be a tuple of chunk types, not {type(h.layers).__name__}")
+        raise InvalidInputError(
+            f"header field layers must be a tuple of chunk types, not {type(h.layers).__name__}"
+        )
     if len(h.layers) > MAX_LAYERS:
         raise InvalidInputError(f"the header lists {len(h.layers)} layers; the limit is {MAX_LAYERS}")
     for layer in h.layers:
@@ -235,8 +237,6 @@ def _format_1_0_violation(h: Header) -> str | None:
     for layer in h.layers:
         if layer not in LAYER_TYPES:
             return f"layer type {layer.decode('latin-1')} is not defined in format 1.0 (known: SEM0, RES1)"
-    if h.entropy_coder != CONSTRICTION_RANGE_CODER:
-        return f"entropy coder id {h.entropy_coder} is not defined in format 1.0 (known: 1)"
     if RESIDUAL_LAYER not in h.layers and (h.codec_model or h.codec_checkpoint != _NO_HASH):
         return "a stream without a residual layer must have an empty codec_model and an all-zero codec_checkpoint"
     if SEMANTIC_LAYER not in h.layers and (h.semantic_model or h.preprocessing or h.calibration != _NO_HASH):
@@ -311,7 +311,8 @@ class Container:
         types = tuple(c.type for c in self.chunks)
         if types != self.header.layers[: len(types)]:
             raise InvalidInputError(
-                f"chunks {_format_types(types)} do not follow the header's layers {_format_types(self.header.layers)}"
+                f"chunks {_format_types(types)} do not follow the header's layers "
+                f"{_format_types(self.header.layers)}"
             )
         v = self.version
         if not (isinstance(v, tuple) and len(v) == 2 and all(_is_int(x) and 0 <= x <= 255 for x in v)):
@@ -367,7 +368,7 @@ def write_container(container: Container) -> bytes:
     Raises:
         InvalidInputError: The chunks do not match ``header.layers``, or the
             header uses something format 1.0 does not define (an unknown layer
-            type or entropy coder, model fields set for an absent layer), or
+            type, model fields set for an absent layer), or
             ``container.version`` is not :data:`FORMAT_VERSION`.
     """
     if not isinstance(container, Container):
@@ -439,7 +440,9 @@ class _HeaderCursor:
     def name(self, what: str) -> str:
         (n,) = self.take(1, what)
         if n > MAX_NAME_LENGTH:
-            raise CorruptStreamError(f"corrupt header: field {what} is {n} bytes long; the limit is {MAX_NAME_LENGTH}")
+            raise CorruptStreamError(
+                f"corrupt header: field {what} is {n} bytes long; the limit is {MAX_NAME_LENGTH}"
+            )
         # latin-1 never fails; Header() then rejects anything outside [a-z0-9._-].
         return self.take(n, what).decode("latin-1")
 
@@ -469,7 +472,9 @@ def _read_header(view: memoryview) -> tuple[Header, tuple[int, int], int]:
     if start != MAGIC[: len(start)]:
         raise CorruptStreamError(f"not a semcodec stream (bad magic){_mangling_hint(start)}")
     if size < 10:
-        raise TruncatedStreamError(f"stream is truncated: it is {size} bytes long and ends before its format version")
+        raise TruncatedStreamError(
+            f"stream is truncated: it is {size} bytes long and ends before its format version"
+        )
     major, minor = view[8], view[9]
     # The version is checked before anything else: a new major version may lay
     # out everything after byte 10 differently, so nothing else can be judged.
