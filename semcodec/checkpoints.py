@@ -42,6 +42,13 @@ def file_digest(path: str | Path) -> bytes:
     return h.digest()
 
 
+def default_file_mode() -> int:
+    """Permissions of a new file under the current umask (mkstemp would create it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """Write a safetensors file through a temporary file and a rename, so no partial file remains."""
     path = Path(path)
@@ -49,6 +56,7 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, default_file_mode())
         save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
@@ -152,3 +160,20 @@ def load_residual_checkpoint(path: str | Path, with_optimizer: bool = False):
     if with_optimizer:
         return model, optimizer_state, meta
     return model, meta
+
+
+def freeze_for_shipping(source: str | Path, destination: str | Path, name: str, extra_metadata: dict | None = None) -> Path:
+    """Turn a training checkpoint into a shipped one: fp16 weights plus frozen integer CDF tables.
+
+    The weights are rounded to fp16 *before* the entropy bottleneck's CDF tables are
+    computed, so the tables match the weights every decoder loads.
+    """
+    model, meta = load_residual_checkpoint(source)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    model.entropy_bottleneck.update(force=True)
+    keep = {k: meta[k] for k in ("iterations", "train_hours", "recipe") if k in meta}
+    keep.update(name=name, **{k: str(v) for k, v in (extra_metadata or {}).items()})
+    save_residual_checkpoint(model, destination, metadata=keep, dtype=torch.float16)
+    return Path(destination)

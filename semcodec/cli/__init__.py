@@ -1,0 +1,1 @@
+"""The ``semcodec`` shell command (click)."""

@@ -1,0 +1,90 @@
+"""File handling of the shell commands: '-' for stdin/stdout, size caps, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from ..checkpoints import default_file_mode
+from ..errors import InvalidInputError
+
+#: Largest input file read into memory (streams and images).
+MAX_INPUT_BYTES = 1 << 30
+
+
+def read_input_bytes(path: str | os.PathLike) -> bytes:
+    """Read a whole input file, or stdin for '-', with a clear error for missing or oversized files."""
+    if str(path) == "-":
+        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+    else:
+        p = Path(path)
+        try:
+            if p.is_dir():
+                raise InvalidInputError(f"{p} is a directory, not a file")
+            size = p.stat().st_size
+            if size > MAX_INPUT_BYTES:
+                raise InvalidInputError(f"{p} is {size} bytes; the limit is {MAX_INPUT_BYTES}")
+            data = p.read_bytes()
+        except FileNotFoundError:
+            raise InvalidInputError(f"{p}: no such file") from None
+        except PermissionError:
+            raise InvalidInputError(f"{p}: permission denied") from None
+        except OSError as e:
+            raise InvalidInputError(f"{p}: cannot read ({e.strerror or e})") from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise InvalidInputError(f"input exceeds {MAX_INPUT_BYTES} bytes")
+    return data
+
+
+def check_writable(path: str | os.PathLike, force: bool) -> None:
+    """Fail early (before any work) when an output would overwrite a file without --force."""
+    if str(path) != "-" and Path(path).exists() and not force:
+        raise InvalidInputError(f"{path} exists; use --force to overwrite it")
+
+
+#: Output image formats by file suffix; anything else (and stdout) is PNG.
+_IMAGE_FORMATS = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".ppm": "PPM", ".webp": "WEBP"}
+
+
+def encode_image(image, path: str | os.PathLike) -> bytes:
+    """Encode a decoded PIL image losslessly in the format its output name asks for (PNG by default)."""
+    import io as _io
+
+    fmt = _IMAGE_FORMATS.get(Path(str(path)).suffix.lower(), "PNG") if str(path) != "-" else "PNG"
+    buf = _io.BytesIO()
+    image.save(buf, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    return buf.getvalue()
+
+
+def write_output_bytes(path: str | os.PathLike, data: bytes, force: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file + rename), or to stdout for '-'.
+
+    Raises:
+        InvalidInputError: the file exists and ``force`` is false, or it cannot be written.
+    """
+    if str(path) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    p = Path(path)
+    if p.exists() and not force:
+        raise InvalidInputError(f"{p} exists; use --force to overwrite it")
+    parent = p.parent if str(p.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=parent)
+    except FileNotFoundError:
+        raise InvalidInputError(f"cannot write {p}: folder {parent} does not exist") from None
+    except OSError as e:
+        raise InvalidInputError(f"cannot write {p}: {e.strerror or e}") from None
+    try:
+        os.chmod(tmp, default_file_mode())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise InvalidInputError(f"cannot write {p}: {e.strerror or e}") from None
+        raise

@@ -1,0 +1,95 @@
+"""Reading images into the codec's canonical form: (H, W, 3) uint8 sRGB.
+
+What happens to each kind of input (also in the README):
+
+* EXIF orientation is applied (the image is coded as it is displayed).
+* Grayscale (L, I;16, I, F) becomes RGB with equal channels; 16-bit and float
+  images are scaled to 8 bits.
+* Transparency (RGBA, LA, PA, palette with transparency) is composited over
+  white; the alpha channel is not coded.
+* CMYK, YCbCr, palette and other modes are converted to RGB by Pillow.
+* Animated images: the first frame is coded.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InvalidInputError
+
+#: Largest accepted image (pixels); the container caps each side at 16384.
+MAX_PIXELS = 1 << 28
+MAX_SIDE = 16384
+
+
+def open_image(source) -> Image.Image:
+    """Open ``source`` (path, bytes or PIL image) as a PIL image, with clear errors for non-images."""
+    if isinstance(source, Image.Image):
+        return source
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "input"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                if len(source) == 0:
+                    raise InvalidInputError("input is empty (0 bytes), not an image")
+                im = Image.open(io.BytesIO(bytes(source)))
+            else:
+                p = Path(source)
+                if not p.exists():
+                    raise InvalidInputError(f"{p}: no such file")
+                if p.is_dir():
+                    raise InvalidInputError(f"{p} is a directory, not an image")
+                if p.stat().st_size == 0:
+                    raise InvalidInputError(f"{p} is empty (0 bytes), not an image")
+                im = Image.open(p)
+            im.load()
+    except InvalidInputError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InvalidInputError(f"{name} is not an image Pillow can read ({e.__class__.__name__})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InvalidInputError(f"{name}: cannot decode image ({e})") from None
+    return im
+
+
+def to_rgb8(im: Image.Image) -> np.ndarray:
+    """Convert a PIL image to (H, W, 3) uint8 following the rules of the module docstring."""
+    try:
+        im = ImageOps.exif_transpose(im) or im
+    except Exception:  # a malformed EXIF block must not make the image unreadable
+        pass
+    if im.width * im.height > MAX_PIXELS or max(im.size) > MAX_SIDE:
+        raise InvalidInputError(f"image of {im.width}x{im.height} exceeds the limits "
+                                f"({MAX_SIDE} px per side, {MAX_PIXELS} pixels)")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        scale = 65535.0 if im.mode.startswith("I;16") or (im.mode == "I" and a.max(initial=0) > 255) else (
+            1.0 if im.mode == "F" and a.max(initial=0) <= 1.0 else 255.0)
+        a = np.clip(np.floor(a / scale * 255 + 0.5), 0, 255).astype(np.uint8)
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def load_rgb(source) -> np.ndarray:
+    """Read any image Pillow understands (path, bytes, PIL image or array) as (H, W, 3) uint8."""
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or not (source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (3, 4))):
+            raise InvalidInputError(f"expected an (H, W), (H, W, 3) or (H, W, 4) uint8 array, "
+                                    f"got shape {source.shape} dtype {source.dtype}")
+        source = Image.fromarray(source)
+    return to_rgb8(open_image(source))

@@ -1,0 +1,204 @@
+"""Coding of layer 1 (the residual pixel layer): model → RES1 payload and back.
+
+The RES1 payload (format v1, all integers little-endian)::
+
+    offset  size  field
+    0       2     rate      u16, rate knob q = rate / 4096, 0 <= q <= L - 1
+    2       1     flags     bit 0: the entropy model is conditioned on layer 0 (SEM0); other bits 0
+    3       4     digest    first 4 bytes of param_digest(scale indices of y)
+    7       ...   words     constriction range-coder words ('<u4'): segment z, then segment y
+
+Shapes come from the header: the image is padded (edge replication) to
+multiples of 64, ``y`` is (M, Hp/16, Wp/16) and ``z`` is (N, Hp/64, Wp/64).
+
+Decoder-side entropy parameters are integers: ``z`` uses the integer CDF
+tables frozen into the checkpoint; ``y`` is coded as ``round(y - μ)`` with a
+zero-mean Gaussian whose scale is an index into :data:`SCALE_TABLE`. The indices
+come from a float network (``h_s``), so the encoder stores their digest and the
+decoder refuses to decode (instead of producing garbage) if it computed others.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .bitstream.entropy import CategoricalTables, EntropyDecoder, EntropyEncoder, ScaleTable, param_digest
+from .errors import CorruptStreamError, InvalidInputError, ModelMismatchError, TruncatedStreamError
+from .models.residual import SCALE_MIN, ResidualCodec, SemanticCondition
+
+#: Scale table of the latent ``y`` (part of format v1: changing it changes the bits).
+SCALE_TABLE = ScaleTable.geometric(min=SCALE_MIN, max=256.0, count=64)
+#: Symbol range of ``y`` (part of format v1).
+Y_SYMBOL_RANGE = (-4096, 4096)
+#: Fixed-point denominator of the rate knob in the payload.
+RATE_ONE = 4096
+#: Spatial alignment of the transforms (g_a downsamples by 16, h_a by 4 more).
+ALIGN = 64
+
+_PREFIX = struct.Struct("<HB4s")
+FLAG_SEMANTIC = 0x01
+
+
+@dataclass(frozen=True)
+class ResidualPayload:
+    """Parsed RES1 payload."""
+
+    rate: int               # q · 4096
+    conditioned: bool       # entropy model used layer 0
+    digest: bytes           # 4 bytes
+    words: bytes            # range-coder words
+
+    def to_bytes(self) -> bytes:
+        return _PREFIX.pack(self.rate, FLAG_SEMANTIC if self.conditioned else 0, self.digest) + self.words
+
+    @classmethod
+    def from_bytes(cls, data: bytes, levels: int) -> "ResidualPayload":
+        """Parse and validate a RES1 payload of a model with ``levels`` gain levels."""
+        if len(data) < _PREFIX.size:
+            raise TruncatedStreamError(f"the pixel layer is {len(data)} bytes, shorter than its {_PREFIX.size}-byte prefix")
+        rate, flags, digest = _PREFIX.unpack_from(data)
+        if rate > (levels - 1) * RATE_ONE:
+            raise CorruptStreamError(f"the pixel layer's rate knob {rate / RATE_ONE:.4f} exceeds the model's range 0..{levels - 1}")
+        if flags & ~FLAG_SEMANTIC:
+            raise CorruptStreamError(f"the pixel layer has unknown flags 0x{flags:02x}")
+        words = data[_PREFIX.size:]
+        if len(words) % 4:
+            raise CorruptStreamError("the pixel layer's entropy-coded data is not a whole number of 32-bit words")
+        return cls(rate=rate, conditioned=bool(flags & FLAG_SEMANTIC), digest=digest, words=words)
+
+
+def rate_to_fixed(q: float, levels: int) -> int:
+    """Snap a real rate knob to the payload's fixed-point grid (clamped to the model's range)."""
+    return int(round(min(max(q, 0.0), levels - 1) * RATE_ONE))
+
+
+class ResidualCoder:
+    """Turns images into RES1 payloads and back with one frozen :class:`ResidualCodec`.
+
+    The analysis transform is separated (:meth:`analyze`) so that rate control can
+    run ``g_a`` once and try several rates (:meth:`encode_analyzed`).
+    """
+
+    def __init__(self, model: ResidualCodec):
+        self.model = model.eval()
+        eb = model.entropy_bottleneck
+        if eb._quantized_cdf.numel() == 0:
+            eb.update(force=True)  # a training checkpoint: shipped ones carry frozen tables
+        self.z_tables = CategoricalTables.from_entropy_bottleneck(eb)
+        self.z_medians = eb._get_medians().detach().reshape(-1)            # (N,)
+        self.z_lo = torch.tensor(np.array(self.z_tables.offset), dtype=torch.float32)       # (N,)
+        self.z_hi = self.z_lo + torch.tensor(np.array(self.z_tables.length), dtype=torch.float32) - 1
+
+    @property
+    def levels(self) -> int:
+        return self.model.config.levels
+
+    # ------------------------------------------------------------------ encode
+    @torch.no_grad()
+    def analyze(self, x: torch.Tensor) -> torch.Tensor:
+        """``g_a`` of an image. x: (1, 3, H, W) in [0, 1] → y (1, M, Hp/16, Wp/16) before gains."""
+        return self.model.g_a(pad_to_alignment(x))
+
+    @torch.no_grad()
+    def encode_analyzed(self, y: torch.Tensor, q: float, semantic: SemanticCondition | None = None) -> bytes:
+        """Encode an analyzed image at rate knob ``q`` into a RES1 payload."""
+        rate = rate_to_fixed(q, self.levels)
+        gains = self.model.gains(torch.tensor([rate / RATE_ONE]))
+        y = y * gains["y"]                                                 # (1, M, h, w)
+        z = self.model.h_a(y) * gains["z"]                                 # (1, N, h/4, w/4)
+        z_sym, z_hat = self._quantize_z(z)
+        scale_index, means = self._y_parameters(z_hat, gains, y.shape[-2:], semantic)
+        lo, hi = Y_SYMBOL_RANGE
+        y_sym = torch.round(y - means).clamp_(lo, hi).to(torch.int32).numpy()
+
+        enc = EntropyEncoder()
+        enc.encode_categorical(z_sym, self.z_tables, self._z_table_index(z_sym.shape))
+        enc.encode_gaussian(y_sym, scale_index, SCALE_TABLE, lo=lo, hi=hi)
+        return ResidualPayload(rate=rate, conditioned=semantic is not None,
+                               digest=param_digest(scale_index), words=enc.to_bytes()).to_bytes()
+
+    def encode(self, x: torch.Tensor, q: float, semantic: SemanticCondition | None = None) -> bytes:
+        """Encode an image x (1, 3, H, W) in [0, 1] at rate knob ``q``."""
+        return self.encode_analyzed(self.analyze(x), q, semantic)
+
+    # ------------------------------------------------------------------ decode
+    @torch.no_grad()
+    def decode(self, payload: bytes, width: int, height: int,
+               semantic: SemanticCondition | None = None) -> torch.Tensor:
+        """Decode a RES1 payload into x_hat (1, 3, height, width) in [0, 1].
+
+        Raises:
+            CorruptStreamError / TruncatedStreamError: damaged payload.
+            ModelMismatchError: the payload needs layer 0 conditioning that was not supplied,
+                or this machine computed other entropy parameters than the encoder.
+        """
+        p = ResidualPayload.from_bytes(payload, self.levels)
+        if p.conditioned and semantic is None:
+            raise ModelMismatchError("the pixel layer was coded conditioned on the semantic layer, which is missing")
+        if not p.conditioned:
+            semantic = None
+        gains = self.model.gains(torch.tensor([p.rate / RATE_ONE]))
+        hp, wp = _aligned(height), _aligned(width)
+        dec = EntropyDecoder(p.words)
+        z_shape = (1, self.model.config.N, hp // ALIGN, wp // ALIGN)
+        z_sym = dec.decode_categorical(self.z_tables, self._z_table_index(z_shape))
+        z_hat = torch.from_numpy(z_sym).float() + self.z_medians[None, :, None, None]
+        latent_size = (hp // 16, wp // 16)
+        scale_index, means = self._y_parameters(z_hat, gains, latent_size, semantic)
+        if param_digest(scale_index) != p.digest:
+            raise ModelMismatchError("this machine computed different entropy parameters than the encoder "
+                                     "(checkpoint or platform mismatch); refusing to decode garbage")
+        lo, hi = Y_SYMBOL_RANGE
+        y_sym = dec.decode_gaussian(scale_index, SCALE_TABLE, lo=lo, hi=hi)
+        dec.finish()
+        y_hat = torch.from_numpy(y_sym).float() + means                    # (1, M, h, w)
+        x_hat = self.model.g_s(y_hat * gains["y_inv"])                     # (1, 3, Hp, Wp)
+        return x_hat[:, :, :height, :width].clamp_(0, 1)
+
+    # ------------------------------------------------------------------ shared
+    def _quantize_z(self, z: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """Symbols of z (clamped to the frozen tables) and the matching z_hat."""
+        med = self.z_medians[None, :, None, None]
+        sym = torch.round(z - med)
+        sym = torch.maximum(torch.minimum(sym, self.z_hi[None, :, None, None]), self.z_lo[None, :, None, None])
+        return sym.to(torch.int32).numpy(), sym + med
+
+    def _z_table_index(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Channel index of every z symbol: (1, N, a, b)."""
+        return np.broadcast_to(np.arange(shape[1], dtype=np.int32)[None, :, None, None], shape)
+
+    def _y_parameters(self, z_hat: torch.Tensor, gains: dict, latent_size, semantic) -> tuple[np.ndarray, torch.Tensor]:
+        """Integer scale indices (1, M, h, w) and float means of y from z_hat (the deterministic path)."""
+        params = self.model.entropy_parameters(z_hat, gains, tuple(latent_size), semantic)
+        scales, means = params.chunk(2, dim=1)
+        return SCALE_TABLE.index_of(scales.numpy()).astype(np.int32), means
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def pad_to_alignment(x: torch.Tensor) -> torch.Tensor:
+    """Pad (B, 3, H, W) on the bottom/right by edge replication to multiples of 64."""
+    H, W = x.shape[-2:]
+    ph, pw = _aligned(H) - H, _aligned(W) - W
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+def image_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 → (1, 3, H, W) float in [0, 1]."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise InvalidInputError("expected an (H, W, 3) uint8 RGB array")
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float().div_(255)
+
+
+def tensor_to_image(x: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) float in [0, 1] → (H, W, 3) uint8 (round half up, deterministic)."""
+    return torch.floor(x[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()

@@ -1,0 +1,115 @@
+"""The shell interface through click's CliRunner: every command, option and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from helpers import SAMPLE
+from PIL import Image
+
+from semcodec.cli.main import main
+
+
+@pytest.fixture
+def sample(tmp_path):
+    p = tmp_path / "photo.jpg"
+    shutil.copy(SAMPLE, p)
+    return p
+
+
+def test_help_lists_commands(runner):
+    result = runner.invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("compress", "decompress", "info", "models"):
+        assert command in result.output
+
+
+def test_compress_decompress_default_names(runner, test_codec, sample):
+    r = runner.invoke(main, ["compress", str(sample), "--model", test_codec, "-q", "60"])
+    assert r.exit_code == 0, r.output
+    stream = sample.with_suffix(".smc")
+    assert stream.exists() and "bpp" in r.stderr
+    r = runner.invoke(main, ["decompress", str(stream)])
+    assert r.exit_code == 0, r.output
+    out = sample.with_name("photo.png")
+    assert Image.open(out).size == Image.open(sample).size
+
+
+def test_no_overwrite_without_force(runner, test_codec, sample):
+    out = sample.with_suffix(".smc")
+    out.write_bytes(b"keep me")
+    r = runner.invoke(main, ["compress", str(sample), "--model", test_codec])
+    assert r.exit_code != 0 and "--force" in r.stderr
+    assert out.read_bytes() == b"keep me"
+    r = runner.invoke(main, ["compress", str(sample), "--model", test_codec, "--force"])
+    assert r.exit_code == 0 and out.read_bytes() != b"keep me"
+
+
+def test_stdin_stdout(runner, test_codec, sample):
+    r = runner.invoke(main, ["compress", "-", "-o", "-", "--model", test_codec], input=sample.read_bytes())
+    assert r.exit_code == 0
+    stream = r.stdout_bytes
+    r = runner.invoke(main, ["decompress", "-", "-o", "-"], input=stream)
+    assert r.exit_code == 0 and r.stdout_bytes.startswith(b"\x89PNG")
+
+
+def test_info_text_and_json(runner, test_codec, sample, tmp_path):
+    stream = tmp_path / "s.smc"
+    assert runner.invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec]).exit_code == 0
+    r = runner.invoke(main, ["info", str(stream)])
+    assert r.exit_code == 0 and "layer 1 (pixels)" in r.output and test_codec in r.output
+    r = runner.invoke(main, ["info", "--json", str(stream)])
+    info = json.loads(r.output)
+    assert info["total_bytes"] == stream.stat().st_size and info["layers"]["RES1"] > 0
+    assert info["width"], info["height"] == Image.open(sample).size
+
+
+def test_models_lists_registry(runner):
+    r = runner.invoke(main, ["models", "--json"])
+    assert r.exit_code == 0
+    names = {row["name"] for row in json.loads(r.output)}
+    assert "semcodec-ms192" in names
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    (b"", "empty"),
+    (b"this is text, not an image", "not an image"),
+])
+def test_compress_bad_inputs(runner, test_codec, tmp_path, content, message):
+    p = tmp_path / "in.png"
+    if content is not None:
+        p.write_bytes(content)
+    r = runner.invoke(main, ["compress", str(p), "--model", test_codec])
+    assert r.exit_code != 0 and message in r.stderr
+    assert "Traceback" not in r.output
+    assert not list(tmp_path.glob("*.smc")) and not list(tmp_path.glob(".*part"))
+
+
+def test_decompress_bad_streams(runner, test_codec, sample, tmp_path):
+    stream = tmp_path / "s.smc"
+    runner.invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec])
+    data = stream.read_bytes()
+    cases = {"truncated.smc": data[: len(data) // 2], "empty.smc": b"", "text.smc": b"hello",
+             "flipped.smc": data[:40] + bytes([data[40] ^ 1]) + data[41:]}
+    for name, content in cases.items():
+        p = tmp_path / name
+        p.write_bytes(content)
+        r = runner.invoke(main, ["decompress", str(p), "-o", str(tmp_path / (name + ".png"))])
+        assert r.exit_code == 3, (name, r.output)
+        assert r.stderr.startswith("semcodec: error:") and len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / (name + ".png")).exists()
+    r = runner.invoke(main, ["info", str(tmp_path / "truncated.smc")])
+    assert r.exit_code == 3 and "truncated" in r.stderr.lower()
+
+
+def test_unwritable_output(runner, test_codec, sample, tmp_path):
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path / "no" / "such" / "dir.smc"), "--model", test_codec])
+    assert r.exit_code != 0 and "does not exist" in r.stderr
+
+
+def test_bad_quality_is_a_usage_error(runner, sample):
+    r = runner.invoke(main, ["compress", str(sample), "-q", "300"])
+    assert r.exit_code == 2 and "quality" in r.output.lower()

@@ -1,0 +1,32 @@
+"""Shared fixtures: the tiny test codec, CliRunner, optional ../shared data."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from helpers import KODAK, TEST_DATA, TEST_MODEL
+
+
+@pytest.fixture
+def test_codec(monkeypatch):
+    """Make the tiny fixed-seed test codec (tests/data/checkpoints) loadable; returns its name."""
+    monkeypatch.setenv("SEMCODEC_CHECKPOINTS", str(TEST_DATA / "checkpoints"))
+    from semcodec.api import load_codec
+
+    load_codec.cache_clear()
+    yield TEST_MODEL
+    load_codec.cache_clear()
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def kodak() -> list[Path]:
+    """The Kodak images from ../shared; skips when ../shared is absent."""
+    if not KODAK.is_dir():
+        pytest.skip(f"needs the Kodak images in {KODAK} (../shared is absent)")
+    return sorted(KODAK.glob("*.png"))
+
