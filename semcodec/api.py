@@ -12,7 +12,7 @@ Models are loaded once per process and reused (see :func:`load_codec`).
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +33,7 @@ from .checkpoints import file_digest, load_residual_checkpoint
 from .errors import InvalidInputError, MissingLayerError, ModelMismatchError
 from .imageio import load_rgb
 from .models.registry import DEFAULT_CODEC_MODEL, require_checkpoint
+from .ratecontrol import search_rate
 from .residual_coder import ResidualCoder, image_to_tensor, tensor_to_image
 
 #: Quality used when neither a quality nor a rate target is given.
@@ -71,28 +72,86 @@ def quality_to_rate(quality: float, levels: int) -> float:
 
 
 # --------------------------------------------------------------------------- compress
-def compress(image, *, quality: float | None = None, model: str = DEFAULT_CODEC_MODEL) -> bytes:
+@dataclass(frozen=True)
+class CompressResult:
+    """A compressed image: the stream and how it was made."""
+
+    data: bytes
+    width: int
+    height: int
+    rate: float | None              # residual rate knob q actually used (None: no pixel layer)
+    trials: int                     # encodes made (1 without a size target)
+    notes: tuple[str, ...] = ()     # things the user should know (e.g. why layer 0 is absent)
+
+    @property
+    def bpp(self) -> float:
+        return len(self.data) * 8 / (self.width * self.height)
+
+
+def compress_image(image, *, quality: float | None = None, bpp: float | None = None, size: int | None = None,
+                   max_size: bool = False, model: str = DEFAULT_CODEC_MODEL) -> CompressResult:
+    """Compress an image and report how (see :func:`compress` for the arguments)."""
+    targets = [t for t in (quality, bpp, size) if t is not None]
+    if len(targets) > 1:
+        raise InvalidInputError("give at most one of quality, bpp and size")
+    pixels = load_rgb(image)                                     # (H, W, 3) uint8
+    height, width = pixels.shape[:2]
+    if bpp is not None:
+        if not bpp > 0:
+            raise InvalidInputError(f"bpp must be positive, got {bpp}")
+        size = max(1, int(round(bpp * width * height / 8)))
+    if size is not None and size <= 0:
+        raise InvalidInputError(f"size must be a positive number of bytes, got {size}")
+    codec = load_codec(model)
+    header = Header(codec_model=codec.name, codec_checkpoint=codec.digest8, semantic_model="",
+                    calibration=bytes(8), preprocessing="", width=width, height=height, layers=(RESIDUAL_LAYER,))
+    y = codec.coder.analyze(image_to_tensor(pixels))              # (1, M, Hp/16, Wp/16), reused by every trial
+
+    def encode(q: float) -> bytes:
+        return write_container(Container(header, (Chunk(RESIDUAL_LAYER, codec.coder.encode_analyzed(y, q)),)))
+
+    levels = codec.coder.levels
+    if size is None:
+        q = quality_to_rate(DEFAULT_QUALITY if quality is None else quality, levels)
+        return CompressResult(encode(q), width, height, q, 1)
+    found = search_rate(encode, size, 0.0, float(levels - 1), q_start=codec_rate_guess(size, width * height, levels),
+                        never_above=max_size)
+    return CompressResult(found.data, width, height, found.q, len(found.trials))
+
+
+def codec_rate_guess(size: int, pixels: int, levels: int) -> float:
+    """First guess of the rate knob for a size target: log-linear from ~0.1 bpp at q=0 to ~1.5 bpp at q=L-1."""
+    bpp = size * 8 / pixels
+    t = math.log(max(bpp, 1e-3) / 0.1) / math.log(15.0)
+    return min(max(t, 0.0), 1.0) * (levels - 1)
+
+
+def compress(image, *, quality: float | None = None, bpp: float | None = None, size: int | None = None,
+             max_size: bool = False, model: str = DEFAULT_CODEC_MODEL) -> bytes:
     """Compress an image into a semcodec stream.
+
+    Give at most one rate setting: ``quality`` (a fixed knob), ``bpp`` (target bits per
+    pixel of the whole stream) or ``size`` (target bytes of the whole stream). A target is
+    met within ±2 %, or never exceeded with ``max_size=True``.
 
     Args:
         image: a path, encoded image bytes, a PIL image or an (H, W, 3) uint8 array.
             Grayscale, 16-bit, transparent and EXIF-rotated images are converted as
             described in :mod:`semcodec.imageio`.
         quality: 0 (smallest) to 100 (best); default 75.
+        bpp: target bits per pixel.
+        size: target bytes.
+        max_size: treat the target as a ceiling.
         model: registered codec model name.
 
     Returns:
         The stream bytes.
+
+    Raises:
+        InvalidInputError: unreadable image or bad settings.
+        RateControlError: the target is outside the range this model reaches for this image.
     """
-    pixels = load_rgb(image)                                     # (H, W, 3) uint8
-    codec = load_codec(model)
-    q = quality_to_rate(DEFAULT_QUALITY if quality is None else quality, codec.coder.levels)
-    x = image_to_tensor(pixels)                                  # (1, 3, H, W)
-    payload = codec.coder.encode(x, q)
-    header = Header(codec_model=codec.name, codec_checkpoint=codec.digest8, semantic_model="",
-                    calibration=bytes(8), preprocessing="", width=pixels.shape[1], height=pixels.shape[0],
-                    layers=(RESIDUAL_LAYER,))
-    return write_container(Container(header, (Chunk(RESIDUAL_LAYER, payload),)))
+    return compress_image(image, quality=quality, bpp=bpp, size=size, max_size=max_size, model=model).data
 
 
 # --------------------------------------------------------------------------- decompress

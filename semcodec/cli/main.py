@@ -8,14 +8,18 @@ traceback); Ctrl-C exits with status 130.
 
 from __future__ import annotations
 
+import functools
+import glob
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from ..errors import SemcodecError
+from ..batch import IMAGE_SUFFIXES, STREAM_SUFFIXES, expand_inputs, plan_outputs, run_batch, summarize
+from ..errors import InvalidInputError, SemcodecError
 from ..version import __version__
+from .jobs import compress_file, decompress_file
 from .io import check_writable, encode_image, read_input_bytes, write_output_bytes
 
 
@@ -65,34 +69,95 @@ def default_output(input_path: str, suffix: str) -> str:
     return str(p.with_name(p.stem + suffix)) if p.suffix != suffix else str(p.with_name(p.name + suffix))
 
 
+def is_batch(inputs: tuple[str, ...]) -> bool:
+    """Several inputs, a folder or a glob pattern means batch mode."""
+    return len(inputs) > 1 or any(Path(i).is_dir() or (i != "-" and not Path(i).exists() and glob.has_magic(i))
+                                  for i in inputs)
+
+
+def run_batch_command(inputs, output, suffix, suffixes, work, jobs, progress, description) -> None:
+    """Expand inputs, run ``work`` over them, print the summary; exit 1 if any file failed."""
+    if "-" in inputs:
+        raise InvalidInputError("'-' (stdin) cannot be combined with other inputs")
+    out_dir = Path(output) if output else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise InvalidInputError(f"with several inputs, -o must be a folder; {out_dir} is a file")
+    items = plan_outputs(expand_inputs(inputs, suffixes), out_dir, suffix)
+    if not items:
+        raise InvalidInputError("no input files found")
+    outcomes = run_batch(items, work, jobs=jobs, progress=progress, description=description)
+    summary = summarize(outcomes)
+    click.echo(summary.describe(), err=True)
+    if summary.failed:
+        sys.exit(1)
+
+
+def rate_options(f):
+    """The rate settings shared by compress commands."""
+    f = click.option("--max", "max_size", is_flag=True, help="Treat --bpp/--size as a ceiling: never above it.")(f)
+    f = click.option("--size", type=click.IntRange(min=1), default=None, help="Target size of the whole stream in bytes (±2%).")(f)
+    f = click.option("--bpp", type=click.FloatRange(min=0, min_open=True), default=None, help="Target bits per pixel of the whole stream (±2%).")(f)
+    f = click.option("-q", "--quality", type=click.FloatRange(0, 100), default=None, help="Fixed quality, 0 (smallest) to 100 (best); default 75.")(f)
+    return f
+
+
 @main.command()
-@click.argument("image", type=click.Path(allow_dash=True))
-@click.option("-o", "--output", type=click.Path(allow_dash=True), help="Output stream (default: IMAGE with .smc; '-' = stdout).")
-@click.option("-q", "--quality", type=click.FloatRange(0, 100), default=None, help="0 (smallest) to 100 (best); default 75.")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(allow_dash=True),
+              help="Output stream ('-' = stdout); with several inputs, a folder mirroring the inputs. Default: next to each input, .smc.")
+@rate_options
 @click.option("--model", default=None, help="Codec model name (see `semcodec models`).")
-@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")
-def compress(image: str, output: str | None, quality: float | None, model: str | None, force: bool) -> None:
-    """Compress IMAGE (any format Pillow reads; '-' reads stdin) into a semcodec stream."""
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Parallel worker processes (batch mode).")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (batch mode).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+def compress(inputs, output, quality, bpp, size, max_size, model, jobs, progress, force) -> None:
+    """Compress images (any format Pillow reads) into semcodec streams.
+
+    INPUTS are image files, folders (searched recursively) or glob patterns; '-' reads one
+    image from stdin. Give at most one of -q/--quality, --bpp and --size.
+    """
     from .. import api
 
+    if sum(x is not None for x in (quality, bpp, size)) > 1:
+        raise click.UsageError("give at most one of --quality, --bpp and --size")
+    if max_size and bpp is None and size is None:
+        raise click.UsageError("--max needs --bpp or --size")
+    options = {"quality": quality, "bpp": bpp, "size": size, "max_size": max_size} | ({"model": model} if model else {})
+    if is_batch(inputs):
+        work = functools.partial(compress_file, options=options, force=force)
+        run_batch_command(inputs, output, ".smc", IMAGE_SUFFIXES, work, jobs, progress, "compress")
+        return
+    image = inputs[0]
     out = output or default_output(image, ".smc")
     check_writable(out, force)
     source = read_input_bytes(image) if image == "-" else image
-    data = api.compress(source, quality=quality, **({"model": model} if model else {}))
-    write_output_bytes(out, data, force=force)
-    info = api.inspect(data)
+    result = api.compress_image(source, **options)
+    write_output_bytes(out, result.data, force=force)
+    for note in result.notes:
+        click.echo(f"semcodec: note: {note}", err=True)
     if out != "-":
-        click.echo(f"{image} -> {out}: {info.total_bytes} bytes, {info.bpp:.4f} bpp", err=True)
+        click.echo(f"{image} -> {out}: {len(result.data)} bytes, {result.bpp:.4f} bpp", err=True)
 
 
 @main.command()
-@click.argument("stream", type=click.Path(allow_dash=True))
-@click.option("-o", "--output", type=click.Path(allow_dash=True), help="Output image (default: STREAM with .png; '-' = stdout).")
-@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")
-def decompress(stream: str, output: str | None, force: bool) -> None:
-    """Decode the pixel layer of a semcodec STREAM into an image (PNG unless -o names another format)."""
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(allow_dash=True),
+              help="Output image ('-' = stdout, PNG); with several inputs, a folder. Default: next to each input, .png.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Parallel worker processes (batch mode).")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (batch mode).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+def decompress(inputs, output, jobs, progress, force) -> None:
+    """Decode the pixel layer of semcodec streams into images (PNG unless -o names another format).
+
+    INPUTS are .smc files, folders or glob patterns; '-' reads one stream from stdin.
+    """
     from .. import api
 
+    if is_batch(inputs):
+        work = functools.partial(decompress_file, force=force)
+        run_batch_command(inputs, output, ".png", STREAM_SUFFIXES, work, jobs, progress, "decompress")
+        return
+    stream = inputs[0]
     out = output or default_output(stream, ".png")
     check_writable(out, force)
     image = api.decompress(read_input_bytes(stream))
@@ -113,6 +178,15 @@ def models(as_json: bool) -> None:
         status = "available" if r["available"] else "not on this machine"
         click.echo(f"{r['name']:<16} {r['kind']:<9} {r['shape']:<22} {status}")
         click.echo(f"{'':<16} {r['description']}")
+
+
+def _register_subcommands() -> None:
+    from .train import train
+
+    main.add_command(train)
+
+
+_register_subcommands()
 
 
 def run() -> None:  # pragma: no cover - console entry point alias

@@ -113,3 +113,38 @@ def test_unwritable_output(runner, test_codec, sample, tmp_path):
 def test_bad_quality_is_a_usage_error(runner, sample):
     r = runner.invoke(main, ["compress", str(sample), "-q", "300"])
     assert r.exit_code == 2 and "quality" in r.output.lower()
+
+
+def test_batch_folder_with_a_bad_file(runner, test_codec, tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(SAMPLE, src / "a.jpg")
+    shutil.copy(SAMPLE, src / "sub" / "b.jpg")
+    (src / "sub" / "broken.png").write_bytes(b"not an image")
+    r = runner.invoke(main, ["compress", str(src), "-o", str(tmp_path / "out"), "--model", test_codec, "--no-progress"])
+    assert r.exit_code == 1
+    assert (tmp_path / "out" / "a.smc").exists() and (tmp_path / "out" / "sub" / "b.smc").exists()
+    assert "3 files, 2 ok, 1 failed" in r.stderr and "broken.png" in r.stderr
+    r = runner.invoke(main, ["decompress", str(tmp_path / "out"), "-o", str(tmp_path / "dec"), "--no-progress"])
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "dec" / "sub" / "b.png").exists()
+
+
+def test_batch_with_jobs_and_glob(runner, test_codec, tmp_path):
+    for name in ("x.jpg", "y.jpg", "z.jpg"):
+        shutil.copy(SAMPLE, tmp_path / name)
+    r = runner.invoke(main, ["compress", str(tmp_path / "*.jpg"), "-o", str(tmp_path / "o"), "-j", "2",
+                             "--model", test_codec, "--size", "500", "--no-progress"])
+    assert r.exit_code == 0, r.stderr
+    sizes = [p.stat().st_size for p in sorted((tmp_path / "o").glob("*.smc"))]
+    assert len(sizes) == 3 and all(abs(s - 500) <= 10 for s in sizes)
+
+
+def test_rate_options(runner, test_codec, sample, tmp_path):
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path / "a.smc"), "--bpp", "0.04", "--model", test_codec])
+    assert r.exit_code == 0
+    assert abs((tmp_path / "a.smc").stat().st_size * 8 / (451 * 300) - 0.04) <= 0.02 * 0.04
+    r = runner.invoke(main, ["compress", str(sample), "--bpp", "0.04", "--size", "100"])
+    assert r.exit_code == 2 and "at most one" in r.output
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path / "b.smc"), "--size", "10", "--model", test_codec])
+    assert r.exit_code == 5 and "reachable" in r.stderr and not (tmp_path / "b.smc").exists()

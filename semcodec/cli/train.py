@@ -1,0 +1,51 @@
+"""``semcodec train`` — train, resume or export the residual codec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import InvalidInputError
+
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
+
+
+@click.command()
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of training photos (default: ../shared/data/train). Never the evaluation set.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/semcodec-ms192"),
+              show_default=True, help="Where last.safetensors, log.jsonl and hourly snapshots go; resumes from it.")
+@click.option("--model", "model_name", default="semcodec-ms192", show_default=True,
+              help="Registered architecture to create when starting from scratch.")
+@click.option("--resume-from", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Start from this checkpoint (e.g. the shipped one) when the run folder has none.")
+@click.option("--hours", type=float, default=None, help="Stop after this many hours of training in this call.")
+@click.option("--iterations", type=int, default=None, help="Stop at this total iteration count.")
+@click.option("--crop", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--threads", type=int, default=0, help="torch threads (0 = torch's default).")
+@click.option("--export-to", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Afterwards, freeze the last checkpoint (fp16 + integer CDF tables) into this file.")
+def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch_size, lr, threads, export_to) -> None:
+    """Train the residual codec with random crops and an RD loss over its λ levels (resumable)."""
+    from ..checkpoints import freeze_for_shipping
+    from ..models.registry import codec_models
+    from ..training import TrainSettings
+    from ..training import train as run_training
+
+    data = data or DEFAULT_DATA
+    if not data.is_dir():
+        raise InvalidInputError(f"training data folder {data} does not exist; pass --data DIR")
+    registry = codec_models()
+    if model_name not in registry:
+        raise InvalidInputError(f"unknown model {model_name!r}; registered: {', '.join(registry)}")
+    settings = TrainSettings(data=str(data), run_dir=str(run_dir), crop=crop, batch_size=batch_size, lr=lr,
+                             threads=threads, max_iterations=iterations if iterations is not None else 10**9,
+                             max_hours=hours if hours is not None else 1e9)
+    last = run_training(settings, registry[model_name].config, resume_from=str(resume_from) if resume_from else None,
+                        log=lambda m: click.echo(m, err=True))
+    if export_to:
+        freeze_for_shipping(last, export_to, model_name)
+        click.echo(f"exported {export_to}", err=True)

@@ -1,0 +1,124 @@
+"""Rate control: find the rate knob whose stream hits a byte target.
+
+The codec's rate knob ``q`` is continuous (gain interpolation) and the stream size
+grows with it, roughly exponentially. :func:`search_rate` runs a safeguarded secant
+search on ``log(bytes)`` over ``q``: each trial is a real, deterministic encode
+(the caller reuses the analysis transform between trials, so a trial costs only
+the hyperprior and the range coder), and the search keeps a bracket so it can
+never diverge.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import RateControlError
+
+#: Relative tolerance of a size target (±2 %).
+DEFAULT_TOLERANCE = 0.02
+#: d log(bytes) / dq used for the first step before two trials are known.
+PRIOR_SLOPE = 0.45
+
+
+@dataclass
+class RateSearchResult:
+    """Outcome of a rate search: the chosen knob, its stream and every trial made."""
+
+    q: float
+    data: bytes
+    trials: list[tuple[float, int]] = field(default_factory=list)   # (q, bytes) in evaluation order
+
+
+def search_rate(encode: Callable[[float], bytes], target_bytes: int, q_min: float, q_max: float, *,
+                q_start: float | None = None, tolerance: float = DEFAULT_TOLERANCE, never_above: bool = False,
+                max_trials: int = 14, quantum: float = 1 / 4096) -> RateSearchResult:
+    """Find ``q`` in ``[q_min, q_max]`` whose ``encode(q)`` has ``target_bytes`` (±tolerance).
+
+    Args:
+        encode: deterministic function from rate knob to stream bytes, non-decreasing in size.
+        target_bytes: requested stream size.
+        q_min, q_max: the knob's range.
+        q_start: first guess (default: middle of the range).
+        tolerance: accepted relative deviation from the target.
+        never_above: the result must not exceed ``target_bytes`` (it is then within
+            ``tolerance`` below the target when reachable, else the largest size below it).
+        max_trials: safety cap on encodes.
+        quantum: resolution of ``q`` (the stream's fixed point).
+
+    Returns:
+        The best trial.
+
+    Raises:
+        RateControlError: the target lies outside the reachable range (the message gives it).
+    """
+    if target_bytes <= 0:
+        raise RateControlError(f"the size target must be positive, got {target_bytes} bytes")
+    trials: list[tuple[float, int, bytes]] = []
+    cache: dict[float, bytes] = {}
+
+    def trial(q: float) -> int:
+        q = min(max(round(q / quantum) * quantum, q_min), q_max)
+        if q not in cache:
+            cache[q] = encode(q)
+            trials.append((q, len(cache[q]), cache[q]))
+        return len(cache[q])
+
+    def acceptable(n: int) -> bool:
+        if never_above:
+            return target_bytes * (1 - tolerance) <= n <= target_bytes
+        return abs(n - target_bytes) <= tolerance * target_bytes
+
+    lo_q, hi_q = q_min, q_max          # bracket: size(lo_q) <= target <= size(hi_q) once both are known
+    lo_n = hi_n = None
+    q = q_start if q_start is not None else (q_min + q_max) / 2
+    slope = PRIOR_SLOPE
+    aim = target_bytes * (1 - tolerance / 2) if never_above else target_bytes   # keep a margin under a ceiling
+    for _ in range(max_trials):
+        n = trial(q)
+        q = current = min(max(round(q / quantum) * quantum, q_min), q_max)
+        if acceptable(n):
+            break
+        if n < target_bytes:
+            lo_q, lo_n = q, n
+        else:
+            hi_q, hi_n = q, n
+        if lo_n is None and q <= q_min:
+            raise RateControlError(_out_of_range(target_bytes, n, trial(q_max), below=True))
+        if hi_n is None and q >= q_max:
+            raise RateControlError(_out_of_range(target_bytes, trial(q_min), n, below=False))
+        if hi_q - lo_q <= quantum:
+            break
+        if lo_n is not None and hi_n is not None and hi_n > lo_n:
+            slope = (math.log(hi_n) - math.log(lo_n)) / (hi_q - lo_q)   # secant through the bracket
+        step_q = q + (math.log(aim) - math.log(n)) / max(slope, 1e-3)
+        # Safeguard: a step past an unexplored end of the range tries that end (which also tells
+        # whether the target is reachable); inside a bracket, bisect when the secant leaves it.
+        if step_q >= q_max and hi_n is None:
+            q = q_max
+        elif step_q <= q_min and lo_n is None:
+            q = q_min
+        else:
+            inner_lo = lo_q if lo_n is not None else q_min
+            inner_hi = hi_q if hi_n is not None else q_max
+            q = step_q if inner_lo < step_q < inner_hi else (inner_lo + inner_hi) / 2
+        # Always move by at least one quantum towards the target (the secant step can be smaller).
+        if abs(q - current) < quantum:
+            q = current + (quantum if n < target_bytes else -quantum)
+    return _best(trials, target_bytes, never_above)
+
+
+def _best(trials: list[tuple[float, int, bytes]], target: int, never_above: bool) -> RateSearchResult:
+    candidates = [t for t in trials if t[1] <= target] if never_above else trials
+    if not candidates:
+        smallest = min(trials, key=lambda t: t[1])
+        raise RateControlError(f"no stream of at most {target} bytes is possible; the smallest is {smallest[1]} bytes")
+    q, _, data = min(candidates, key=lambda t: abs(t[1] - target))
+    return RateSearchResult(q=q, data=data, trials=[(t[0], t[1]) for t in trials])
+
+
+def _out_of_range(target: int, smallest: int, largest: int, below: bool) -> str:
+    side = "below the smallest" if below else "above the largest"
+    return (f"a target of {target} bytes is {side} size this model reaches for this image "
+            f"(reachable: {smallest}–{largest} bytes)")
