@@ -5,14 +5,26 @@ multimodal LLM consumes); layer 1 carries what the pixels need beyond them.
 
 Public interface::
 
-    semcodec.compress(image, quality=...) -> bytes
+    semcodec.compress(image, quality=... | bpp=... | size=...) -> bytes
     semcodec.decompress(data) -> PIL.Image.Image
     semcodec.inspect(data) -> StreamInfo
+
+The API (and with it torch) is imported on first use, so that ``import semcodec``
+and ``semcodec --help`` stay fast.
 """
 
-from . import _compat  # noqa: F401  (must run before torchvision / compressai / open_clip are imported)
-from .api import StreamInfo, compress, decompress, inspect
 from .errors import SemcodecError
 from .version import __version__
 
-__all__ = ["SemcodecError", "StreamInfo", "__version__", "compress", "decompress", "inspect"]
+__all__ = ["CompressResult", "SemcodecError", "StreamInfo", "__version__", "compress", "compress_image",
+           "decompress", "inspect"]
+
+_API_NAMES = {"CompressResult", "StreamInfo", "compress", "compress_image", "decompress", "inspect"}
+
+
+def __getattr__(name: str):
+    if name in _API_NAMES:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'semcodec' has no attribute {name!r}")

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import ModelError
+from .fsutil import atomic_write
 from .models.residual import ResidualCodec, ResidualConfig
 from .version import __version__
 
@@ -42,26 +41,11 @@ def file_digest(path: str | Path) -> bytes:
     return h.digest()
 
 
-def default_file_mode() -> int:
-    """Permissions of a new file under the current umask (mkstemp would create it 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write a safetensors file through a temporary file and a rename, so no partial file remains."""
+    """Write a safetensors file atomically (no partial file remains after an error)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, default_file_mode())
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def save_residual_checkpoint(model: ResidualCodec, path: str | Path, metadata: dict | None = None,

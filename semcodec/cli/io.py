@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from ..checkpoints import default_file_mode
+from ..fsutil import atomic_write
 from ..errors import InvalidInputError
 
 #: Largest input file read into memory (streams and images).
@@ -50,10 +50,8 @@ _IMAGE_FORMATS = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
 
 def encode_image(image, path: str | os.PathLike) -> bytes:
     """Encode a decoded PIL image losslessly in the format its output name asks for (PNG by default)."""
-    import io as _io
-
     fmt = _IMAGE_FORMATS.get(Path(str(path)).suffix.lower(), "PNG") if str(path) != "-" else "PNG"
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     image.save(buf, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
     return buf.getvalue()
 
@@ -71,20 +69,15 @@ def write_output_bytes(path: str | os.PathLike, data: bytes, force: bool = False
     p = Path(path)
     if p.exists() and not force:
         raise InvalidInputError(f"{p} exists; use --force to overwrite it")
-    parent = p.parent if str(p.parent) else Path(".")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=parent)
+        atomic_write(p, write)
     except FileNotFoundError:
-        raise InvalidInputError(f"cannot write {p}: folder {parent} does not exist") from None
+        raise InvalidInputError(f"cannot write {p}: folder {p.parent} does not exist") from None
     except OSError as e:
         raise InvalidInputError(f"cannot write {p}: {e.strerror or e}") from None
-    try:
-        os.chmod(tmp, default_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise InvalidInputError(f"cannot write {p}: {e.strerror or e}") from None
-        raise
+
