@@ -1,0 +1,208 @@
+"""Layer 0 rate vs token fidelity on Kodak, against JPEG / WebP / AVIF at matched bytes.
+
+For every image and byte budget B:
+
+* **semcodec layer 0**: a complete semantic-only stream (container header + SEM0
+  chunk) of at most B bytes (``encode_to_budget`` on the payload budget that
+  remains after the container overhead), decoded with ``decode_tokens``.
+* **JPEG / WebP / AVIF (Pillow)**: the largest file of at most B bytes: the
+  image is first resized so that its long side equals the tower input size S
+  (the tower never sees more pixels than that), then the quality is bisected;
+  if even the lowest quality does not fit, the image is downscaled further by
+  steps of 0.8. The decoded image is resized back to the original size and run
+  through the tower.
+
+Token fidelity is measured against the tokens of the original image: mean
+squared error over all N×D values and mean cosine similarity over the N tokens.
+
+Timing compares decoding tokens from a semcodec stream with decoding the
+matched-bytes JPEG and running the tower on it (both single-threaded by
+default, see ``--threads``; the machine may be shared, so treat absolute times
+with care).
+
+Usage::
+
+    python benchmarks/semantic_rd.py                       # tiny + real towers whose weights are here
+    python benchmarks/semantic_rd.py --limit 6 --budgets 1000
+
+Writes ``bench-results/semantic_rd.csv`` (one row per image, codec and budget)
+and prints a markdown summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import semcodec._compat  # noqa: E402,F401  (before torchvision / open_clip)
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from semcodec.models.semantic import list_semantic_models, load_tower  # noqa: E402
+from semcodec.semantic_coder import decode_tokens, find_calibration, load_calibration, semantic_only_stream  # noqa: E402
+
+PIL_CODECS = {
+    "jpeg": dict(format="JPEG", optimize=True),
+    "webp": dict(format="WEBP", method=6),
+    "avif": dict(format="AVIF", speed=4),
+}
+
+
+def pil_encode(img: Image.Image, codec: str, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, quality=quality, **PIL_CODECS[codec])
+    return buf.getvalue()
+
+
+def pil_at_budget(img: Image.Image, codec: str, budget: int, max_side: int) -> tuple[bytes | None, tuple[int, int]]:
+    """The largest encoding of at most ``budget`` bytes: quality bisection, then downscaling."""
+    w, h = img.size
+    scale = min(1.0, max_side / max(w, h))
+    for _ in range(25):
+        size = (max(8, round(w * scale)), max(8, round(h * scale)))
+        small = img.resize(size, Image.BICUBIC) if size != img.size else img
+        lo, hi, best = 1, 95, None
+        while lo <= hi:
+            q = (lo + hi) // 2
+            data = pil_encode(small, codec, q)
+            if len(data) <= budget:
+                best, lo = data, q + 1
+            else:
+                hi = q - 1
+        if best is not None:
+            return best, size
+        scale *= 0.8
+    return None, (0, 0)
+
+
+def fidelity(t_hat: torch.Tensor, t: torch.Tensor) -> tuple[float, float]:
+    mse = float(((t_hat - t) ** 2).mean())
+    cos = float(torch.nn.functional.cosine_similarity(t_hat, t, dim=-1).mean())
+    return mse, cos
+
+
+def timed(fn, repeat: int = 5) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run_tower(name: str, images: list[Path], budgets: list[int], codecs: list[str], rows: list[dict]) -> dict:
+    tower = load_tower(name)
+    cal = load_calibration(find_calibration(tower.spec.name))
+    S = tower.spec.image_size
+    timing = {"semcodec": [], "jpeg+tower": [], "tower": []}
+    for path in images:
+        img = Image.open(path).convert("RGB")
+        w, h = img.size
+        t = tower.tokens([img])[0]
+        for budget in budgets:
+            stream = semantic_only_stream(t, cal, w, h, max_bytes=budget)
+            tok = decode_tokens(stream, calibration=cal)
+            mse, cos = fidelity(tok.tokens, t)
+            rows.append(dict(tower=name, image=path.name, codec="semcodec", budget=budget, bytes=len(stream),
+                             mse=mse, cosine=cos, kept=int(tok.positions.numel()), detail=""))
+            if budget == budgets[len(budgets) // 2]:
+                timing["semcodec"].append(timed(lambda: decode_tokens(stream, calibration=cal)))
+            for codec in codecs:
+                data, size = pil_at_budget(img, codec, budget, S)
+                if data is None:
+                    rows.append(dict(tower=name, image=path.name, codec=codec, budget=budget, bytes=0,
+                                     mse=float("nan"), cosine=float("nan"), kept=0, detail="does not fit"))
+                    continue
+                dec = Image.open(io.BytesIO(data)).convert("RGB").resize((w, h), Image.BICUBIC)
+                mse, cos = fidelity(tower.tokens([dec])[0], t)
+                rows.append(dict(tower=name, image=path.name, codec=codec, budget=budget, bytes=len(data),
+                                 mse=mse, cosine=cos, kept=0, detail=f"{size[0]}x{size[1]}"))
+                if codec == "jpeg" and budget == budgets[len(budgets) // 2]:
+                    def jpeg_path(data=data):
+                        im = Image.open(io.BytesIO(data))
+                        im.load()
+                        return tower.tokens([im.convert("RGB")])
+                    timing["jpeg+tower"].append(timed(jpeg_path))
+                    x = tower.preprocess(img)[None]
+                    timing["tower"].append(timed(lambda: tower.tokens_from_tensor(x)))
+        print(f"  {name}: {path.name} done", file=sys.stderr)
+    return {k: statistics.median(v) if v else float("nan") for k, v in timing.items()}
+
+
+def summarize(rows: list[dict], towers: list[str], budgets: list[int], codecs: list[str], timings: dict) -> str:
+    out = []
+    for name in towers:
+        out.append(f"\n### {name}\n")
+        out.append("| budget (B) | codec | mean bytes | token MSE | mean cosine | MSE ratio codec/semcodec |")
+        out.append("|---:|---|---:|---:|---:|---:|")
+        for budget in budgets:
+            sel = [r for r in rows if r["tower"] == name and r["budget"] == budget]
+            base = [r for r in sel if r["codec"] == "semcodec"]
+            base_mse = statistics.mean(r["mse"] for r in base)
+            for codec in ["semcodec", *codecs]:
+                rs = [r for r in sel if r["codec"] == codec and r["bytes"] > 0]
+                if not rs:
+                    out.append(f"| {budget} | {codec} | - | does not fit | - | - |")
+                    continue
+                mse = statistics.mean(r["mse"] for r in rs)
+                cos = statistics.mean(r["cosine"] for r in rs)
+                nb = statistics.mean(r["bytes"] for r in rs)
+                missing = len(sel) // (1 + len(codecs)) - len(rs)
+                note = f" ({missing} images do not fit)" if missing else ""
+                out.append(f"| {budget} | {codec} | {nb:.0f} | {mse:.4f} | {cos:.4f} | {mse / base_mse:.1f}x{note} |")
+        t = timings[name]
+        out.append(f"\nDecode to tokens ({name}): semcodec stream {t['semcodec'] * 1e3:.2f} ms; "
+                   f"JPEG decode + tower {t['jpeg+tower'] * 1e3:.1f} ms (tower forward alone {t['tower'] * 1e3:.1f} ms); "
+                   f"speedup {t['jpeg+tower'] / t['semcodec']:.0f}x")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kodak", type=Path, default=ROOT.parent / "shared" / "data" / "kodak")
+    ap.add_argument("--towers", nargs="*", default=None,
+                    help="towers to measure (default: tiny and every registered tower with weights and calibration)")
+    ap.add_argument("--budgets", type=int, nargs="*", default=[500, 1000, 2000, 4000])
+    ap.add_argument("--codecs", nargs="*", default=list(PIL_CODECS))
+    ap.add_argument("--limit", type=int, default=0, help="use the first N images only")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = stable timings)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "semantic_rd.csv")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    images = sorted(args.kodak.glob("*.png"))
+    if args.limit:
+        images = images[:args.limit]
+    if not images:
+        sys.exit(f"no Kodak images in {args.kodak}")
+    towers = args.towers
+    if towers is None:
+        towers = [r["name"] for r in list_semantic_models()
+                  if r["name"] == "tiny" or (r["weights_present"] and r["calibration_present"])]
+    rows: list[dict] = []
+    timings = {}
+    t0 = time.time()
+    for name in towers:
+        timings[name] = run_tower(name, images, args.budgets, args.codecs, rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"## semcodec layer 0 vs Pillow codecs on {len(images)} Kodak images "
+          f"(token fidelity to the original image's tokens; {time.time() - t0:.0f} s)")
+    print(summarize(rows, towers, args.budgets, args.codecs, timings))
+    print(f"\nCSV: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Shell commands of layer 0: ``semcodec calibrate`` and ``semcodec tokens``.
+
+Both are plain click commands; :mod:`semcodec.cli.main` registers them on the
+``semcodec`` group, whose error handling turns every
+:class:`~semcodec.errors.SemcodecError` into a one-line message and exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import InvalidInputError
+from .io import check_writable, read_input_bytes, write_output_bytes
+
+#: Image files ``calibrate`` reads from ``--images`` (searched recursively).
+CALIBRATION_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"})
+
+
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise InvalidInputError(f"--images {folder} is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in CALIBRATION_SUFFIXES)
+    if len(files) < 2:
+        raise InvalidInputError(f"{folder} holds {len(files)} image file(s); calibration needs at least 2 "
+                                "(a few hundred varied photos are recommended)")
+    return files
+
+
+@click.command()
+@click.option("--semantic", "semantic", required=True,
+              help="Semantic tower: clip-l14-336, clip-b16, tiny, or an open_clip Arch:tag.")
+@click.option("--semantic-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Weights file of the tower (instead of the local cache or a download).")
+@click.option("--images", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder of calibration photos (searched recursively). Never use your test images.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Calibration file to write, e.g. ~/.cache/semcodec/calibrations/calibration-NAME.safetensors.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per tower call.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")
+def calibrate(semantic: str, semantic_weights: Path | None, images: Path, output: Path, batch_size: int,
+              progress: bool, force: bool) -> None:
+    """Compute a semantic tower's calibration (KLT, variances, entropy-model tables).
+
+    The calibration is part of the codec model: streams name its hash, and a
+    decoder needs this very file. Put it in ~/.cache/semcodec/calibrations/
+    (or the repository's checkpoints/) under the name calibration-NAME.safetensors
+    so that encoders and decoders find it.
+    """
+    from ..models.semantic import load_tower
+    from ..semantic_coder import calibrate as run_calibration
+
+    output = output.expanduser()
+    check_writable(output, force)
+    if not output.parent.exists():
+        raise InvalidInputError(f"cannot write {output}: folder {output.parent} does not exist")
+    files = _image_files(images.expanduser())
+    tower = load_tower(semantic, weights=semantic_weights)
+    t0 = time.perf_counter()
+    from tqdm import tqdm
+
+    with tqdm(total=len(files), unit="img", desc=f"calibrating {tower.spec.name}", file=sys.stderr,
+              disable=not progress) as bar:
+        cal = run_calibration(tower, files, batch_size=batch_size, progress=lambda done: bar.update(done - bar.n))
+    cal.save(output)
+    skipped = cal.stats.get("skipped_images", 0)
+    click.echo(f"{output}: {cal.describe()}; {time.perf_counter() - t0:.1f} s"
+               + (f"; {skipped} unreadable file(s) skipped" if skipped else ""), err=True)
+
+
+def _default_tokens_output(stream: str) -> str:
+    p = Path(stream)
+    return str(p.with_name(p.stem + ".tokens.safetensors"))
+
+
+@click.command()
+@click.argument("stream", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Tokens file (safetensors; '-' = stdout). Default: next to STREAM, NAME.tokens.safetensors; "
+                   "stdout when STREAM is '-'.")
+@click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Calibration file to use instead of looking it up by the stream's hash.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")
+def tokens(stream: str, output: str | None, calibration: Path | None, force: bool) -> None:
+    """Decode the semantic tokens (layer 0) of STREAM for a multimodal LLM.
+
+    Reads only the stream's semantic layer: no pixels are decoded and no vision
+    transformer runs. Writes a safetensors file with 'tokens' (N, D), 'positions'
+    (the coded grid positions) and metadata (tower, preprocessing, grid, layer).
+    """
+    from ..semantic_coder import decode_tokens
+
+    if output is None:
+        output = "-" if stream == "-" else _default_tokens_output(stream)
+    if output == "-" and sys.stdout.isatty():
+        raise InvalidInputError("refusing to write binary tokens to a terminal; give -o FILE")
+    check_writable(output, force)
+    result = decode_tokens(read_input_bytes(stream), calibration=calibration)
+    write_output_bytes(output, result.to_bytes(), force=force)
+    if output != "-":
+        n, d = result.tokens.shape
+        click.echo(f"{stream} -> {output}: {n} tokens x {d} ({result.grid[0]}x{result.grid[1]}, "
+                   f"{result.positions.numel()} coded) of {result.model}, {result.preprocessing}", err=True)
