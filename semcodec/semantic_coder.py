@@ -70,6 +70,7 @@ __all__ = [
     "decode_tokens",
     "find_calibration",
     "load_calibration",
+    "padding_mask",
     "semantic_only_stream",
 ]
 
@@ -178,12 +179,17 @@ class Calibration:
         preprocessing_id: The tower's preprocessing id.
         grid: Token grid ``(gh, gw)``.
         token_dim: ``D``.
-        position_mean: ``(N, D)`` float32 mean token at each grid position.
+        preprocessing: ``"pad-square"`` or ``"resize-crop"`` (decides which tokens are padding).
+        input_size: Side of the tower input in pixels.
+        position_mean: ``(N, D)`` float32 mean image token at each grid position.
+        padding_mean: ``(N, D)`` float32 mean padding token at each grid position
+            (``pad-square``: tokens of the mean-colour border of non-square images).
         mean: ``(D,)`` float32 mean over all tokens.
         klt: ``(D, D)`` float32 orthonormal KLT, column ``i`` the eigenvector of the
             residual (token minus position mean) covariance with the ``i``-th largest variance.
         variances: ``(D,)`` float32 eigenvalues, non-increasing.
         log2_std_q: ``(D,)`` int32 ``round(8 · log2 σᵢ)``, non-increasing.
+        log2_std_pad_q: ``(D,)`` int32 the same for padding tokens (around ``padding_mean``).
         log2_cstd_q: ``(5, D)`` int32 ``round(8 · log2)`` of the residual std of
             component ``i`` after the pass-``p`` prediction (row 0 = ``log2_std_q``).
         alpha_q: ``(5, D)`` int32 prediction weights × 64 per pass (row 0 = 0).
@@ -200,11 +206,15 @@ class Calibration:
     preprocessing_id: str
     grid: tuple[int, int]
     token_dim: int
+    preprocessing: str
+    input_size: int
     position_mean: np.ndarray
+    padding_mean: np.ndarray
     mean: np.ndarray
     klt: np.ndarray
     variances: np.ndarray
     log2_std_q: np.ndarray
+    log2_std_pad_q: np.ndarray
     log2_cstd_q: np.ndarray
     alpha_q: np.ndarray
     drop_alpha_q: np.ndarray
@@ -230,6 +240,8 @@ class Calibration:
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {
             "position_mean": torch.from_numpy(np.ascontiguousarray(self.position_mean, dtype=np.float32)),
+            "padding_mean": torch.from_numpy(np.ascontiguousarray(self.padding_mean, dtype=np.float32)),
+            "log2_std_pad_q": torch.from_numpy(np.ascontiguousarray(self.log2_std_pad_q, dtype=np.int32)),
             "mean": torch.from_numpy(np.ascontiguousarray(self.mean, dtype=np.float32)),
             "klt": torch.from_numpy(np.ascontiguousarray(self.klt, dtype=np.float32)),
             "variances": torch.from_numpy(np.ascontiguousarray(self.variances, dtype=np.float32)),
@@ -249,6 +261,8 @@ class Calibration:
             "preprocessing": self.preprocessing_id,
             "grid": f"{self.grid[0]},{self.grid[1]}",
             "token_dim": str(self.token_dim),
+            "preprocessing_mode": self.preprocessing,
+            "input_size": str(self.input_size),
             "family": self.family,
             "stats": json.dumps(self.stats, sort_keys=True),
         })
@@ -312,13 +326,16 @@ class Calibration:
             d = int(meta["token_dim"])
             layer = int(meta["layer"])
             family = meta["family"]
+            mode, input_size = meta["preprocessing_mode"], int(meta["input_size"])
             stats = json.loads(meta.get("stats", "{}"))
             arr = {k: tensors[k].numpy() for k in (
-                "position_mean", "mean", "klt", "variances", "log2_std_q", "log2_cstd_q", "alpha_q", "drop_alpha_q")}
+                "position_mean", "padding_mean", "mean", "klt", "variances", "log2_std_q", "log2_std_pad_q",
+                "log2_cstd_q", "alpha_q", "drop_alpha_q")}
         except (KeyError, ValueError, TypeError) as e:
             raise ModelError(f"malformed calibration {path}: {e}") from None
         cal = cls(model=meta.get("model", ""), layer=layer, preprocessing_id=meta.get("preprocessing", ""),
-                  grid=(gh, gw), token_dim=d, family=family, stats=stats, metadata=meta, path=path,
+                  grid=(gh, gw), token_dim=d, preprocessing=mode, input_size=input_size, family=family,
+                  stats=stats, metadata=meta, path=path,
                   _bytes_hash=hashlib.sha256(data).digest(), **arr)
         cal.validate(str(path))
         return cal
@@ -331,19 +348,23 @@ class Calibration:
             raise ModelError(f"{where}: grid {gh}x{gw} / token_dim {d} outside the supported range")
         if self.family not in FAMILIES:
             raise ModelError(f"{where}: unknown entropy model family {self.family!r}")
-        shapes = {"position_mean": (n, d), "mean": (d,), "klt": (d, d), "variances": (d,), "log2_std_q": (d,),
+        if self.preprocessing not in ("pad-square", "resize-crop") or not 1 <= self.input_size <= 16384:
+            raise ModelError(f"{where}: unknown preprocessing {self.preprocessing!r} / input size {self.input_size}")
+        shapes = {"position_mean": (n, d), "padding_mean": (n, d), "log2_std_pad_q": (d,),
+                  "mean": (d,), "klt": (d, d), "variances": (d,), "log2_std_q": (d,),
                   "log2_cstd_q": (NUM_PASSES, d), "alpha_q": (NUM_PASSES, d), "drop_alpha_q": (DROP_RADIUS_MAX, d)}
         for name, shape in shapes.items():
             a = getattr(self, name)
             if not isinstance(a, np.ndarray) or a.shape != shape:
                 raise ModelError(f"{where}: {name} has shape {getattr(a, 'shape', None)}, expected {shape}")
-        for name in ("position_mean", "mean", "klt", "variances"):
+        for name in ("position_mean", "padding_mean", "mean", "klt", "variances"):
             if not np.all(np.isfinite(getattr(self, name))):
                 raise ModelError(f"{where}: {name} holds non-finite values")
-        for name in ("log2_std_q", "log2_cstd_q", "alpha_q", "drop_alpha_q"):
+        for name in ("log2_std_q", "log2_std_pad_q", "log2_cstd_q", "alpha_q", "drop_alpha_q"):
             if not np.issubdtype(getattr(self, name).dtype, np.integer):
                 raise ModelError(f"{where}: {name} must hold integers")
-        if np.abs(self.log2_std_q).max() > _LS_BOUND or np.abs(self.log2_cstd_q).max() > _LS_BOUND:
+        if max(np.abs(self.log2_std_q).max(), np.abs(self.log2_cstd_q).max(),
+               np.abs(self.log2_std_pad_q).max()) > _LS_BOUND:
             raise ModelError(f"{where}: log2 std values outside ±{_LS_BOUND}")
         if np.any(np.diff(self.log2_std_q.astype(np.int64)) > 0):
             raise ModelError(f"{where}: log2_std_q must be non-increasing (components sorted by variance)")
@@ -400,14 +421,44 @@ def _data_hash(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
+def padding_mask(preprocessing: str, input_size: int, grid: tuple[int, int], width: int, height: int) -> np.ndarray:
+    """Which tokens lie entirely in the padding of a ``width × height`` image, ``(N,)`` bool.
+
+    Only ``pad-square`` pads. The image is pasted at offset ``(side - short) // 2``
+    on a ``side × side`` canvas (``side = max(width, height)``), resized to
+    ``input_size``. A patch row (column) counts as padding when it lies entirely
+    outside the image with a margin of 2 input pixels (the bicubic support).
+    Pure integer arithmetic: encoder and decoder agree exactly.
+    """
+    gh, gw = grid
+    n = gh * gw
+    if preprocessing != "pad-square" or width == height:
+        return np.zeros(n, dtype=bool)
+    side, short = max(width, height), min(width, height)
+    start = (side - short) // 2
+    stop = start + short
+    cells = gh if width > height else gw
+    patch = input_size // cells
+    idx = np.arange(cells, dtype=np.int64)
+    # patch [i·P, (i+1)·P) in input pixels ↔ canvas [i·P·side/S, (i+1)·P·side/S)
+    before = ((idx + 1) * patch + 2) * side <= start * input_size
+    after = (idx * patch - 2) * side >= stop * input_size
+    line = before | after
+    mask = np.repeat(line[:, None], gw, 1) if width > height else np.repeat(line[None, :], gh, 0)
+    return mask.reshape(-1)
+
+
 def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int = 8,
               progress: Callable[[int], None] | None = None, max_cache_bytes: int = 1 << 29) -> Calibration:
     """Computes a tower's calibration from a folder of photos.
 
-    Runs the tower over every image, accumulates per-position means and the
-    token covariance in float64, takes its eigendecomposition (the KLT), and
-    fits the integer entropy-model parameters (per-pass prediction weights and
-    residual stds) on the KLT coefficients.
+    Runs the tower over every image and accumulates, in float64, per-position
+    means of image tokens and of padding tokens (``pad-square``) and the
+    covariance of image tokens around their position mean; its
+    eigendecomposition is the KLT. The integer entropy-model parameters
+    (per-pass prediction weights and residual stds, the padding tokens' stds)
+    and the reconstruction weights of dropped tokens are fitted on the KLT
+    coefficients of the images kept in memory.
 
     Args:
         tower: a :class:`~semcodec.models.semantic.SemanticTower`.
@@ -428,14 +479,19 @@ def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int =
     spec = tower.spec
     paths = sorted(Path(p) for p in image_paths)
     n, d = spec.num_tokens, spec.token_dim
-    sum_pos = np.zeros((n, d))
+    gh, gw = spec.grid
+
+    def pad_of(size: tuple[int, int]) -> np.ndarray:
+        return padding_mask(spec.preprocessing, spec.image_size, spec.grid, *size)
+
+    sum_img, sum_pad = np.zeros((n, d)), np.zeros((n, d))
+    cnt_img, cnt_pad = np.zeros(n), np.zeros(n)
     gram = np.zeros((d, d))
     norm_sum = norm_sq = 0.0
     dim_min = np.full(d, np.inf)
     dim_max = np.full(d, -np.inf)
-    per_image = n * d * 2
-    keep_every = max(1, math.ceil(len(paths) * per_image / max_cache_bytes))
-    cache: list[np.ndarray] = []
+    keep_every = max(1, math.ceil(len(paths) * n * d * 2 / max_cache_bytes))
+    cache: list[tuple[np.ndarray, np.ndarray]] = []
     used: list[Path] = []
     skipped: list[str] = []
     done = 0
@@ -451,17 +507,22 @@ def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int =
                 skipped.append(p.name)
         if batch:
             t = tower.tokens(batch, batch_size=batch_size).double().numpy()  # (B, N, D)
-            sum_pos += t.sum(0)
+            for k, (im, p) in enumerate(zip(batch, names)):
+                pad = pad_of(im.size)
+                img = ~pad
+                sum_img[img] += t[k, img]
+                cnt_img += img
+                sum_pad[pad] += t[k, pad]
+                cnt_pad += pad
+                gram += t[k, img].T @ t[k, img]
+                if (len(used) + k) % keep_every == 0:
+                    cache.append((t[k].astype(np.float16), pad))
             flat = t.reshape(-1, d)
-            gram += flat.T @ flat
             norms = np.linalg.norm(flat, axis=1)
             norm_sum += norms.sum()
             norm_sq += (norms ** 2).sum()
             dim_min = np.minimum(dim_min, flat.min(0))
             dim_max = np.maximum(dim_max, flat.max(0))
-            for k, p in enumerate(names):
-                if (len(used) + k) % keep_every == 0:
-                    cache.append(t[k].astype(np.float16))
             used.extend(names)
         done += len(paths[i:i + batch_size])
         if progress is not None:
@@ -469,51 +530,61 @@ def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int =
     if len(used) < 2:
         raise InvalidInputError(f"calibration needs at least 2 readable images, found {len(used)}")
     m = len(used)
-    position_mean = sum_pos / m                                    # (N, D)
-    mean = position_mean.mean(0)
-    # Covariance of the residual t - μ_pos:  E[t tᵀ] - mean over positions of μ_p μ_pᵀ.
-    cov = gram / (m * n) - position_mean.T @ position_mean / n
+    mean = (sum_img.sum(0) + sum_pad.sum(0)) / (m * n)
+    img_mean = sum_img.sum(0) / max(cnt_img.sum(), 1)
+    position_mean = np.where(cnt_img[:, None] > 0, sum_img / np.maximum(cnt_img, 1)[:, None], img_mean)
+    pad_all = sum_pad.sum(0) / cnt_pad.sum() if cnt_pad.sum() else None
+    padding_mean = np.where(cnt_pad[:, None] > 0, sum_pad / np.maximum(cnt_pad, 1)[:, None],
+                            position_mean if pad_all is None else pad_all)
+    # Covariance of image tokens around their position mean: E[t tᵀ] - Σ_p cnt_p μ_p μ_pᵀ / Σ cnt.
+    total = max(cnt_img.sum(), 1)
+    cov = (gram - (position_mean * cnt_img[:, None]).T @ position_mean) / total
     cov = (cov + cov.T) / 2
     evals, evecs = np.linalg.eigh(cov)
     order = np.argsort(-evals, kind="stable")
     evals = np.maximum(evals[order], 0.0)
     evecs = evecs[:, order]
     evecs *= np.where(evecs[np.abs(evecs).argmax(0), np.arange(d)] < 0, -1.0, 1.0)  # sign convention
-    ls = _q8_log2(evals)
-    ls = np.minimum.accumulate(ls)  # rounding keeps the order, but make it explicit
+    ls = np.minimum.accumulate(_q8_log2(evals))  # non-increasing by construction; made explicit
 
-    # Second pass on cached tokens: prediction weights and residual stds per pass, accumulated per image.
-    gh, gw = spec.grid
+    # Second pass on cached tokens: prediction weights and residual stds per pass (image tokens only).
     pm = pass_map(gh, gw)
-    known = [(pm < p).astype(np.float64) for p in range(NUM_PASSES)]
-    ctx_n = [_box_sum(known[p], PASS_RADIUS[p]) for p in range(NUM_PASSES)]
-    sel = [(pm == p) & (ctx_n[p] > 0) for p in range(NUM_PASSES)]
-    ring_n = [_box_sum(np.ones((gh, gw)), rho) - 1 for rho in range(1, DROP_RADIUS_MAX + 1)]
     sxx, sxc, scc = (np.zeros((NUM_PASSES, d)) for _ in range(3))
     cnt = np.zeros(NUM_PASSES)
     dxc, dcc = np.zeros((DROP_RADIUS_MAX, d)), np.zeros((DROP_RADIUS_MAX, d))
+    pad_sq, pad_n = np.zeros(d), 0
 
-    def coefficients(t16: np.ndarray) -> np.ndarray:
-        return ((t16.astype(np.float64) - position_mean) @ evecs).reshape(gh, gw, d)
+    def coefficients(t16: np.ndarray, pad: np.ndarray) -> np.ndarray:
+        mu = np.where(pad[:, None], padding_mean, position_mean)
+        return ((t16.astype(np.float64) - mu) @ evecs).reshape(gh, gw, d)
 
-    def pass_context(c: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
-        x = c[sel[p]]
+    def pass_context(c: np.ndarray, img: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
         if p == 0:
+            x = c[(pm == 0) & img]
             return x, np.zeros_like(x)
-        return x, _box_sum(c * known[p][..., None], PASS_RADIUS[p])[sel[p]] / ctx_n[p][sel[p]][:, None]
+        known = ((pm < p) & img).astype(np.float64)
+        ctx_n = _box_sum(known, PASS_RADIUS[p])
+        sel = (pm == p) & img & (ctx_n > 0)
+        return c[sel], _box_sum(c * known[..., None], PASS_RADIUS[p])[sel] / ctx_n[sel][:, None]
 
-    for t16 in cache:
-        c = coefficients(t16)
+    for t16, pad in cache:
+        c = coefficients(t16, pad)
+        img = ~pad.reshape(gh, gw)
+        pad_sq += (c[~img] ** 2).sum(0)
+        pad_n += int((~img).sum())
         for p in range(NUM_PASSES):
-            x, ctx = pass_context(c, p)
+            x, ctx = pass_context(c, img, p)
             sxx[p] += (x * x).sum(0)
             sxc[p] += (x * ctx).sum(0)
             scc[p] += (ctx * ctx).sum(0)
             cnt[p] += x.shape[0]
+        imgf = img.astype(np.float64)
         for rho in range(1, DROP_RADIUS_MAX + 1):
-            ctx = (_box_sum(c, rho) - c) / ring_n[rho - 1][..., None]
-            dxc[rho - 1] += (c * ctx).sum((0, 1))
-            dcc[rho - 1] += (ctx * ctx).sum((0, 1))
+            ring_n = _box_sum(imgf, rho) - imgf
+            sel = img & (ring_n > 0)
+            ctx = (_box_sum(c * imgf[..., None], rho) - c * imgf[..., None])[sel] / ring_n[sel][:, None]
+            dxc[rho - 1] += (c[sel] * ctx).sum(0)
+            dcc[rho - 1] += (ctx * ctx).sum(0)
     alpha_q = np.clip(np.rint(sxc / np.maximum(scc, 1e-300) * ALPHA_GRID), -ALPHA_MAX, ALPHA_MAX).astype(np.int32)
     alpha_q[0] = 0
     a = alpha_q / ALPHA_GRID
@@ -521,26 +592,30 @@ def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int =
     cstd_q = _q8_log2(res_var)
     cstd_q[0] = ls
     drop_alpha_q = np.clip(np.rint(dxc / np.maximum(dcc, 1e-300) * ALPHA_GRID), -ALPHA_MAX, ALPHA_MAX)
+    pad_std_q = _q8_log2(pad_sq / pad_n) if pad_n else ls.copy()
 
     # Entropy model family: the better log-likelihood of the residuals of the strongest components.
     top = max(1, int(np.searchsorted(np.cumsum(evals) / max(evals.sum(), 1e-300), 0.95)) + 1)
     res_std = np.sqrt(np.maximum(res_var[:, :top], 1e-300))
     ll = {"gaussian": 0.0, "laplace": 0.0}
-    for t16 in cache[:32]:
-        c = coefficients(t16)
+    for t16, pad in cache[:32]:
+        c = coefficients(t16, pad)
+        img = ~pad.reshape(gh, gw)
         for p in range(NUM_PASSES):
-            x, ctx = pass_context(c, p)
+            x, ctx = pass_context(c, img, p)
             z = (x[:, :top] - a[p, :top] * ctx[:, :top]) / res_std[p]
             ll["gaussian"] += float((-0.5 * z * z - 0.5 * math.log(2 * math.pi)).sum())
             ll["laplace"] += float((-math.sqrt(2) * np.abs(z) - math.log(math.sqrt(2))).sum())
     family = "laplace" if ll["laplace"] >= ll["gaussian"] else "gaussian"
 
     stats = {
-        "num_images": m, "num_tokens": m * n, "skipped_images": len(skipped),
+        "num_images": m, "num_tokens": m * n, "padding_tokens": int(cnt_pad.sum()), "skipped_images": len(skipped),
         "stats_images": len(cache), "family_loglik": ll,
-        "token_norm_mean": norm_sum / (m * n), "token_norm_std": math.sqrt(max(norm_sq / (m * n) - (norm_sum / (m * n)) ** 2, 0)),
+        "token_norm_mean": norm_sum / (m * n),
+        "token_norm_std": math.sqrt(max(norm_sq / (m * n) - (norm_sum / (m * n)) ** 2, 0)),
         "total_variance": float(evals.sum()),
-        "position_mean_variance": float(((position_mean - mean) ** 2).sum(1).mean()),
+        "position_mean_variance": float(((position_mean - img_mean) ** 2).sum(1).mean()),
+        "padding_variance": float(pad_sq.sum() / pad_n) if pad_n else 0.0,
         "components_for_90pct": int(np.searchsorted(np.cumsum(evals) / max(evals.sum(), 1e-300), 0.9) + 1),
         "dim_min": float(dim_min.min()), "dim_max": float(dim_max.max()),
     }
@@ -551,9 +626,11 @@ def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int =
         "semcodec_version": __version__,
     }
     return Calibration(model=spec.name, layer=spec.layer, preprocessing_id=spec.preprocessing_id, grid=spec.grid,
-                       token_dim=d, position_mean=position_mean.astype(np.float32), mean=mean.astype(np.float32),
-                       klt=evecs.astype(np.float32), variances=evals.astype(np.float32), log2_std_q=ls,
-                       log2_cstd_q=cstd_q, alpha_q=alpha_q, drop_alpha_q=drop_alpha_q.astype(np.int32),
+                       token_dim=d, preprocessing=spec.preprocessing, input_size=spec.image_size,
+                       position_mean=position_mean.astype(np.float32), padding_mean=padding_mean.astype(np.float32),
+                       mean=mean.astype(np.float32), klt=evecs.astype(np.float32), variances=evals.astype(np.float32),
+                       log2_std_q=ls, log2_cstd_q=cstd_q, log2_std_pad_q=pad_std_q.astype(np.int32),
+                       alpha_q=alpha_q, drop_alpha_q=drop_alpha_q.astype(np.int32),
                        family=family, stats=stats, metadata=metadata)
 
 
@@ -693,6 +770,7 @@ class _Plan:
     m: int                      # coded components
     delta: float
     kept: np.ndarray            # (K,) increasing positions
+    pad: np.ndarray             # (N,) bool, padding tokens (from the image size)
     range_e: np.ndarray         # (m,) range exponent per component
     groups: list                # [(e, component indices)]
 
@@ -721,13 +799,17 @@ def _comb_unrank(rank: int, n: int, k: int) -> np.ndarray:
 class SemanticCoder:
     """Codes ``(N, D)`` tokens of one calibrated tower into SEM0 payloads and back.
 
+    ``image_size`` (``(width, height)`` of the coded image, from the stream
+    header) tells both sides which tokens are padding (``pad-square``); it must
+    be the same when encoding and decoding. ``None`` means a square image.
+
     Args:
         calibration: the tower's calibration (its hash must be stored with the payload).
 
     Example:
-        >>> coder = SemanticCoder(calibration)                 # doctest: +SKIP
-        >>> payload = coder.encode(tokens, rate=60, keep=150)  # doctest: +SKIP
-        >>> coder.decode(payload).full                         # doctest: +SKIP
+        >>> coder = SemanticCoder(calibration)                                     # doctest: +SKIP
+        >>> payload = coder.encode(tokens, rate=60, keep=150, image_size=(768, 512))  # doctest: +SKIP
+        >>> coder.decode(payload, image_size=(768, 512)).full                        # doctest: +SKIP
     """
 
     def __init__(self, calibration: Calibration):
@@ -737,16 +819,17 @@ class SemanticCoder:
         self.n = cal.num_tokens
         self.d = cal.token_dim
         self._ls = cal.log2_std_q.astype(np.int64)
+        self._ls_pad = cal.log2_std_pad_q.astype(np.int64)
         self._lcs = cal.log2_cstd_q.astype(np.int64)
         self._alpha = cal.alpha_q.astype(np.int64)
         self._drop_alpha = cal.drop_alpha_q.astype(np.float64) / ALPHA_GRID
         self._pm = pass_map(*cal.grid).reshape(-1)
         self._table = _scale_table(cal.family)
         self._klt = cal.klt.astype(np.float64)
-        self._mu = cal.position_mean.astype(np.float64)
+        self._mu_img = cal.position_mean.astype(np.float64)
+        self._mu_pad = cal.padding_mean.astype(np.float64)
         # Laplace scale b (symbol units) of every table entry, and its bin-centroid offset δ(b).
         b = self._table.scales * (1.0 if cal.family == "laplace" else 1.0 / math.sqrt(2.0))
-        self._laplace_b = b
         with np.errstate(over="ignore"):
             self._delta = np.clip(0.5 - b + 1.0 / np.expm1(1.0 / b), 0.0, 0.5)
 
@@ -755,28 +838,39 @@ class SemanticCoder:
         """Valid rate indices (larger = more bytes, lower distortion)."""
         return range(0, RATE_MAX + 1)
 
-    # ---- shared integer plan
+    def padding(self, image_size: tuple[int, int] | None) -> np.ndarray:
+        """``(N,)`` bool: the padding tokens of an image of this size (see :func:`padding_mask`)."""
+        if image_size is None:
+            return np.zeros(self.n, dtype=bool)
+        w, h = (int(v) for v in image_size)
+        if w < 1 or h < 1:
+            raise InvalidInputError(f"image size {w}x{h} is empty")
+        cal = self.calibration
+        return padding_mask(cal.preprocessing, cal.input_size, cal.grid, w, h)
 
-    def _plan(self, rate: int, gain: int, kept: np.ndarray) -> _Plan:
+    def _mean(self, pad: np.ndarray) -> np.ndarray:
+        return np.where(pad[:, None], self._mu_pad, self._mu_img)
+
+    # ---- the integer plan both sides derive
+
+    def _plan(self, rate: int, gain: int, kept: np.ndarray, pad: np.ndarray) -> _Plan:
         theta_q = 2 * int(self._ls[0]) - rate
         u = 2 * self._ls - theta_q
         m = int(np.count_nonzero(u > 0))  # a prefix: log2_std_q is non-increasing
         delta = math.sqrt(12.0) * 2.0 ** (theta_q / 16.0)
         e = np.minimum(np.maximum(u[:m], 0) // 16, RANGE_E_MAX)
         groups = [(int(v), np.flatnonzero(e == v)) for v in np.unique(e)]
-        return _Plan(rate, gain, theta_q, m, delta, kept, e, groups)
+        return _Plan(rate, gain, theta_q, m, delta, kept, pad, e, groups)
 
     def _context(self, plan: _Plan, sym_grid: np.ndarray, known: np.ndarray, p: int, pos: np.ndarray):
-        """Context sums and counts of decoded neighbours for positions ``pos`` of pass ``p``."""
+        """Sums ``(n_p, m)`` and counts ``(n_p,)`` of the decoded image-token neighbours of ``pos`` (pass ``p``)."""
         gh, gw = self.grid
         r = PASS_RADIUS[p]
         if r == 0:
             return np.zeros((pos.size, plan.m), dtype=np.int64), np.zeros(pos.size, dtype=np.int64)
         ii, jj = pos // gw, pos % gw
-        kg = known.reshape(gh, gw)
-        sg = sym_grid.reshape(gh, gw, plan.m)
-        ks = np.pad(kg, r)
-        ss = np.pad(sg, ((r, r), (r, r), (0, 0)))
+        ks = np.pad(known.reshape(gh, gw), r)
+        ss = np.pad(sym_grid.reshape(gh, gw, plan.m), ((r, r), (r, r), (0, 0)))
         sums = np.zeros((pos.size, plan.m), dtype=np.int64)
         cnt = np.zeros(pos.size, dtype=np.int64)
         for di in range(2 * r + 1):
@@ -786,13 +880,16 @@ class SemanticCoder:
                 sums += ss[ii + di, jj + dj] * k[:, None]
         return sums, cnt
 
-    def _models(self, plan: _Plan, p: int, sums: np.ndarray, cnt: np.ndarray):
-        """Integer (scale index, mean_q) arrays ``(n_p, m)`` for the tokens of pass ``p``."""
+    def _models(self, plan: _Plan, p: int, pos: np.ndarray, sums: np.ndarray, cnt: np.ndarray):
+        """Integer (scale index, mean_q) arrays ``(n_p, m)`` for the tokens ``pos`` of pass ``p``."""
         m = plan.m
-        has = cnt > 0
+        pad = plan.pad[pos]
+        has = (cnt > 0) & ~pad
         u_unc = 2 * self._ls[:m] - plan.theta_q + plan.gain
         u_con = 2 * self._lcs[p, :m] - plan.theta_q + plan.gain
+        u_pad = 2 * self._ls_pad[:m] - plan.theta_q + plan.gain
         u = np.where(has[:, None], u_con[None, :], u_unc[None, :])
+        u = np.where(pad[:, None], u_pad[None, :], u)
         index = (np.clip(u, U_MIN, U_MAX) - U_MIN).astype(np.int32)
         num = self._alpha[p, :m][None, :] * sums * MEAN_GRID
         den = np.maximum(cnt, 1)[:, None] * ALPHA_GRID
@@ -801,9 +898,43 @@ class SemanticCoder:
         mean_q = np.clip(mean_q, -hi[None, :], hi[None, :]).astype(np.int32)
         return index, mean_q
 
+    def _run_passes(self, plan: _Plan, sym: np.ndarray | None, enc=None, dec=None):
+        """Codes (``enc``) or decodes (``dec``) the symbols pass by pass.
+
+        Returns ``(symbols, scale_index, mean_q)``, each ``(K, m)``: the symbols and
+        the integer model of every symbol (the reconstruction uses the latter).
+        """
+        kept = plan.kept
+        out = np.zeros((kept.size, plan.m), dtype=np.int64) if sym is None else sym
+        idx_all = np.zeros((kept.size, plan.m), dtype=np.int32)
+        mean_all = np.zeros((kept.size, plan.m), dtype=np.int32)
+        sym_grid = np.zeros((self.n, plan.m), dtype=np.int64)
+        known = np.zeros(self.n, dtype=np.int64)  # decoded image tokens (the context of later passes)
+        pk = self._pm[kept]
+        fam = self.calibration.family
+        for p in range(NUM_PASSES):
+            idx = np.flatnonzero(pk == p)
+            if idx.size == 0:
+                continue
+            pos = kept[idx]
+            sums, cnt = self._context(plan, sym_grid, known, p, pos)
+            index, mean_q = self._models(plan, p, pos, sums, cnt)
+            for e, comps in plan.groups:
+                h = 2 ** (e + 8) - 1
+                args = dict(table=self._table, mean_q=mean_q[:, comps], mean_grid=MEAN_GRID, lo=-h, hi=h, family=fam)
+                if enc is not None:
+                    enc.encode_gaussian(out[np.ix_(idx, comps)], index[:, comps], **args)
+                else:
+                    out[np.ix_(idx, comps)] = dec.decode_gaussian(index[:, comps], **args)
+            idx_all[idx] = index
+            mean_all[idx] = mean_q
+            sym_grid[pos] = out[idx]
+            known[pos] = ~plan.pad[pos]
+        return out, idx_all, mean_all
+
     # ---- encoder
 
-    def _coefficients(self, tokens) -> np.ndarray:
+    def _coefficients(self, tokens, pad: np.ndarray) -> np.ndarray:
         if isinstance(tokens, torch.Tensor):
             t = tokens.detach().to("cpu", torch.float64).numpy()
         else:
@@ -813,7 +944,7 @@ class SemanticCoder:
                                     f"got {tuple(t.shape)}")
         if not np.all(np.isfinite(t)):
             raise InvalidInputError("tokens contain NaN or infinite values")
-        return (t - self._mu) @ self._klt  # (N, D)
+        return (t - self._mean(pad)) @ self._klt  # (N, D)
 
     def _check_rate(self, rate) -> int:
         if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or not 0 <= rate <= RATE_MAX:
@@ -827,42 +958,46 @@ class SemanticCoder:
             raise InvalidInputError(f"keep must be an integer in 1..{self.n}, got {keep!r}")
         return int(keep)
 
-    def drop_order(self, tokens) -> np.ndarray:
+    def drop_order(self, tokens, image_size: tuple[int, int] | None = None) -> np.ndarray:
         """Positions in the order the encoder drops them (first = most predictable).
 
         ``keep=K`` keeps every position except the first ``N - K`` of this order.
-        Greedy: repeatedly drop the kept token best reconstructed (as the decoder
-        would) from its kept neighbours, measured on the strongest components.
+        Greedy: repeatedly drop the kept token that the decoder would reconstruct
+        best from its kept neighbours (padding tokens: from their mean), measured
+        on the strongest components (95 % of the variance, at most 64).
         """
-        return self._drop_order(self._coefficients(tokens))
+        pad = self.padding(image_size)
+        return self._drop_order(self._coefficients(tokens, pad), pad)
 
-    def _drop_order(self, c: np.ndarray) -> np.ndarray:
+    def _drop_order(self, c: np.ndarray, pad: np.ndarray) -> np.ndarray:
         gh, gw = self.grid
-        n = self.n
         ev = self.calibration.variances.astype(np.float64)
         top = int(min(64, max(1, np.searchsorted(np.cumsum(ev) / max(ev.sum(), 1e-300), 0.95) + 1)))
         x = c[:, :top].reshape(gh, gw, top)
+        img = ~pad.reshape(gh, gw)
         kept = np.ones((gh, gw))
         order = []
-        big = np.inf
-        for _ in range(n - 1):
-            pred = self._neighbour_prediction(x, kept, exclude_self=True, comps=top)
+        for _ in range(self.n - 1):
+            pred = self._neighbour_prediction(x, kept * img, exclude_self=True, comps=top)
+            pred[~img] = 0.0
             err = ((x - pred) ** 2).sum(-1)
-            err[kept == 0] = big
+            err[kept == 0] = np.inf
             i = int(np.argmin(err.reshape(-1)))
             order.append(i)
             kept.reshape(-1)[i] = 0
-        last = int(np.flatnonzero(kept.reshape(-1))[0])
-        return np.array(order + [last], dtype=np.int64)
+        order.append(int(np.flatnonzero(kept.reshape(-1))[0]))
+        return np.array(order, dtype=np.int64)
 
     def _neighbour_prediction(self, x: np.ndarray, kept: np.ndarray, exclude_self: bool, comps: int) -> np.ndarray:
-        """α_ρ · mean of kept tokens within the smallest radius ρ that has one (float64)."""
+        """``α_ρ ·`` mean of the ``kept`` tokens within the smallest radius ρ that has one (float64).
+
+        Positions with no kept token at all get 0.
+        """
         gh, gw = self.grid
         pred = np.zeros_like(x)
         done = np.zeros((gh, gw), dtype=bool)
         xk = x * kept[..., None]
-        rho = 1
-        while not done.all():
+        for rho in range(1, max(gh, gw)):
             cnt = _box_sum(kept, rho) - (kept if exclude_self else 0)
             s = _box_sum(xk, rho) - (xk if exclude_self else 0)
             new = (cnt > 0) & ~done
@@ -870,27 +1005,28 @@ class SemanticCoder:
                 a = self._drop_alpha[min(rho, DROP_RADIUS_MAX) - 1, :comps]
                 pred[new] = a * s[new] / cnt[new][:, None]
                 done |= new
-            rho += 1
-            if rho > max(gh, gw):
+            if done.all():
                 break
         return pred
 
     def _quantize(self, c: np.ndarray, plan: _Plan) -> np.ndarray:
-        """Symbols ``(K, m)`` int64 of the kept tokens."""
+        """Symbols ``(K, m)`` int64 of the kept tokens (plain rounding, clamped to the component's range)."""
         h = 2 ** (plan.range_e + 8) - 1
         s = np.rint(c[plan.kept, :plan.m] / plan.delta)
         return np.clip(s, -h, h).astype(np.int64)
 
     def _estimate_gain(self, c: np.ndarray, plan: _Plan) -> int:
-        if plan.m == 0:
+        """The gain byte: ``round(8 · log2 mean(c² / σ²))`` over the kept image tokens' coded components."""
+        rows = plan.kept[~plan.pad[plan.kept]]
+        if plan.m == 0 or rows.size == 0:
             return 0
         var = self.calibration.variances[:plan.m].astype(np.float64)
-        ratio = float(np.mean(c[plan.kept, :plan.m] ** 2 / np.maximum(var, 1e-30)[None, :]))
+        ratio = float(np.mean(c[rows, :plan.m] ** 2 / np.maximum(var, 1e-30)[None, :]))
         if not ratio > 0:
             return GAIN_MIN
         return int(np.clip(round(8 * math.log2(ratio)), GAIN_MIN, GAIN_MAX))
 
-    def _entropy_encode(self, plan: _Plan, sym: np.ndarray) -> bytes:
+    def _entropy_encode(self, plan: _Plan, sym: np.ndarray):
         from .bitstream.entropy import EntropyEncoder
 
         if plan.m == 0:
@@ -900,43 +1036,88 @@ class SemanticCoder:
         _, index, mean_q = self._run_passes(plan, sym, enc=enc)
         return enc.to_bytes(), index, mean_q
 
-    def _run_passes(self, plan: _Plan, sym: np.ndarray | None, enc=None, dec=None):
-        """Codes (``enc``) or decodes (``dec``) the symbols pass by pass.
+    def _payload(self, plan: _Plan, words: bytes) -> bytes:
+        k = plan.kept.size
+        head = _PAYLOAD_HEADER.pack(PAYLOAD_VERSION, plan.rate, plan.gain, k)
+        nbytes = _rank_bytes(self.n, k)
+        rank = _comb_rank(plan.kept).to_bytes(nbytes, "little") if nbytes else b""
+        return head + rank + words
 
-        Returns ``(symbols, scale_index, mean_q)``, each ``(K, m)``: the symbols and
-        the integer model of every symbol (the reconstruction uses the latter).
+    def _encode_plan(self, c: np.ndarray, rate: int, kept: np.ndarray, pad: np.ndarray):
+        plan = self._plan(rate, 0, kept, pad)
+        plan.gain = self._estimate_gain(c, plan)
+        sym = self._quantize(c, plan)
+        words, index, mean_q = self._entropy_encode(plan, sym)
+        return plan, (sym, index, mean_q), self._payload(plan, words)
+
+    def encode(self, tokens, rate: int, keep: int | None = None, image_size: tuple[int, int] | None = None) -> bytes:
+        """Codes tokens into a SEM0 payload.
+
+        Args:
+            tokens: ``(N, D)`` float tensor/array of the calibrated tower.
+            rate: rate index in :attr:`rate_range` (0 = position means only).
+            keep: number of tokens to keep (default all); the others are
+                reconstructed from kept neighbours by the decoder.
+            image_size: ``(width, height)`` of the image (decides the padding tokens).
+
+        Returns:
+            The payload bytes (see ``docs/semantic.md``).
         """
-        kept = plan.kept
-        out = np.zeros((kept.size, plan.m), dtype=np.int64) if sym is None else sym
-        idx_all = np.zeros((kept.size, plan.m), dtype=np.int32)
-        mean_all = np.zeros((kept.size, plan.m), dtype=np.int32)
-        sym_grid = np.zeros((self.n, plan.m), dtype=np.int64)
-        known = np.zeros(self.n, dtype=np.int64)
-        pk = self._pm[kept]
-        fam = self.calibration.family
-        for p in range(NUM_PASSES):
-            idx = np.flatnonzero(pk == p)
-            if idx.size == 0:
-                continue
-            pos = kept[idx]
-            sums, cnt = self._context(plan, sym_grid, known, p, pos)
-            index, mean_q = self._models(plan, p, sums, cnt)
-            for e, comps in plan.groups:
-                h = 2 ** (e + 8) - 1
-                args = dict(table=self._table, mean_q=mean_q[:, comps], mean_grid=MEAN_GRID, lo=-h, hi=h, family=fam)
-                if enc is not None:
-                    enc.encode_gaussian(out[np.ix_(idx, comps)], index[:, comps], **args)
-                else:
-                    out[np.ix_(idx, comps)] = dec.decode_gaussian(index[:, comps], **args)
-            idx_all[idx] = index
-            mean_all[idx] = mean_q
-            sym_grid[pos] = out[idx]
-            known[pos] = 1
-        return out, idx_all, mean_all
+        rate = self._check_rate(rate)
+        keep = self._check_keep(keep)
+        pad = self.padding(image_size)
+        c = self._coefficients(tokens, pad)
+        kept = np.arange(self.n) if keep == self.n else np.sort(self._drop_order(c, pad)[self.n - keep:])
+        return self._encode_plan(c, rate, kept, pad)[2]
 
-    def _dequantize(self, plan: _Plan, sym: np.ndarray, index: np.ndarray, mean_q: np.ndarray) -> np.ndarray:
+    def encode_to_budget(self, tokens, max_bytes: int, image_size: tuple[int, int] | None = None,
+                         keep_fractions: Sequence[float] | None = None) -> bytes:
+        """The payload of at most ``max_bytes`` bytes with the lowest token MSE over (rate, keep).
+
+        For each candidate ``keep`` (fractions of N) the largest rate that fits
+        is found by bisection (bytes grow with the rate); among these the pair
+        with the lowest mean squared token error (computed exactly as the decoder
+        reconstructs) wins. About 60 trial encodes.
+
+        Raises:
+            RateControlError: not even rate 0 fits in ``max_bytes``.
+        """
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
+            raise InvalidInputError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        pad = self.padding(image_size)
+        c = self._coefficients(tokens, pad)
+        all_kept = np.arange(self.n)
+        base = self._encode_plan(c, 0, all_kept, pad)[2]
+        if len(base) > max_bytes:
+            raise RateControlError(f"the semantic layer needs at least {len(base)} bytes; the budget is {max_bytes}")
+        fractions = keep_fractions or (1.0, 0.75, 0.5, 0.375, 0.25, 0.1875, 0.125)
+        keeps = sorted({max(1, min(self.n, round(f * self.n))) for f in fractions}, reverse=True)
+        order = self._drop_order(c, pad) if any(k < self.n for k in keeps) else None
+        best = (float((c ** 2).sum()) / c.size, base)
+        for k in keeps:
+            kept = all_kept if k == self.n else np.sort(order[self.n - k:])
+            lo, hi, fit = 0, RATE_MAX, None
+            while lo <= hi:  # largest rate that fits
+                mid = (lo + hi) // 2
+                trial = self._encode_plan(c, mid, kept, pad)
+                if len(trial[2]) <= max_bytes:
+                    fit, lo = trial, mid + 1
+                else:
+                    hi = mid - 1
+            if fit is None:
+                continue
+            plan, coded, payload = fit
+            rec = self._reconstruct(plan, *coded)
+            err = float(((c[:, :plan.m] - rec) ** 2).sum() + (c[:, plan.m:] ** 2).sum()) / c.size
+            if err < best[0]:
+                best = (err, payload)
+        return best[1]
+
+    # ---- decoder
+
+    def _dequantize(self, sym: np.ndarray, index: np.ndarray, mean_q: np.ndarray) -> np.ndarray:
         """Reconstruction values ``(K, m)`` in symbol units: each symbol moved toward its model's
-        mean by the centroid offset of a Laplace bin (``δ(b) = ½ − b + 1/(e^{1/b} − 1)``)."""
+        mean by the centroid offset of a Laplace bin, ``δ(b) = ½ − b + 1/(e^{1/b} − 1)``."""
         s = sym.astype(np.float64)
         if s.size == 0:
             return s
@@ -945,93 +1126,18 @@ class SemanticCoder:
         return s + np.clip(mu - s, -d, d)
 
     def _reconstruct(self, plan: _Plan, sym: np.ndarray, index: np.ndarray, mean_q: np.ndarray) -> np.ndarray:
-        """Decoded KLT coefficients ``(N, m)`` float64 of every position."""
+        """Decoded KLT coefficients ``(N, m)`` float64 of every position (dropped ones predicted)."""
         gh, gw = self.grid
         c = np.zeros((self.n, plan.m))
-        c[plan.kept] = self._dequantize(plan, sym, index, mean_q) * plan.delta
+        c[plan.kept] = self._dequantize(sym, index, mean_q) * plan.delta
         if plan.kept.size < self.n and plan.m:
             kept = np.zeros(self.n)
             kept[plan.kept] = 1
-            pred = self._neighbour_prediction(c.reshape(gh, gw, plan.m), kept.reshape(gh, gw), False, plan.m)
-            drop = kept == 0
-            c[drop] = pred.reshape(self.n, plan.m)[drop]
+            src = (kept * ~plan.pad).reshape(gh, gw)
+            pred = self._neighbour_prediction(c.reshape(gh, gw, plan.m), src, False, plan.m).reshape(self.n, plan.m)
+            drop = (kept == 0) & ~plan.pad  # dropped padding tokens stay at their mean
+            c[drop] = pred[drop]
         return c
-
-    def _payload(self, plan: _Plan, words: bytes) -> bytes:
-        k = plan.kept.size
-        head = _PAYLOAD_HEADER.pack(PAYLOAD_VERSION, plan.rate, plan.gain, k)
-        nbytes = _rank_bytes(self.n, k)
-        rank = _comb_rank(plan.kept).to_bytes(nbytes, "little") if nbytes else b""
-        return head + rank + words
-
-    def _encode_plan(self, c: np.ndarray, rate: int, kept: np.ndarray, gain: int | None = None):
-        plan = self._plan(rate, 0, kept)
-        plan.gain = self._estimate_gain(c, plan) if gain is None else gain
-        sym = self._quantize(c, plan)
-        words, index, mean_q = self._entropy_encode(plan, sym)
-        return plan, (sym, index, mean_q), self._payload(plan, words)
-
-    def encode(self, tokens, rate: int, keep: int | None = None) -> bytes:
-        """Codes tokens into a SEM0 payload.
-
-        Args:
-            tokens: ``(N, D)`` float tensor/array of the calibrated tower.
-            rate: rate index in :attr:`rate_range` (0 = position means only).
-            keep: number of tokens to keep (default all); the others are
-                reconstructed from kept neighbours by the decoder.
-
-        Returns:
-            The payload bytes (see ``docs/semantic.md``).
-        """
-        rate = self._check_rate(rate)
-        keep = self._check_keep(keep)
-        c = self._coefficients(tokens)
-        kept = np.arange(self.n) if keep == self.n else np.sort(self._drop_order(c)[self.n - keep:])
-        return self._encode_plan(c, rate, kept)[2]
-
-    def encode_to_budget(self, tokens, max_bytes: int, keep_fractions: Sequence[float] | None = None) -> bytes:
-        """The payload of at most ``max_bytes`` bytes with the lowest token MSE over (rate, keep).
-
-        For each candidate ``keep`` (fractions of N) the largest rate that fits
-        is found by bisection (bytes grow with the rate); among these the pair
-        with the lowest mean squared token error (computed exactly, as the decoder
-        reconstructs) wins. About 60 trial encodes.
-
-        Raises:
-            RateControlError: not even rate 0 fits in ``max_bytes``.
-        """
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
-            raise InvalidInputError(f"max_bytes must be a positive integer, got {max_bytes!r}")
-        c = self._coefficients(tokens)
-        all_kept = np.arange(self.n)
-        base = self._encode_plan(c, 0, all_kept)[2]
-        if len(base) > max_bytes:
-            raise RateControlError(f"the semantic layer needs at least {len(base)} bytes; the budget is {max_bytes}")
-        fractions = keep_fractions or (1.0, 0.75, 0.5, 0.375, 0.25, 0.1875, 0.125)
-        keeps = sorted({max(1, min(self.n, round(f * self.n))) for f in fractions}, reverse=True)
-        order = self._drop_order(c) if any(k < self.n for k in keeps) else None
-        total = float((c ** 2).sum())
-        best = (total / c.size, base)
-        for k in keeps:
-            kept = all_kept if k == self.n else np.sort(order[self.n - k:])
-            lo, hi, fit = 0, RATE_MAX, None
-            while lo <= hi:  # largest rate that fits
-                mid = (lo + hi) // 2
-                plan, sym, payload = self._encode_plan(c, mid, kept)
-                if len(payload) <= max_bytes:
-                    fit, lo = (plan, sym, payload), mid + 1
-                else:
-                    hi = mid - 1
-            if fit is None:
-                continue
-            plan, sym, payload = fit
-            rec = self._reconstruct(plan, *sym)
-            err = float(((c[:, :plan.m] - rec) ** 2).sum() + (c[:, plan.m:] ** 2).sum()) / c.size
-            if err < best[0]:
-                best = (err, payload)
-        return best[1]
-
-    # ---- decoder
 
     def parse_header(self, payload: bytes) -> tuple[int, int, np.ndarray, memoryview]:
         """Parses ``(rate, gain, kept positions, entropy bytes)``; bounded and validated."""
@@ -1064,8 +1170,8 @@ class SemanticCoder:
             kept = np.arange(self.n, dtype=np.int64)
         return rate, gain, kept, view[end:]
 
-    def decode(self, payload: bytes) -> DecodedTokens:
-        """Decodes a SEM0 payload made with this calibration.
+    def decode(self, payload: bytes, image_size: tuple[int, int] | None = None) -> DecodedTokens:
+        """Decodes a SEM0 payload made with this calibration (and the same ``image_size``).
 
         Raises:
             TruncatedStreamError / CorruptStreamError / UnsupportedVersionError:
@@ -1073,8 +1179,9 @@ class SemanticCoder:
         """
         from .bitstream.entropy import EntropyDecoder
 
+        pad = self.padding(image_size)
         rate, gain, kept, data = self.parse_header(payload)
-        plan = self._plan(rate, gain, kept)
+        plan = self._plan(rate, gain, kept, pad)
         if plan.m == 0:
             if len(data):
                 raise CorruptStreamError("corrupt semantic layer: data after a rate-0 header")
@@ -1086,7 +1193,7 @@ class SemanticCoder:
             sym, index, mean_q = self._run_passes(plan, None, dec=dec)
             dec.finish()
         c = self._reconstruct(plan, sym, index, mean_q)
-        full = self._mu + c @ self._klt[:, :plan.m].T  # (N, D) float64
+        full = self._mean(pad) + c @ self._klt[:, :plan.m].T  # (N, D) float64
         full32 = torch.from_numpy(full.astype(np.float32))
         pos = torch.from_numpy(kept.astype(np.int64))
         return DecodedTokens(tokens=full32[pos].clone(), positions=pos, full=full32, grid=self.grid,
@@ -1207,7 +1314,7 @@ def decode_tokens(data: bytes, calibration: Calibration | str | os.PathLike | No
     else:
         cal = load_calibration(calibration)
     check_calibration(cal, h.semantic_model, h.calibration, h.preprocessing)
-    dec = _coder_for(cal).decode(payload)
+    dec = _coder_for(cal).decode(payload, image_size=(h.width, h.height))
     return Tokens(tokens=dec.full, positions=dec.positions, grid=dec.grid, model=h.semantic_model,
                   preprocessing=h.preprocessing, layer=cal.layer, calibration=h.calibration.hex(),
                   image_size=(h.width, h.height))
@@ -1233,11 +1340,11 @@ def semantic_only_stream(tokens, calibration: Calibration, width: int, height: i
         overhead = len(write_container(Container(header, (Chunk(SEMANTIC_LAYER, b""),))))
         if max_bytes - overhead < 1:
             raise RateControlError(f"a semantic-only stream needs more than {overhead} bytes; the budget is {max_bytes}")
-        payload = coder.encode_to_budget(tokens, max_bytes - overhead)
+        payload = coder.encode_to_budget(tokens, max_bytes - overhead, image_size=(width, height))
     else:
         if rate is None:
             raise InvalidInputError("give rate or max_bytes")
-        payload = coder.encode(tokens, rate, keep=keep)
+        payload = coder.encode(tokens, rate, keep=keep, image_size=(width, height))
     return write_container(Container(header, (Chunk(SEMANTIC_LAYER, payload),)))
 
 

@@ -35,6 +35,7 @@ from semcodec.semantic_coder import (
     check_calibration,
     decode_tokens,
     find_calibration,
+    padding_mask,
     pass_map,
     semantic_only_stream,
 )
@@ -124,6 +125,37 @@ def test_find_calibration_errors(tmp_path, monkeypatch, cal):
     check_calibration(cal, "tiny", cal.hash8, "pad-square-224-openai")
 
 
+def test_padding_mask():
+    grid = (14, 14)
+    assert not padding_mask("pad-square", 224, grid, 300, 300).any()
+    assert not padding_mask("resize-crop", 224, grid, 768, 512).any()
+    land = padding_mask("pad-square", 224, grid, 768, 512).reshape(grid)
+    # 3:2 landscape: the image spans input rows 37..186; rows 0-1 and 12-13 hold padding only.
+    assert land[:, 0].tolist() == [True, True] + [False] * 10 + [True, True]
+    assert (land == land[:, :1]).all()
+    port = padding_mask("pad-square", 224, grid, 512, 768).reshape(grid)
+    assert np.array_equal(port, land.T)
+    assert padding_mask("pad-square", 224, grid, 1000, 10).reshape(grid)[:, 0].sum() == 12
+
+
+def test_padding_tokens_use_their_own_statistics(coder, cal, tokens):
+    t = tokens[0]  # a 128x96 image: rows 0 and 13 are padding
+    size = (128, 96)
+    pad = coder.padding(size)
+    assert pad.sum() == 28
+    payload = coder.encode(t, 60, image_size=size)
+    d = coder.decode(payload, image_size=size)
+    assert mse(d.full, t) < 0.2 * mse(torch.from_numpy(cal.position_mean), t)
+    # The image size is part of the payload's context (it comes from the stream header).
+    try:
+        assert not torch.allclose(coder.decode(payload).full, d.full)
+    except CorruptStreamError:
+        pass
+    dropped = coder.decode(coder.encode(t, 60, keep=100, image_size=size), image_size=size)
+    kept = set(dropped.positions.tolist())
+    assert sum(int(i) in kept for i in np.flatnonzero(pad)) < 10  # padding tokens are dropped first
+
+
 def test_pass_map_covers_grid():
     p = pass_map(6, 6)
     assert p[0, 0] == 0 and p[2, 2] == 1 and p[0, 2] == 2 and p[1, 1] == 3 and p[0, 1] == 4
@@ -161,7 +193,7 @@ def test_bytes_grow_and_error_falls_with_rate(coder, tokens):
 def test_weak_components_cost_nothing(coder, cal, tokens):
     t = tokens[0]
     rate = 30
-    plan = coder._plan(rate, 0, np.arange(196))
+    plan = coder._plan(rate, 0, np.arange(196), np.zeros(196, dtype=bool))
     assert 0 < plan.m < 192
     d = coder.decode(coder.encode(t, rate))
     coeff = (d.full.double().numpy() - cal.position_mean) @ cal.klt.astype(np.float64)
