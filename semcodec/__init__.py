@@ -7,6 +7,7 @@ Public interface::
 
     semcodec.compress(image, quality=... | bpp=... | size=...) -> bytes
     semcodec.decompress(data) -> PIL.Image.Image
+    semcodec.decode_tokens(data) -> Tokens (layer 0 only: MLLM-ready tokens)
     semcodec.inspect(data) -> StreamInfo
 
 The API (and with it torch) is imported on first use, so that ``import semcodec``
@@ -17,9 +18,9 @@ from .errors import SemcodecError
 from .version import __version__
 
 __all__ = ["CompressResult", "SemcodecError", "StreamInfo", "__version__", "compress", "compress_image",
-           "decompress", "inspect"]
+           "decode_tokens", "decompress", "inspect"]
 
-_API_NAMES = {"CompressResult", "StreamInfo", "compress", "compress_image", "decompress", "inspect"}
+_API_NAMES = {"CompressResult", "StreamInfo", "compress", "compress_image", "decode_tokens", "decompress", "inspect"}
 
 
 def __getattr__(name: str):

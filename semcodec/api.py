@@ -30,7 +30,7 @@ from .bitstream.container import (
     write_container,
 )
 from .checkpoints import file_digest, load_residual_checkpoint
-from .errors import InvalidInputError, MissingLayerError, ModelMismatchError
+from .errors import InvalidInputError, MissingLayerError, ModelMismatchError, RateControlError, SemcodecError
 from .imageio import load_rgb
 from .models.registry import DEFAULT_CODEC_MODEL, require_checkpoint
 from .ratecontrol import search_rate
@@ -38,6 +38,8 @@ from .residual_coder import ResidualCoder, image_to_tensor, tensor_to_image
 
 #: Quality used when neither a quality nor a rate target is given.
 DEFAULT_QUALITY = 75.0
+#: Rate index of layer 0 when no semantic budget is given (see semcodec.semantic_coder).
+DEFAULT_SEMANTIC_RATE = 48
 
 
 # --------------------------------------------------------------------------- models
@@ -89,10 +91,11 @@ class CompressResult:
 
 
 def compress_image(image, *, quality: float | None = None, bpp: float | None = None, size: int | None = None,
-                   max_size: bool = False, model: str = DEFAULT_CODEC_MODEL) -> CompressResult:
+                   max_size: bool = False, model: str = DEFAULT_CODEC_MODEL, semantic: str | bool | None = None,
+                   semantic_weights: str | Path | None = None, semantic_only: bool = False,
+                   semantic_bytes: int | None = None) -> CompressResult:
     """Compress an image and report how (see :func:`compress` for the arguments)."""
-    targets = [t for t in (quality, bpp, size) if t is not None]
-    if len(targets) > 1:
+    if sum(t is not None for t in (quality, bpp, size)) > 1:
         raise InvalidInputError("give at most one of quality, bpp and size")
     pixels = load_rgb(image)                                     # (H, W, 3) uint8
     height, width = pixels.shape[:2]
@@ -102,21 +105,121 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
         size = max(1, int(round(bpp * width * height / 8)))
     if size is not None and size <= 0:
         raise InvalidInputError(f"size must be a positive number of bytes, got {size}")
+    if semantic_bytes is not None and semantic_bytes <= 0:
+        raise InvalidInputError(f"the semantic budget must be positive, got {semantic_bytes} bytes")
+
+    notes: list[str] = []
+    tower_name = _choose_semantic(semantic, semantic_weights, semantic_only, notes)
+    layer0 = None
+    if tower_name is not None:
+        whole_stream = semantic_only and size is not None and semantic_bytes is None
+        layer0 = _encode_semantic(pixels, tower_name, semantic_weights,
+                                  max_bytes=size if whole_stream else semantic_bytes, whole_stream=whole_stream)
+    if semantic_only:
+        if quality is not None:
+            notes.append("--quality applies to the pixel layer and is ignored with --semantic-only")
+        header = _header(width, height, layer0, None)
+        data = write_container(Container(header, (Chunk(SEMANTIC_LAYER, layer0.payload),)))
+        if size is not None and len(data) > size * (1 + 0.02) and not max_size:
+            raise RateControlError(f"the smallest semantic-only stream is {len(data)} bytes; the target is {size}")
+        return CompressResult(data, width, height, None, 1, tuple(notes))
+
     codec = load_codec(model)
-    header = Header(codec_model=codec.name, codec_checkpoint=codec.digest8, semantic_model="",
-                    calibration=bytes(8), preprocessing="", width=width, height=height, layers=(RESIDUAL_LAYER,))
+    header = _header(width, height, layer0, codec)
+    chunks_before = (Chunk(SEMANTIC_LAYER, layer0.payload),) if layer0 else ()
     y = codec.coder.analyze(image_to_tensor(pixels))              # (1, M, Hp/16, Wp/16), reused by every trial
 
     def encode(q: float) -> bytes:
-        return write_container(Container(header, (Chunk(RESIDUAL_LAYER, codec.coder.encode_analyzed(y, q)),)))
+        residual = codec.coder.encode_analyzed(y, q)
+        return write_container(Container(header, chunks_before + (Chunk(RESIDUAL_LAYER, residual),)))
 
     levels = codec.coder.levels
     if size is None:
         q = quality_to_rate(DEFAULT_QUALITY if quality is None else quality, levels)
-        return CompressResult(encode(q), width, height, q, 1)
+        return CompressResult(encode(q), width, height, q, 1, tuple(notes))
     found = search_rate(encode, size, 0.0, float(levels - 1), q_start=codec_rate_guess(size, width * height, levels),
                         never_above=max_size)
-    return CompressResult(found.data, width, height, found.q, len(found.trials))
+    return CompressResult(found.data, width, height, found.q, len(found.trials), tuple(notes))
+
+
+@dataclass(frozen=True)
+class _Layer0:
+    """An encoded semantic layer and what the header needs to name it."""
+
+    model: str
+    calibration8: bytes
+    preprocessing: str
+    payload: bytes
+
+
+def _header(width: int, height: int, layer0: _Layer0 | None, codec: LoadedCodec | None) -> Header:
+    layers = ((SEMANTIC_LAYER,) if layer0 else ()) + ((RESIDUAL_LAYER,) if codec else ())
+    return Header(codec_model=codec.name if codec else "", codec_checkpoint=codec.digest8 if codec else bytes(8),
+                  semantic_model=layer0.model if layer0 else "", calibration=layer0.calibration8 if layer0 else bytes(8),
+                  preprocessing=layer0.preprocessing if layer0 else "", width=width, height=height, layers=layers)
+
+
+def _choose_semantic(semantic, weights, semantic_only: bool, notes: list[str]) -> str | None:
+    """Which tower codes layer 0: an explicit one, the default when present here, or none (with a note)."""
+    from .models.semantic import DEFAULT_SEMANTIC_MODEL, weights_path
+    from .semantic_coder import find_calibration
+
+    if semantic is False:
+        if semantic_only:
+            raise InvalidInputError("--semantic-only needs a semantic tower")
+        return None
+    if semantic not in (None, True):
+        return str(semantic)
+    name = DEFAULT_SEMANTIC_MODEL
+    if weights is not None or semantic_only:
+        return name
+    have_weights = have_calibration = False
+    try:
+        have_weights = weights_path(name) is not None
+        find_calibration(name)
+        have_calibration = True
+    except SemcodecError:
+        pass
+    if have_weights and have_calibration:
+        return name
+    missing = "weights are" if not have_weights else "calibration is"
+    notes.append(f"no semantic layer: the default tower {name}'s {missing} not on this machine; "
+                 f"pass --semantic tiny (offline, not semantic) or get {name} (see `semcodec models`)")
+    return None
+
+
+@lru_cache(maxsize=4)
+def _semantic_models(name: str, weights: str | None):
+    """Tower and coder for one semantic model (cached per process)."""
+    from .models.semantic import load_tower
+    from .semantic_coder import SemanticCoder, find_calibration, load_calibration
+
+    tower = load_tower(name, weights=weights)
+    calibration = load_calibration(find_calibration(tower.spec.name))
+    return tower, SemanticCoder(calibration)
+
+
+def _encode_semantic(pixels: np.ndarray, name: str, weights, max_bytes: int | None,
+                     whole_stream: bool = False) -> _Layer0:
+    """Run the tower on the image and code its tokens, at the default rate or within ``max_bytes``.
+
+    With ``whole_stream``, ``max_bytes`` budgets the whole semantic-only stream (container included).
+    """
+    tower, coder = _semantic_models(name, str(weights) if weights else None)
+    cal = coder.calibration
+    empty = _Layer0(cal.model, cal.hash8, cal.preprocessing_id, b"")
+    height, width = pixels.shape[:2]
+    if whole_stream:
+        overhead = len(write_container(Container(_header(width, height, empty, None), (Chunk(SEMANTIC_LAYER, b""),))))
+        if max_bytes - overhead < 1:
+            raise RateControlError(f"a semantic-only stream needs more than {overhead} bytes; the target is {max_bytes}")
+        max_bytes -= overhead
+    tokens = tower.tokens([Image.fromarray(pixels)])[0]          # (N, D)
+    if max_bytes is not None:
+        payload = coder.encode_to_budget(tokens, max_bytes, image_size=(width, height))
+    else:
+        payload = coder.encode(tokens, DEFAULT_SEMANTIC_RATE, image_size=(width, height))
+    return _Layer0(empty.model, empty.calibration8, empty.preprocessing, payload)
 
 
 def codec_rate_guess(size: int, pixels: int, levels: int) -> float:
@@ -127,7 +230,9 @@ def codec_rate_guess(size: int, pixels: int, levels: int) -> float:
 
 
 def compress(image, *, quality: float | None = None, bpp: float | None = None, size: int | None = None,
-             max_size: bool = False, model: str = DEFAULT_CODEC_MODEL) -> bytes:
+             max_size: bool = False, model: str = DEFAULT_CODEC_MODEL, semantic: str | bool | None = None,
+             semantic_weights: str | Path | None = None, semantic_only: bool = False,
+             semantic_bytes: int | None = None) -> bytes:
     """Compress an image into a semcodec stream.
 
     Give at most one rate setting: ``quality`` (a fixed knob), ``bpp`` (target bits per
@@ -143,6 +248,12 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
         size: target bytes.
         max_size: treat the target as a ceiling.
         model: registered codec model name.
+        semantic: tower of layer 0 (``"clip-l14-336"``, ``"clip-b16"``, ``"tiny"``, any open_clip
+            ``Arch:tag``); ``None`` uses the default tower when its weights and calibration are
+            on this machine (else the stream holds pixels only, with a note); ``False``: no layer 0.
+        semantic_weights: weights file of the tower (instead of the cache or a download).
+        semantic_only: write layer 0 alone (``size``/``bpp`` then budget it).
+        semantic_bytes: byte budget of layer 0 (default: a fixed rate).
 
     Returns:
         The stream bytes.
@@ -151,7 +262,24 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
         InvalidInputError: unreadable image or bad settings.
         RateControlError: the target is outside the range this model reaches for this image.
     """
-    return compress_image(image, quality=quality, bpp=bpp, size=size, max_size=max_size, model=model).data
+    return compress_image(image, quality=quality, bpp=bpp, size=size, max_size=max_size, model=model,
+                          semantic=semantic, semantic_weights=semantic_weights, semantic_only=semantic_only,
+                          semantic_bytes=semantic_bytes).data
+
+
+def decode_tokens(data: bytes):
+    """Decode layer 0 of a stream into MLLM-ready tokens (no pixels, no vision transformer).
+
+    Returns:
+        :class:`semcodec.semantic_coder.Tokens`: ``tokens (N, D)``, ``positions`` of the coded
+        tokens, ``grid``, tower id, preprocessing and calibration.
+
+    Raises:
+        MissingLayerError: the stream has no semantic layer.
+    """
+    from .semantic_coder import decode_tokens as _decode_tokens
+
+    return _decode_tokens(data)
 
 
 # --------------------------------------------------------------------------- decompress

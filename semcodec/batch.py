@@ -41,6 +41,7 @@ class BatchOutcome:
     stream_bytes: int = 0       # size of the semcodec stream involved (output of compress, input of decompress)
     pixels: int = 0
     error: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,13 @@ class BatchSummary:
     bytes_in: int
     bytes_out: int
     mean_bpp: float | None
+    notes: tuple[str, ...] = ()
 
     def describe(self) -> str:
         lines = [f"{self.files} files, {self.files - len(self.failed)} ok, {len(self.failed)} failed; "
                  f"{self.bytes_in} bytes in, {self.bytes_out} bytes out"
                  + (f", mean {self.mean_bpp:.4f} bpp" if self.mean_bpp is not None else "")]
+        lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  FAILED {o.item.source}: {o.error}" for o in self.failed]
         return "\n".join(lines)
 
@@ -152,7 +155,8 @@ def summarize(outcomes: list[BatchOutcome]) -> BatchSummary:
     bpps = [o.stream_bytes * 8 / o.pixels for o in ok if o.pixels]
     return BatchSummary(files=len(outcomes), failed=[o for o in outcomes if not o.ok],
                         bytes_in=sum(o.bytes_in for o in ok), bytes_out=sum(o.bytes_out for o in ok),
-                        mean_bpp=sum(bpps) / len(bpps) if bpps else None)
+                        mean_bpp=sum(bpps) / len(bpps) if bpps else None,
+                        notes=tuple(dict.fromkeys(n for o in outcomes for n in o.notes)))
 
 
 def failure(item: BatchItem, error: SemcodecError) -> BatchOutcome:

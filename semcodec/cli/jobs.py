@@ -16,7 +16,7 @@ def compress_file(item: BatchItem, options: dict, force: bool) -> BatchOutcome:
         item.output.parent.mkdir(parents=True, exist_ok=True)
         write_output_bytes(item.output, result.data, force=force)
         return BatchOutcome(item, True, bytes_in=item.source.stat().st_size, bytes_out=len(result.data),
-                            stream_bytes=len(result.data), pixels=result.width * result.height)
+                            stream_bytes=len(result.data), pixels=result.width * result.height, notes=result.notes)
     except SemcodecError as e:
         return failure(item, e)
 

@@ -107,10 +107,18 @@ def rate_options(f):
               help="Output stream ('-' = stdout); with several inputs, a folder mirroring the inputs. Default: next to each input, .smc.")
 @rate_options
 @click.option("--model", default=None, help="Codec model name (see `semcodec models`).")
+@click.option("--semantic", default=None,
+              help="Tower of layer 0: clip-l14-336, clip-b16, tiny (offline, not semantic) or an open_clip Arch:tag. "
+                   "Default: clip-l14-336 when its weights and calibration are on this machine, else no layer 0.")
+@click.option("--no-semantic", is_flag=True, help="Write the pixel layer only.")
+@click.option("--semantic-weights", type=click.Path(dir_okay=False), default=None, help="Weights file of the tower.")
+@click.option("--semantic-only", is_flag=True, help="Write layer 0 alone (--bpp/--size then budget the whole stream).")
+@click.option("--semantic-bytes", type=click.IntRange(min=1), default=None, help="Byte budget of layer 0.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Parallel worker processes (batch mode).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (batch mode).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
-def compress(inputs, output, quality, bpp, size, max_size, model, jobs, progress, force) -> None:
+def compress(inputs, output, quality, bpp, size, max_size, model, semantic, no_semantic, semantic_weights, semantic_only,
+             semantic_bytes, jobs, progress, force) -> None:
     """Compress images (any format Pillow reads) into semcodec streams.
 
     INPUTS are image files, folders (searched recursively) or glob patterns; '-' reads one
@@ -122,7 +130,11 @@ def compress(inputs, output, quality, bpp, size, max_size, model, jobs, progress
         raise click.UsageError("give at most one of --quality, --bpp and --size")
     if max_size and bpp is None and size is None:
         raise click.UsageError("--max needs --bpp or --size")
-    options = {"quality": quality, "bpp": bpp, "size": size, "max_size": max_size} | ({"model": model} if model else {})
+    if no_semantic and (semantic or semantic_only or semantic_bytes):
+        raise click.UsageError("--no-semantic contradicts --semantic/--semantic-only/--semantic-bytes")
+    options = {"quality": quality, "bpp": bpp, "size": size, "max_size": max_size,
+               "semantic": False if no_semantic else semantic, "semantic_weights": semantic_weights,
+               "semantic_only": semantic_only, "semantic_bytes": semantic_bytes} | ({"model": model} if model else {})
     if is_batch(inputs):
         work = functools.partial(compress_file, options=options, force=force)
         run_batch_command(inputs, output, ".smc", IMAGE_SUFFIXES, work, jobs, progress, "compress")
@@ -181,9 +193,11 @@ def models(as_json: bool) -> None:
 
 
 def _register_subcommands() -> None:
+    from .semantic import calibrate, tokens
     from .train import train
 
-    main.add_command(train)
+    for command in (tokens, calibrate, train):
+        main.add_command(command)
 
 
 _register_subcommands()
