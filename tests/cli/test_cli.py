@@ -148,3 +148,48 @@ def test_rate_options(runner, test_codec, sample, tmp_path):
     assert r.exit_code == 2 and "at most one" in r.output
     r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path / "b.smc"), "--size", "10", "--model", test_codec])
     assert r.exit_code == 5 and "reachable" in r.stderr and not (tmp_path / "b.smc").exists()
+
+
+def test_semantic_layer_from_the_shell(runner, test_codec, sample, tmp_path):
+    stream = tmp_path / "both.smc"
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec, "--semantic", "tiny"])
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(runner.invoke(main, ["info", "--json", str(stream)]).output)
+    assert list(info["layers"]) == ["SEM0", "RES1"] and info["semantic_model"] == "tiny"
+    r = runner.invoke(main, ["tokens", str(stream), "-o", str(tmp_path / "t.safetensors")])
+    assert r.exit_code == 0, r.stderr
+    from safetensors.numpy import load_file
+
+    assert load_file(tmp_path / "t.safetensors")["tokens"].shape == (196, 192)
+    assert runner.invoke(main, ["decompress", str(stream), "-o", str(tmp_path / "both.png")]).exit_code == 0
+
+
+def test_semantic_only_and_budgets(runner, test_codec, sample, tmp_path):
+    only = tmp_path / "only.smc"
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(only), "--semantic", "tiny", "--semantic-only", "--size", "700"])
+    assert r.exit_code == 0, r.stderr
+    assert 0.9 * 700 <= only.stat().st_size <= 700   # layer 0 alone: the target is a ceiling (discrete knobs)
+    r = runner.invoke(main, ["decompress", str(only), "-o", str(tmp_path / "x.png")])
+    assert r.exit_code == 3 and "no pixel layer" in r.stderr
+    budget = tmp_path / "budget.smc"
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(budget), "--model", test_codec, "--semantic", "tiny",
+                             "--semantic-bytes", "300"])
+    assert r.exit_code == 0
+    assert json.loads(runner.invoke(main, ["info", "--json", str(budget)]).output)["layers"]["SEM0"] <= 300
+
+
+def test_default_without_tower_writes_pixels_with_a_note(runner, test_codec, sample, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path / "p.smc"), "--model", test_codec])
+    assert r.exit_code == 0 and "note: no semantic layer" in r.stderr
+    r = runner.invoke(main, ["tokens", str(tmp_path / "p.smc"), "-o", str(tmp_path / "t.safetensors")])
+    assert r.exit_code == 3 and "no semantic layer" in r.stderr
+
+
+def test_explicit_unavailable_tower_is_an_error(runner, test_codec, sample, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path / "p.smc"), "--model", test_codec,
+                             "--semantic", "clip-l14-336"])
+    assert r.exit_code == 4 and "clip-l14-336" in r.stderr and not (tmp_path / "p.smc").exists()
