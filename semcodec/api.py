@@ -12,7 +12,7 @@ Models are loaded once per process and reused (see :func:`load_codec`).
 
 from __future__ import annotations
 
-import math
+import json
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,7 +33,7 @@ from .checkpoints import file_digest, load_residual_checkpoint
 from .errors import InvalidInputError, MissingLayerError, ModelMismatchError, RateControlError, SemcodecError
 from .imageio import load_rgb
 from .models.registry import DEFAULT_CODEC_MODEL, require_checkpoint
-from .ratecontrol import search_rate
+from .ratecontrol import RateCurve, search_rate
 from .residual_coder import ResidualCoder, image_to_tensor, tensor_to_image
 
 #: Quality used when neither a quality nor a rate target is given.
@@ -51,6 +51,7 @@ class LoadedCodec:
     checkpoint: Path
     digest8: bytes
     coder: ResidualCoder
+    rate_curve: RateCurve
 
 
 @lru_cache(maxsize=4)
@@ -62,8 +63,13 @@ def load_codec(name: str = DEFAULT_CODEC_MODEL) -> LoadedCodec:
         ModelError: the checkpoint is malformed.
     """
     path = require_checkpoint(name)
-    model, _ = load_residual_checkpoint(path)
-    return LoadedCodec(name=name, checkpoint=path, digest8=file_digest(path)[:8], coder=ResidualCoder(model))
+    model, meta = load_residual_checkpoint(path)
+    levels = model.config.levels
+    # Without a measured curve: log-linear from 0.1 bpp at q=0 to 1.5 bpp at q=L-1.
+    default = [0.1 * 15 ** (i / max(levels - 1, 1)) for i in range(levels)]
+    curve = RateCurve(tuple(json.loads(meta["rate_curve"])) if "rate_curve" in meta else tuple(default))
+    return LoadedCodec(name=name, checkpoint=path, digest8=file_digest(path)[:8], coder=ResidualCoder(model),
+                       rate_curve=curve)
 
 
 def quality_to_rate(quality: float, levels: int) -> float:
@@ -137,8 +143,10 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     if size is None:
         q = quality_to_rate(DEFAULT_QUALITY if quality is None else quality, levels)
         return CompressResult(encode(q), width, height, q, 1, tuple(notes))
-    found = search_rate(encode, size, 0.0, float(levels - 1), q_start=codec_rate_guess(size, width * height, levels),
-                        never_above=max_size)
+    # First guess from the model's typical size curve, for the bytes left to the pixel layer.
+    residual_bytes = max(size - len(layer0.payload) if layer0 else size, 1)
+    q0, slope = codec.rate_curve.guess(residual_bytes * 8 / (width * height))
+    found = search_rate(encode, size, 0.0, float(levels - 1), q_start=q0, slope=slope, never_above=max_size)
     return CompressResult(found.data, width, height, found.q, len(found.trials), tuple(notes))
 
 
@@ -220,13 +228,6 @@ def _encode_semantic(pixels: np.ndarray, name: str, weights, max_bytes: int | No
     else:
         payload = coder.encode(tokens, DEFAULT_SEMANTIC_RATE, image_size=(width, height))
     return _Layer0(empty.model, empty.calibration8, empty.preprocessing, payload)
-
-
-def codec_rate_guess(size: int, pixels: int, levels: int) -> float:
-    """First guess of the rate knob for a size target: log-linear from ~0.1 bpp at q=0 to ~1.5 bpp at q=L-1."""
-    bpp = size * 8 / pixels
-    t = math.log(max(bpp, 1e-3) / 0.1) / math.log(15.0)
-    return min(max(t, 0.0), 1.0) * (levels - 1)
 
 
 def compress(image, *, quality: float | None = None, bpp: float | None = None, size: int | None = None,

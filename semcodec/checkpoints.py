@@ -146,12 +146,16 @@ def load_residual_checkpoint(path: str | Path, with_optimizer: bool = False):
     return model, meta
 
 
-def freeze_for_shipping(source: str | Path, destination: str | Path, name: str, extra_metadata: dict | None = None) -> Path:
+def freeze_for_shipping(source: str | Path, destination: str | Path, name: str, extra_metadata: dict | None = None,
+                        rate_images: list | None = None) -> Path:
     """Turn a training checkpoint into a shipped one: fp16 weights plus frozen integer CDF tables.
 
     The weights are rounded to fp16 *before* the entropy bottleneck's CDF tables are
-    computed, so the tables match the weights every decoder loads.
+    computed, so the tables match the weights every decoder loads. With ``rate_images``
+    ((H, W, 3) uint8 arrays), the model's size curve for rate control is measured and stored.
     """
+    from .residual_coder import ResidualCoder, measure_rate_curve
+
     model, meta = load_residual_checkpoint(source)
     with torch.no_grad():
         for p in model.parameters():
@@ -159,5 +163,7 @@ def freeze_for_shipping(source: str | Path, destination: str | Path, name: str, 
     model.entropy_bottleneck.update(force=True)
     keep = {k: meta[k] for k in ("iterations", "train_hours", "recipe") if k in meta}
     keep.update(name=name, **{k: str(v) for k, v in (extra_metadata or {}).items()})
+    if rate_images:
+        keep["rate_curve"] = json.dumps([round(b, 5) for b in measure_rate_curve(ResidualCoder(model), rate_images)])
     save_residual_checkpoint(model, destination, metadata=keep, dtype=torch.float16)
     return Path(destination)

@@ -31,9 +31,34 @@ class RateSearchResult:
     trials: list[tuple[float, int]] = field(default_factory=list)   # (q, bytes) in evaluation order
 
 
+@dataclass(frozen=True)
+class RateCurve:
+    """A model's typical size curve: mean bits per pixel at the integer rate knobs 0..L-1.
+
+    Measured when a checkpoint is frozen (``semcodec train --export-to``) and stored in its
+    metadata; it gives rate control a first guess and a slope, so that most targets are
+    met within two or three trial encodes.
+    """
+
+    bpp: tuple[float, ...]
+
+    def guess(self, bpp: float) -> tuple[float, float]:
+        """``(q, d log(bytes)/dq)`` where the curve meets ``bpp`` (extrapolated at the ends)."""
+        logs = [math.log(b) for b in self.bpp]
+        target = math.log(max(bpp, 1e-6))
+        if len(logs) == 1:
+            return 0.0, PRIOR_SLOPE
+        for i in range(len(logs) - 1):
+            slope = max(logs[i + 1] - logs[i], 1e-3)
+            if target <= logs[i + 1] or i == len(logs) - 2:
+                q = i + (target - logs[i]) / slope
+                return min(max(q, 0.0), len(logs) - 1.0), slope
+        raise AssertionError("unreachable")
+
+
 def search_rate(encode: Callable[[float], bytes], target_bytes: int, q_min: float, q_max: float, *,
-                q_start: float | None = None, tolerance: float = DEFAULT_TOLERANCE, never_above: bool = False,
-                max_trials: int = 14, quantum: float = 1 / 4096) -> RateSearchResult:
+                q_start: float | None = None, slope: float = PRIOR_SLOPE, tolerance: float = DEFAULT_TOLERANCE,
+                never_above: bool = False, max_trials: int = 14, quantum: float = 1 / 4096) -> RateSearchResult:
     """Find ``q`` in ``[q_min, q_max]`` whose ``encode(q)`` has ``target_bytes`` (±tolerance).
 
     Args:
@@ -41,6 +66,7 @@ def search_rate(encode: Callable[[float], bytes], target_bytes: int, q_min: floa
         target_bytes: requested stream size.
         q_min, q_max: the knob's range.
         q_start: first guess (default: middle of the range).
+        slope: expected d log(bytes) / dq, for the steps before the secant takes over.
         tolerance: accepted relative deviation from the target.
         never_above: the result must not exceed ``target_bytes`` (it is then within
             ``tolerance`` below the target when reachable, else the largest size below it).
@@ -73,7 +99,6 @@ def search_rate(encode: Callable[[float], bytes], target_bytes: int, q_min: floa
     lo_q, hi_q = q_min, q_max          # bracket: size(lo_q) <= target <= size(hi_q) once both are known
     lo_n = hi_n = None
     q = q_start if q_start is not None else (q_min + q_max) / 2
-    slope = PRIOR_SLOPE
     aim = target_bytes * (1 - tolerance / 2) if never_above else target_bytes   # keep a margin under a ceiling
     for _ in range(max_trials):
         n = trial(q)

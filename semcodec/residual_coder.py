@@ -202,3 +202,12 @@ def image_to_tensor(pixels: np.ndarray) -> torch.Tensor:
 def tensor_to_image(x: torch.Tensor) -> np.ndarray:
     """(1, 3, H, W) float in [0, 1] → (H, W, 3) uint8 (round half up, deterministic)."""
     return torch.floor(x[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def measure_rate_curve(coder: ResidualCoder, images: list[np.ndarray]) -> list[float]:
+    """Mean bits per pixel of the RES1 payload at each integer rate knob, over some (H, W, 3) uint8 images."""
+    curve = []
+    analyzed = [(coder.analyze(image_to_tensor(im)), im.shape[0] * im.shape[1]) for im in images]
+    for q in range(coder.levels):
+        curve.append(float(np.mean([len(coder.encode_analyzed(y, q)) * 8 / n for y, n in analyzed])))
+    return curve

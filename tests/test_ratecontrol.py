@@ -68,3 +68,13 @@ def test_size_targets_on_a_real_image(test_codec, fraction):
 def test_size_target_out_of_range(test_codec):
     with pytest.raises(RateControlError, match="reachable"):
         semcodec.compress(SAMPLE, size=20, model=test_codec)
+
+
+def test_rate_curve_guess():
+    from semcodec.ratecontrol import RateCurve
+
+    curve = RateCurve((0.1, 0.2, 0.4, 0.8))
+    q, slope = curve.guess(0.2)
+    assert q == pytest.approx(1.0) and slope == pytest.approx(math.log(2))
+    assert curve.guess(0.3)[0] == pytest.approx(1 + math.log(1.5) / math.log(2))
+    assert curve.guess(0.01)[0] == 0.0 and curve.guess(100)[0] == 3.0

@@ -47,5 +47,10 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
     last = run_training(settings, registry[model_name].config, resume_from=str(resume_from) if resume_from else None,
                         log=lambda m: click.echo(m, err=True))
     if export_to:
-        freeze_for_shipping(last, export_to, model_name)
+        from ..imageio import load_rgb
+        from ..training import IMAGE_SUFFIXES
+
+        # A few training photos (never the evaluation set) give the model's size curve for rate control.
+        photos = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[::37][:8]
+        freeze_for_shipping(last, export_to, model_name, rate_images=[load_rgb(p) for p in photos])
         click.echo(f"exported {export_to}", err=True)
