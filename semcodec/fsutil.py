@@ -28,8 +28,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent if str(path.parent) else ".")
     os.close(fd)
     try:
-        os.chmod(tmp, default_file_mode())
         write(tmp)
+        os.chmod(tmp, default_file_mode())   # after writing: some writers recreate the file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
