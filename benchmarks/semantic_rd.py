@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import statistics
 import sys
 import time
@@ -41,6 +42,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# numpy's BLAS threads spin on a shared machine; single-threaded numbers are stable (set before numpy loads).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import semcodec._compat  # noqa: E402,F401  (before torchvision / open_clip)
 import torch  # noqa: E402
@@ -138,6 +142,54 @@ def run_tower(name: str, images: list[Path], budgets: list[int], codecs: list[st
     return {k: statistics.median(v) if v else float("nan") for k, v in timing.items()}
 
 
+def synthetic_calibration(spec, seed: int = 0):
+    """A calibration of the tower's shape with a power-law spectrum and a random KLT (speed tests only)."""
+    import numpy as np
+
+    from semcodec.semantic_coder import DROP_RADIUS_MAX, NUM_PASSES, Calibration, _q8_log2
+
+    rng = np.random.default_rng(seed)
+    n, d = spec.num_tokens, spec.token_dim
+    var = 50.0 / np.arange(1, d + 1) ** 1.1
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    ls = _q8_log2(var)
+    return Calibration(
+        model=spec.name, layer=spec.layer, preprocessing_id=spec.preprocessing_id, grid=spec.grid, token_dim=d,
+        preprocessing=spec.preprocessing, input_size=spec.image_size,
+        position_mean=np.zeros((n, d), np.float32), padding_mean=np.zeros((n, d), np.float32),
+        mean=np.zeros(d, np.float32), klt=q.astype(np.float32), variances=var.astype(np.float32),
+        log2_std_q=ls, log2_std_pad_q=ls - 16, log2_cstd_q=np.stack([ls] + [ls - 6] * (NUM_PASSES - 1)),
+        alpha_q=np.array([[0] * d] + [[48] * d] * (NUM_PASSES - 1), np.int32),
+        drop_alpha_q=np.full((DROP_RADIUS_MAX, d), 40, np.int32), family="laplace")
+
+
+def speed_only(name: str, image: Path, budget: int) -> dict:
+    """Decode-to-tokens time vs JPEG decode + tower for a tower without weights here.
+
+    The tower runs with random weights (its cost does not depend on their values)
+    and the stream uses a synthetic calibration of the right shape: only the
+    times are meaningful, not token fidelity.
+    """
+    from semcodec.models.semantic import SemanticTower, _build_visual, semantic_spec
+
+    spec = semantic_spec(name)
+    tower = SemanticTower(spec, _build_visual(spec))
+    cal = synthetic_calibration(spec)
+    img = Image.open(image).convert("RGB")
+    w, h = img.size
+    tokens = cal.random_tokens(seed=1)
+    stream = semantic_only_stream(tokens, cal, w, h, max_bytes=budget)
+    data, _ = pil_at_budget(img, "jpeg", budget, spec.image_size)
+
+    def jpeg_path():
+        im = Image.open(io.BytesIO(data))
+        im.load()
+        return tower.tokens([im.convert("RGB")])
+
+    return {"semcodec": timed(lambda: decode_tokens(stream, calibration=cal)),
+            "jpeg+tower": timed(jpeg_path, repeat=2), "tower": float("nan"), "bytes": len(stream)}
+
+
 def summarize(rows: list[dict], towers: list[str], budgets: list[int], codecs: list[str], timings: dict) -> str:
     out = []
     for name in towers:
@@ -175,6 +227,9 @@ def main() -> None:
     ap.add_argument("--codecs", nargs="*", default=list(PIL_CODECS))
     ap.add_argument("--limit", type=int, default=0, help="use the first N images only")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = stable timings)")
+    ap.add_argument("--speed-only", nargs="*", default=["clip-l14-336"],
+                    help="towers without weights here whose decode speed is measured with random weights "
+                         "and a synthetic calibration (times only)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "semantic_rd.csv")
     args = ap.parse_args()
 
@@ -201,6 +256,14 @@ def main() -> None:
     print(f"## semcodec layer 0 vs Pillow codecs on {len(images)} Kodak images "
           f"(token fidelity to the original image's tokens; {time.time() - t0:.0f} s)")
     print(summarize(rows, towers, args.budgets, args.codecs, timings))
+    budget = args.budgets[len(args.budgets) // 2]
+    for name in args.speed_only or []:
+        if name in towers:
+            continue
+        t = speed_only(name, images[0], budget)
+        print(f"\nDecode to tokens ({name}, random weights + synthetic calibration: times only, "
+              f"{t['bytes']} B stream): semcodec {t['semcodec'] * 1e3:.2f} ms; JPEG decode + tower "
+              f"{t['jpeg+tower'] * 1e3:.0f} ms; speedup {t['jpeg+tower'] / t['semcodec']:.0f}x")
     print(f"\nCSV: {args.out}")
 
 

@@ -2,16 +2,18 @@
 
 ::
 
-    tokens T (N, D) ── − μ_pos ── · U (KLT, D×D) ── c (N, D)
+    tokens T (N, D) ── − μ (per position; padding tokens of pad-square: their own mean)
+      ── · U (KLT, D×D) ── c (N, D)
       │ keep K of N (greedy: drop the tokens best predicted by kept neighbours)
       │ θ = σ₀²·2^(−r/8) (one integer rate index r); components with σᵢ² ≤ θ cost 0 bits
       └ s = round(c / Δ), Δ = √(12θ), for the M components with σᵢ² > θ
           └ range coder, 5 hierarchical passes over the token grid; each symbol's
             model is a Laplace/Gaussian whose scale index and mean (on a 1/16 grid)
-            are integer functions of the calibration, r, a gain byte and the
-            symbols of already decoded neighbours
-    decoder: ĉ = s·Δ (kept), dropped tokens = α_ρ · mean of kept neighbours within ρ,
-             T̂ = μ_pos + ĉ · U[:, :M]ᵀ
+            are integer functions of the calibration, r, a gain byte, the image
+            size (padding tokens) and the symbols of already decoded neighbours
+    decoder: ĉ = (s moved toward its model mean by the bin-centroid offset)·Δ for kept tokens,
+             dropped tokens = α_ρ · mean of kept neighbours within ρ,
+             T̂ = μ + ĉ · U[:, :M]ᵀ
 
 A :class:`Calibration` (``semcodec calibrate``) is part of the codec model: its
 file hash is stored in the stream header and a decoder refuses another one. The
@@ -27,8 +29,8 @@ Example:
     >>> from semcodec.semantic_coder import SemanticCoder, find_calibration, Calibration
     >>> coder = SemanticCoder(Calibration.load(find_calibration("tiny")))
     >>> import torch; tokens = coder.calibration.random_tokens(seed=0)
-    >>> payload = coder.encode(tokens, rate=40)
-    >>> coder.decode(payload).full.shape
+    >>> payload = coder.encode(tokens, rate=40, image_size=(768, 512))
+    >>> coder.decode(payload, image_size=(768, 512)).full.shape
     torch.Size([196, 192])
 """
 
@@ -863,22 +865,25 @@ class SemanticCoder:
         return _Plan(rate, gain, theta_q, m, delta, kept, pad, e, groups)
 
     def _context(self, plan: _Plan, sym_grid: np.ndarray, known: np.ndarray, p: int, pos: np.ndarray):
-        """Sums ``(n_p, m)`` and counts ``(n_p,)`` of the decoded image-token neighbours of ``pos`` (pass ``p``)."""
+        """Sums ``(n_p, m)`` and counts ``(n_p,)`` of the decoded image-token neighbours of ``pos`` (pass ``p``).
+
+        Window sums come from integer integral images (exact).
+        """
         gh, gw = self.grid
         r = PASS_RADIUS[p]
         if r == 0:
             return np.zeros((pos.size, plan.m), dtype=np.int64), np.zeros(pos.size, dtype=np.int64)
+        k = known.reshape(gh, gw)
+        x = np.zeros((gh + 1, gw + 1, plan.m + 1), dtype=np.int64)
+        x[1:, 1:, :plan.m] = sym_grid.reshape(gh, gw, plan.m) * k[..., None]
+        x[1:, 1:, plan.m] = k
+        np.cumsum(x, axis=0, out=x)
+        np.cumsum(x, axis=1, out=x)
         ii, jj = pos // gw, pos % gw
-        ks = np.pad(known.reshape(gh, gw), r)
-        ss = np.pad(sym_grid.reshape(gh, gw, plan.m), ((r, r), (r, r), (0, 0)))
-        sums = np.zeros((pos.size, plan.m), dtype=np.int64)
-        cnt = np.zeros(pos.size, dtype=np.int64)
-        for di in range(2 * r + 1):
-            for dj in range(2 * r + 1):
-                k = ks[ii + di, jj + dj]
-                cnt += k
-                sums += ss[ii + di, jj + dj] * k[:, None]
-        return sums, cnt
+        i0, i1 = np.maximum(ii - r, 0), np.minimum(ii + r + 1, gh)
+        j0, j1 = np.maximum(jj - r, 0), np.minimum(jj + r + 1, gw)
+        box = x[i1, j1] - x[i0, j1] - x[i1, j0] + x[i0, j0]  # (n_p, m + 1)
+        return box[:, :plan.m], box[:, plan.m]
 
     def _models(self, plan: _Plan, p: int, pos: np.ndarray, sums: np.ndarray, cnt: np.ndarray):
         """Integer (scale index, mean_q) arrays ``(n_p, m)`` for the tokens ``pos`` of pass ``p``."""
