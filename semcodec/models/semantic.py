@@ -441,7 +441,7 @@ def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 def _not_available(spec: SemanticSpec, why: str) -> ModelNotAvailableError:
     return ModelNotAvailableError(
         f"the weights of semantic tower {spec.name} (open_clip {spec.open_clip_arch}/{spec.pretrained}) are not "
-        f"on this machine and {why}; either run once with internet access (open_clip downloads them), "
+        f"on this machine and {why}; either run once online (open_clip downloads them to its cache), "
         f"pass --semantic-weights FILE, or use --semantic tiny (offline, not semantic)")
 
 
