@@ -30,6 +30,29 @@ def test_registry_lists_the_three_towers():
     assert "NOT semantic" in rows["tiny"]["description"]
 
 
+def test_registry_data_matches_open_clip():
+    sem._open_clip()
+    from open_clip.factory import get_model_config
+    from open_clip.pretrained import get_pretrained_cfg
+
+    for name, r in sem._REGISTERED.items():
+        oc = get_model_config(r["arch"])
+        pc = get_pretrained_cfg(r["arch"], r["tag"])
+        assert r["config"]["vision_cfg"] == oc["vision_cfg"] and r["config"]["embed_dim"] == oc["embed_dim"], name
+        assert r["config"]["quick_gelu"] == pc.get("quick_gelu", False), name
+        assert (r["hf_hub"], r["url"]) == (pc["hf_hub"], pc["url"]), name
+        assert tuple(pc.get("mean", sem.OPENAI_MEAN)) == sem.OPENAI_MEAN
+
+
+def test_listing_does_not_import_open_clip():
+    import subprocess
+    import sys
+
+    code = ("import sys; from semcodec.models.semantic import list_semantic_models; list_semantic_models(); "
+            "assert 'open_clip' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_specs_and_names():
     s = semantic_spec("clip-l14-336")
     assert (s.open_clip_arch, s.pretrained, s.layer, s.image_size, s.grid, s.token_dim) == \

@@ -240,13 +240,31 @@ def _open_clip_spec(name: str, arch: str, tag: str, layer: int, preprocessing: s
     return _make_spec(name, arch, tag, config, layer, mean, std, preprocessing, description)
 
 
+# The registered real towers, as data copied from open_clip's model configs and pretrained table
+# (a test checks them against open_clip), so that naming a tower or checking for its weights
+# does not import open_clip.
 _REGISTERED = {
-    # name: (arch, tag, preprocessing, description)
-    "clip-l14-336": ("ViT-L-14-336", "openai", "pad-square",
-                     "LLaVA-1.5's vision tower (open_clip ViT-L-14-336/openai), penultimate layer; default"),
-    "clip-b16": ("ViT-B-16", "openai", "pad-square",
-                 "open_clip ViT-B-16/openai, penultimate layer; lighter"),
+    "clip-l14-336": {
+        "arch": "ViT-L-14-336", "tag": "openai", "preprocessing": "pad-square",
+        "description": "LLaVA-1.5's vision tower (open_clip ViT-L-14-336/openai), penultimate layer; default",
+        "config": {"embed_dim": 768, "quick_gelu": True,
+                   "vision_cfg": {"image_size": 336, "layers": 24, "width": 1024, "patch_size": 14}},
+        "hf_hub": "timm/vit_large_patch14_clip_336.openai/",
+        "url": "https://openaipublic.azureedge.net/clip/models/"
+               "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+    },
+    "clip-b16": {
+        "arch": "ViT-B-16", "tag": "openai", "preprocessing": "pad-square",
+        "description": "open_clip ViT-B-16/openai, penultimate layer; lighter",
+        "config": {"embed_dim": 512, "quick_gelu": True,
+                   "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 16}},
+        "hf_hub": "timm/vit_base_patch16_clip_224.openai/",
+        "url": "https://openaipublic.azureedge.net/clip/models/"
+               "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+    },
 }
+_HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"       # open_clip.constants.HF_WEIGHTS_NAME
+_HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"  # open_clip.constants.HF_SAFE_WEIGHTS_NAME
 _TINY_DESCRIPTION = ("NOT semantic: a small ViT with random fixed-seed weights, shipped so that "
                      "everything runs offline (tests, benchmarks)")
 
@@ -286,8 +304,9 @@ def semantic_spec(name: str, layer: int | None = None) -> SemanticSpec:
         return _make_spec(full, "semcodec-tiny-vit", f"seed{_TINY_SEED}", _TINY_CONFIG, eff, OPENAI_MEAN,
                           OPENAI_STD, "pad-square", _TINY_DESCRIPTION)
     if base in _REGISTERED:
-        arch, tag, prep, desc = _REGISTERED[base]
-        return _open_clip_spec(full, arch, tag, eff, prep, desc)
+        r = _REGISTERED[base]
+        return _make_spec(full, r["arch"], r["tag"], r["config"], eff, OPENAI_MEAN, OPENAI_STD,
+                          r["preprocessing"], r["description"])
 
     arch, tag = _parse_open_clip_name(base)
     stream_id = f"{arch.lower()}.{tag.lower()}"
@@ -361,20 +380,27 @@ def _hub_cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "huggingface" / "hub"
 
 
-def _hub_files(spec: SemanticSpec) -> tuple[str | None, list[str]]:
-    """(hf repo id, candidate filenames) of a tower's pretrained tag, per open_clip's pretrained table."""
+def _pretrained_cfg(spec: SemanticSpec) -> dict:
+    """open_clip's pretrained-table entry of the tower's tag (from the registry for registered towers)."""
+    base = _LAYER_SUFFIX_RE.sub(r"\g<base>", spec.name)
+    if base in _REGISTERED:
+        return _REGISTERED[base]
     _open_clip()
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
     from open_clip.pretrained import get_pretrained_cfg
 
-    hub = get_pretrained_cfg(spec.open_clip_arch, spec.pretrained).get("hf_hub", "")
+    return get_pretrained_cfg(spec.open_clip_arch, spec.pretrained)
+
+
+def _hub_files(spec: SemanticSpec) -> tuple[str | None, list[str]]:
+    """(hf repo id, candidate filenames) of a tower's pretrained tag, per open_clip's pretrained table."""
+    hub = _pretrained_cfg(spec).get("hf_hub", "")
     if not hub:
         return None, []
     repo, filename = os.path.split(hub)  # "org/repo/" -> default filename
-    filename = filename or HF_WEIGHTS_NAME
+    filename = filename or _HF_WEIGHTS_NAME
     names = [filename]
-    if filename == HF_WEIGHTS_NAME:
-        names.insert(0, HF_SAFE_WEIGHTS_NAME)
+    if filename == _HF_WEIGHTS_NAME:
+        names.insert(0, _HF_SAFE_WEIGHTS_NAME)
     elif filename.endswith((".bin", ".pth")):
         names.insert(0, filename[:-4] + ".safetensors")
     return repo, names
@@ -391,12 +417,10 @@ def weights_path(spec: SemanticSpec | str) -> Path | None:
         spec = semantic_spec(spec)
     if spec.is_tiny:
         return TINY_WEIGHTS if TINY_WEIGHTS.is_file() else None
-    _open_clip()
-    from huggingface_hub import try_to_load_from_cache
-    from open_clip.pretrained import get_pretrained_cfg
-
     repo, names = _hub_files(spec)
     if repo:
+        from huggingface_hub import try_to_load_from_cache
+
         for filename in names:
             try:
                 found = try_to_load_from_cache(repo, filename, cache_dir=str(_hub_cache_dir()))
@@ -404,7 +428,7 @@ def weights_path(spec: SemanticSpec | str) -> Path | None:
                 found = None
             if isinstance(found, str) and os.path.isfile(found):
                 return Path(found)
-    url = get_pretrained_cfg(spec.open_clip_arch, spec.pretrained).get("url", "")
+    url = _pretrained_cfg(spec).get("url", "")
     if url:
         p = Path("~/.cache/clip").expanduser() / os.path.basename(urlparse(url).path)
         if p.is_file():
@@ -453,6 +477,7 @@ def _resolve_weights(spec: SemanticSpec) -> Path:
         raise _not_available(spec, "HF_HUB_OFFLINE is set")
     if not _hub_reachable():
         raise _not_available(spec, "the model hub cannot be reached")
+    _open_clip()
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
     try:
