@@ -1,0 +1,600 @@
+"""Turns a benchmark run into files: CSV, markdown tables, BD-rates, plots, ``results.md``, ``run.json``.
+
+Files written to the output folder:
+
+=====================  ================================================================
+``measurements.csv``   one row per image and setting (:data:`~semcodec.bench.runner.COLUMNS`)
+``speed.csv``          the speed section, one row per image and measurement
+``summary.csv``        mean per setting (the summary table)
+``bdrate.csv``         BD-rate / BD-PSNR of each semcodec curve against each other curve
+``rd_psnr.png``        PSNR vs bpp (measured curves solid, published curves dashed)
+``rd_msssim.png``      MS-SSIM (dB) vs bpp
+``tokens_cos.png``     token cosine vs bytes per image
+``decode_time.png``    decode time vs bpp
+``results.md``         all tables and plots; what the README's results section is made of
+``run.json``           command line, options, versions, hardware, seed, notes
+=====================  ================================================================
+
+Curves are **means over images per setting** (mean bpp, mean per-image PSNR, …),
+the way CompressAI publishes its Kodak results, so measured and published curves
+are comparable; BD-rates are computed on these mean curves.
+
+The README's results section is the part between ``<!-- semcodec-bench:begin -->``
+and ``<!-- semcodec-bench:end -->``; :func:`update_readme` replaces it with
+``results.md`` (links rewritten relative to the README, headings demoted).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .bdrate import BDError, bd_psnr, bd_rate
+from .metrics import ms_ssim_db
+from .runner import COLUMNS, SPEED_COLUMNS, BenchResult
+
+__all__ = ["README_BEGIN", "README_END", "Curve", "bd_table", "curves_from_summary", "environment",
+           "load_published", "markdown_table", "run_metadata", "summarize", "update_readme", "write_csv", "write_report"]
+
+README_BEGIN = "<!-- semcodec-bench:begin -->"
+README_END = "<!-- semcodec-bench:end -->"
+#: Default location of the published reference curves (``../shared/reference``).
+PUBLISHED_RD = Path(__file__).resolve().parents[3] / "shared" / "reference" / "kodak_published_rd.csv"
+
+_MEAN_FIELDS = ("bytes", "bpp", "psnr", "ms_ssim", "token_cos", "token_mse", "layer0_bytes", "layer0_cos",
+                "layer0_mse", "enc_s", "dec_s", "tokens_dec_s")
+_MAX_FIELDS = ("enc_peak_mib", "dec_peak_mib")
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def write_csv(path: Path, rows: Iterable[dict], columns: Sequence[str]) -> Path:
+    """Writes ``rows`` (dicts) with the given columns; floats keep full precision."""
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+                        for k, v in r.items()})
+    return path
+
+
+def _num(v) -> float:
+    if v is None or v == "":
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _mean(values: list[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def summarize(rows: Iterable[dict]) -> list[dict]:
+    """Mean per setting (codec, param) in first-seen order.
+
+    Means are over the images whose measurement succeeded; peak memory is the
+    maximum over images. ``n`` counts successful images, ``errors`` failed ones.
+    """
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["codec"], _num(r["param"])), []).append(r)
+    out = []
+    for (codec, param), rs in groups.items():
+        ok = [r for r in rs if not r.get("error")]
+        s = {"codec": codec, "family": rs[0]["family"], "param": param, "setting": rs[0].get("setting", ""),
+             "n": len(ok), "errors": len(rs) - len(ok)}
+        for k in _MEAN_FIELDS:
+            s[k] = _mean([_num(r[k]) for r in ok])
+        for k in _MAX_FIELDS:
+            vals = [_num(r[k]) for r in ok if not math.isnan(_num(r[k]))]
+            s[k] = max(vals) if vals else math.nan
+        out.append(s)
+    return out
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if isinstance(v, str):
+        return v
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float) and math.isinf(v):
+        return "∞"
+    if isinstance(v, float) and v.is_integer() and digits == 0:
+        return str(int(v))
+    return f"{v:.{digits}f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence], align: str | None = None) -> str:
+    """A GitHub markdown table; ``align`` is one character per column (``l``/``r``), default left then right."""
+    rows = [list(map(str, r)) for r in rows]
+    align = align or "l" + "r" * (len(headers) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _has(summary: list[dict], key: str) -> bool:
+    return any(not math.isnan(s[key]) for s in summary)
+
+
+def summary_markdown(summary: list[dict]) -> str:
+    cols = [("codec", "codec", None), ("param", "quality", 0), ("n", "n", None), ("bpp", "bpp", 4),
+            ("psnr", "PSNR (dB)", 2), ("ms_ssim", "MS-SSIM", 4)]
+    if _has(summary, "token_cos"):
+        cols += [("token_cos", "token cos", 4), ("token_mse", "token MSE", 4)]
+    if _has(summary, "layer0_bytes"):
+        cols += [("layer0_bytes", "layer-0 bytes", 0), ("layer0_cos", "layer-0 cos", 4)]
+    cols += [("enc_s", "enc (ms)", "ms"), ("dec_s", "dec (ms)", "ms")]
+    if _has(summary, "tokens_dec_s"):
+        cols += [("tokens_dec_s", "tokens dec (ms)", "ms")]
+    cols += [("enc_peak_mib", "enc peak (MiB)", 1), ("dec_peak_mib", "dec peak (MiB)", 1)]
+    rows = []
+    for s in summary:
+        row = []
+        for key, _, d in cols:
+            v = s[key]
+            if d == "ms":
+                row.append(_fmt(v * 1000, 1))
+            elif d is None:
+                row.append(str(v))
+            else:
+                row.append(_fmt(float(v), d))
+        rows.append(row)
+    return markdown_table([c[1] for c in cols], rows)
+
+
+# --------------------------------------------------------------------------- curves and BD-rates
+
+
+@dataclass
+class Curve:
+    """A rate–distortion curve (one point per setting, means over images)."""
+
+    name: str
+    label: str
+    family: str                       # semcodec | pillow | compressai | published
+    bpp: np.ndarray
+    psnr: np.ndarray
+    ms_ssim: np.ndarray
+    bytes: np.ndarray | None = None
+    token_cos: np.ndarray | None = None
+    layer0_bytes: np.ndarray | None = None
+    layer0_cos: np.ndarray | None = None
+    dec_ms: np.ndarray | None = None
+
+    @property
+    def published(self) -> bool:
+        return self.family == "published"
+
+
+def curves_from_summary(summary: list[dict], labels: dict[str, str] | None = None) -> dict[str, Curve]:
+    """Measured curves by codec, points sorted by bpp."""
+    labels = labels or {}
+    by: dict[str, list[dict]] = {}
+    for s in summary:
+        if s["n"]:
+            by.setdefault(s["codec"], []).append(s)
+    out = {}
+    for name, pts in by.items():
+        pts = sorted(pts, key=lambda s: (math.isnan(s["bpp"]), s["bpp"]))
+        col = lambda k: np.array([s[k] for s in pts], dtype=np.float64)   # noqa: E731
+        out[name] = Curve(name, labels.get(name, name), pts[0]["family"], col("bpp"), col("psnr"), col("ms_ssim"),
+                          col("bytes"), col("token_cos"), col("layer0_bytes"), col("layer0_cos"),
+                          col("dec_s") * 1000)
+    return out
+
+
+def load_published(path: Path | None = PUBLISHED_RD) -> dict[str, Curve]:
+    """Published reference curves (``codec,bpp,psnr_rgb,ms_ssim`` rows); {} when the file is absent."""
+    if path is None or not Path(path).is_file():
+        return {}
+    by: dict[str, list[tuple[float, float, float]]] = {}
+    with Path(path).open(newline="") as f:
+        for r in csv.DictReader(f):
+            by.setdefault(r["codec"], []).append((_num(r["bpp"]), _num(r["psnr_rgb"]), _num(r.get("ms_ssim"))))
+    out = {}
+    for name, pts in by.items():
+        pts.sort()
+        a = np.array(pts, dtype=np.float64)
+        out[name] = Curve(f"{name} (published)", f"{name} (published)", "published", a[:, 0], a[:, 1], a[:, 2])
+    return out
+
+
+def _msssim_db(values: np.ndarray) -> np.ndarray:
+    return np.array([ms_ssim_db(v) if not math.isnan(v) else math.nan for v in values])
+
+
+def _safe(fn, *args) -> float | str:
+    try:
+        return fn(*args)
+    except BDError as e:
+        return "no overlap" if "overlap" in str(e) else "too few points"
+
+
+def bd_table(curves: dict[str, Curve], published: dict[str, Curve] | None = None) -> list[dict]:
+    """BD-rate (PSNR and MS-SSIM-dB) and BD-PSNR of every semcodec curve against every other curve.
+
+    The other curve is the anchor: a negative BD-rate means semcodec needs fewer bits.
+    """
+    anchors = [c for c in curves.values() if c.family != "semcodec"] + list((published or {}).values())
+    anchors = [c for c in curves.values() if c.family == "semcodec"] + anchors
+    rows = []
+    for test in (c for c in curves.values() if c.family == "semcodec"):
+        for anchor in anchors:
+            if anchor is test:
+                continue
+            rows.append({
+                "test": test.name, "anchor": anchor.name, "anchor_kind": "published" if anchor.published else "measured",
+                "bd_rate_psnr": _safe(bd_rate, anchor.bpp, anchor.psnr, test.bpp, test.psnr),
+                "bd_psnr_db": _safe(bd_psnr, anchor.bpp, anchor.psnr, test.bpp, test.psnr),
+                "bd_rate_msssim": _safe(bd_rate, anchor.bpp, _msssim_db(anchor.ms_ssim), test.bpp,
+                                        _msssim_db(test.ms_ssim)),
+            })
+    return rows
+
+
+def bd_markdown(rows: list[dict]) -> str:
+    def pct(v):
+        return v if isinstance(v, str) else f"{v:+.1f} %"
+
+    def db(v):
+        return v if isinstance(v, str) else f"{v:+.2f}"
+
+    return markdown_table(
+        ["semcodec curve", "anchor", "", "BD-rate (PSNR)", "BD-PSNR (dB)", "BD-rate (MS-SSIM dB)"],
+        [[r["test"], r["anchor"], r["anchor_kind"], pct(r["bd_rate_psnr"]), db(r["bd_psnr_db"]),
+          pct(r["bd_rate_msssim"])] for r in rows], align="lllrrr")
+
+
+# --------------------------------------------------------------------------- speed
+
+
+def speed_markdown(speed: list[dict]) -> str:
+    """Per-image times of the speed section, and the mean throughput of each measurement."""
+    if not speed:
+        return "_no speed measurements_"
+    whats = list(dict.fromkeys((r["what"], r["device"]) for r in speed))
+    images = list(dict.fromkeys(r["image"] for r in speed))
+    cell = {(r["image"], r["what"], r["device"]): r for r in speed}
+    headers = ["image", "size"] + [f"{w} [{d}] (ms)" for w, d in whats]
+    rows = []
+    for im in images:
+        first = next(r for r in speed if r["image"] == im)
+        row = [im, f"{first['width']}×{first['height']}"]
+        for w, d in whats:
+            r = cell.get((im, w, d))
+            row.append(_fmt(_num(r["median_s"]) * 1000, 1) if r else "–")
+        rows.append(row)
+    mean_row = ["**mean**", ""]
+    thr_row = ["**MPix/s**", ""]
+    for w, d in whats:
+        rs = [cell[(im, w, d)] for im in images if (im, w, d) in cell]
+        mean_row.append(_fmt(_mean([_num(r["median_s"]) * 1000 for r in rs]), 1))
+        thr_row.append(_fmt(_mean([_num(r["mpix_per_s"]) for r in rs]), 2))
+    notes = sorted({r["note"] for r in speed if r.get("note")})
+    text = markdown_table(headers, rows + [mean_row, thr_row])
+    if notes:
+        text += "\n\n" + "\n".join(f"- tokens-only stream: {n}" for n in notes)
+    return text
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _style(curve: Curve, index: int) -> dict:
+    import matplotlib.pyplot as plt
+
+    if curve.published:   # light tab20 colours, dashed, thin: reference, not measured here
+        return dict(color=plt.get_cmap("tab20")((2 * index + 1) % 20), linestyle="--",
+                    marker="v^<>dph*x+"[index % 10], markersize=4, linewidth=1.1)
+    if curve.family == "semcodec":
+        return dict(color=plt.get_cmap("Dark2")(index % 8), linestyle="-", marker="o", linewidth=2.4, zorder=5)
+    return dict(color=plt.get_cmap("tab10")(index % 10), linestyle="-", marker="s", markersize=4, linewidth=1.5)
+
+
+def _styled(curves: Iterable[Curve]) -> list[tuple[Curve, dict]]:
+    counters: dict[str, int] = {}
+    out = []
+    for c in curves:
+        key = "published" if c.published else ("semcodec" if c.family == "semcodec" else "measured")
+        out.append((c, _style(c, counters.get(key, 0))))
+        counters[key] = counters.get(key, 0) + 1
+    return out
+
+
+def _finish(fig, ax, path: Path, title: str) -> Path:
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
+
+
+def plot_all(outdir: Path, curves: dict[str, Curve], published: dict[str, Curve], subtitle: str) -> list[Path]:
+    """The four plots; returns their paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = list(curves.values())
+    every = _styled(measured + list(published.values()))
+    top = max([float(np.nanmax(c.bpp)) for c in measured if c.bpp.size] + [0.5])
+    xmax = min(top, 2.5) * 1.05
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(10, 5.2))
+    for c, st in every:
+        ax.plot(c.bpp, c.psnr, label=c.label, **st)
+    ax.set_xlim(0, xmax)
+    ax.set_xlabel("rate (bits per pixel)")
+    ax.set_ylabel("PSNR, RGB (dB)")
+    paths.append(_finish(fig, ax, outdir / "rd_psnr.png", f"PSNR vs rate — {subtitle}"))
+
+    fig, ax = plt.subplots(figsize=(10, 5.2))
+    for c, st in every:
+        ax.plot(c.bpp, _msssim_db(c.ms_ssim), label=c.label, **st)
+    ax.set_xlim(0, xmax)
+    ax.set_xlabel("rate (bits per pixel)")
+    ax.set_ylabel("MS-SSIM (dB) = −10·log10(1 − MS-SSIM)")
+    paths.append(_finish(fig, ax, outdir / "rd_msssim.png", f"MS-SSIM vs rate — {subtitle}"))
+
+    fig, ax = plt.subplots(figsize=(10, 5.2))
+    for c, st in _styled(measured):
+        if c.token_cos is not None and np.isfinite(c.token_cos).any():
+            ax.plot(c.bytes, c.token_cos, label=f"{c.label}: tower on decoded pixels", **st)
+        if c.layer0_cos is not None and np.isfinite(c.layer0_cos).any():
+            ax.plot(c.layer0_bytes, c.layer0_cos, label=f"{c.label}: layer-0 tokens (at layer-0 bytes)",
+                    **(st | {"linestyle": ":", "marker": "D"}))
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per image (whole stream; layer-0 points: layer-0 payload only), log scale")
+    ax.set_ylabel("token cosine similarity to the original's tokens")
+    paths.append(_finish(fig, ax, outdir / "tokens_cos.png", f"Token fidelity vs size — {subtitle}"))
+
+    fig, ax = plt.subplots(figsize=(10, 5.2))
+    for c, st in _styled(measured):
+        ax.plot(c.bpp, c.dec_ms, label=c.label, **st)
+    ax.set_yscale("log")
+    ax.set_xlabel("rate (bits per pixel)")
+    ax.set_ylabel("decode time per image (ms, log scale)")
+    paths.append(_finish(fig, ax, outdir / "decode_time.png", f"Decode time vs rate — {subtitle}"))
+    return paths
+
+
+# --------------------------------------------------------------------------- environment and run.json
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mem_total_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return math.nan
+
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head + ("+dirty" if head and dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+_LIB_NAMES = {"jpeg": "libjpeg-turbo", "webp": "libwebp", "avif": "libavif", "jxl": "pillow-jxl-plugin"}
+
+
+def environment(threads: int) -> dict:
+    """Versions and hardware, for ``run.json``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from ..version import __version__
+    from .baselines import _versions
+
+    def v(pkg):
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return ""
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    return {
+        "versions": {"semcodec": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                     "numpy": np.__version__, **{_LIB_NAMES.get(k, k): val
+                                                 for k, val in _versions().items()},
+                     "compressai": v("compressai"), "pytorch-msssim": v("pytorch-msssim"), "scipy": v("scipy"),
+                     "matplotlib": v("matplotlib"), "open_clip_torch": v("open_clip_torch"),
+                     "constriction": v("constriction")},
+        "hardware": {"cpu": _cpu_model(), "logical_cpus": os.cpu_count(),
+                     "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+                     "memory_gib": _mem_total_gib(), "gpu": gpu, "platform": platform.platform(),
+                     "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else []},
+        "threads": {"requested": threads, "torch_intra_op": threads, "torch_inter_op": torch.get_num_interop_threads()},
+        "git_commit": _git_commit(),
+    }
+
+
+def run_metadata(config, images_dir: Path, command: str) -> dict:
+    """What ``run.json`` records about a run: command, options, model checkpoint, environment, seed."""
+    from ..checkpoints import file_digest
+    from ..models.registry import require_checkpoint
+
+    ckpt = require_checkpoint(config.model)
+    names = {p.name for p in config.images}
+    return {
+        "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "images_dir": str(images_dir),
+        "images": [p.name for p in config.images],
+        "full_kodak": len(names) == 24 and all(n.startswith("kodim") for n in names),
+        "quick": config.quick,
+        "model": config.model,
+        "checkpoint": str(ckpt),
+        "checkpoint_sha256": file_digest(ckpt).hex(),
+        "semantic": config.semantic or "",
+        "baselines": list(config.baselines),
+        "settings": config.settings,
+        "seed": config.seed,
+        "speed_images": config.speed_images,
+        "speed_repeats": config.speed_repeats,
+        "environment": environment(config.threads),
+    }
+
+
+# --------------------------------------------------------------------------- results.md, README
+
+
+def _hardware_line(env: dict) -> str:
+    h = env["hardware"]
+    gpu = f", GPU {h['gpu']}" if h.get("gpu") else ", no GPU"
+    return (f"{h['cpu']}, {h['usable_cpus']} usable of {h['logical_cpus']} logical CPUs, {h['memory_gib']} GiB"
+            f"{gpu}; {env['threads']['requested']} thread(s); load average at start "
+            f"{', '.join(f'{x:.2f}' for x in h['load_average_at_start'])}")
+
+
+def results_markdown(result: BenchResult, meta: dict, summary: list[dict], bd_rows: list[dict],
+                     plots: list[Path]) -> str:
+    env = meta["environment"]
+    n_images = len({r["image"] for r in result.rows})
+    lines = [
+        "# semcodec benchmark results",
+        "",
+        f"<!-- generated by `semcodec bench` on {meta['date']}; do not edit: rerun the benchmark -->",
+        "",
+        f"- **Command**: `{meta['command']}`",
+        f"- **Images**: {n_images} from `{meta['images_dir']}`" + (" (`--quick` subset)" if meta["quick"] else ""),
+        f"- **Codec model**: `{meta['model']}` (checkpoint `{meta['checkpoint']}`, sha256 {meta['checkpoint_sha256'][:16]}…)",
+        f"- **Semantic tower** (token fidelity): {result.tower or 'none'}",
+        f"- **Hardware**: {_hardware_line(env)}",
+        f"- **Versions**: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+        f"- **Run time**: {result.seconds / 60:.1f} min; peak memory method: {result.memory_method}; seed {meta['seed']}",
+        "",
+        "## Rate–distortion and fidelity (mean over images per setting)",
+        "",
+        summary_markdown(summary),
+        "",
+        "Curves: " + "; ".join(f"`{k}` = {v}" if v != k else f"`{k}`" for k, v in result.labels.items()) + ".",
+        "",
+        "## BD-rate of semcodec (Bjøntegaard, PCHIP, on the mean curves)",
+        "",
+        "Negative BD-rate: semcodec needs that many percent fewer bits than the anchor for the same quality; "
+        "positive BD-PSNR: semcodec is that many dB better at the same rate. Published anchors are the "
+        "CompressAI-reported Kodak means (not measured here)"
+        + ("" if meta.get("full_kodak") else "; this run did not use all 24 Kodak images, so comparisons with "
+           "them are indicative only") + ".",
+        "",
+        bd_markdown(bd_rows) if bd_rows else "_no BD-rates (no semcodec curve or no anchor)_",
+        "",
+        "## Speed (default model, quality 75)",
+        "",
+        f"Median of {meta['speed_repeats']} runs per image, wall clock, {env['threads']['requested']} thread(s). "
+        "The machine may be shared: compare codecs within one run, not across runs.",
+        "",
+        speed_markdown(result.speed),
+        "",
+        "## Plots",
+        "",
+    ]
+    titles = {"rd_psnr.png": "PSNR vs bpp", "rd_msssim.png": "MS-SSIM vs bpp", "tokens_cos.png": "token cosine vs bytes",
+              "decode_time.png": "decode time vs bpp"}
+    lines += [f"![{titles.get(p.name, p.stem)}]({p.name})" for p in plots]
+    if result.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: Path, outdir: Path) -> Path:
+    """Replaces the README's results section with ``outdir/results.md``.
+
+    The section lies between :data:`README_BEGIN` and :data:`README_END`; image
+    links are rewritten relative to the README and headings are demoted one level.
+
+    Raises:
+        FileNotFoundError: no ``results.md`` in ``outdir``.
+        ValueError: the README lacks the markers.
+    """
+    readme, outdir = Path(readme), Path(outdir)
+    text = readme.read_text()
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"{readme} has no results section; add the lines {README_BEGIN} and {README_END} "
+                         "where the results should go")
+    results = (outdir / "results.md").read_text()
+    rel = Path(os.path.relpath(outdir.resolve(), readme.resolve().parent))
+    results = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"![{m[1]}]({(rel / m[2]).as_posix()})", results)
+    results = re.sub(r"^(#+) ", lambda m: "#" + m[1] + " ", results, flags=re.M)
+    new = text[:begin + len(README_BEGIN)] + "\n" + results.strip() + "\n" + text[end:]
+    readme.write_text(new)
+    return readme
+
+
+def write_report(result: BenchResult, outdir: Path, meta: dict, published_path: Path | None = PUBLISHED_RD) -> dict:
+    """Writes every output file; returns ``{"summary", "bd", "files", "markdown"}``."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    files = [write_csv(outdir / "measurements.csv", result.rows, COLUMNS),
+             write_csv(outdir / "speed.csv", result.speed, SPEED_COLUMNS)]
+    summary = summarize(result.rows)
+    files.append(write_csv(outdir / "summary.csv", summary, list(summary[0]) if summary else ["codec"]))
+    curves = curves_from_summary(summary, result.labels)
+    published = load_published(published_path)
+    bd_rows = bd_table(curves, published)
+    files.append(write_csv(outdir / "bdrate.csv", bd_rows,
+                           ["test", "anchor", "anchor_kind", "bd_rate_psnr", "bd_psnr_db", "bd_rate_msssim"]))
+    n_images = len({r["image"] for r in result.rows})
+    subtitle = f"{n_images} image{'s' if n_images != 1 else ''}" + (f", tower {result.tower}" if result.tower else "")
+    plots = plot_all(outdir, curves, published, subtitle)
+    files += plots
+    meta = dict(meta)
+    meta.setdefault("date", time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    meta["published_reference"] = str(published_path) if published else ""
+    meta["memory_method"] = result.memory_method
+    meta["duration_s"] = round(result.seconds, 1)
+    meta["notes"] = result.notes
+    meta["curves"] = result.labels
+    md = results_markdown(result, meta, summary, bd_rows, plots)
+    (outdir / "results.md").write_text(md)
+    files.append(outdir / "results.md")
+    (outdir / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    files.append(outdir / "run.json")
+    return {"summary": summary, "bd": bd_rows, "files": files, "markdown": md,
+            "summary_md": summary_markdown(summary), "bd_md": bd_markdown(bd_rows) if bd_rows else ""}
