@@ -193,10 +193,11 @@ def models(as_json: bool) -> None:
 
 
 def _register_subcommands() -> None:
+    from .bench import bench
     from .semantic import calibrate, tokens
     from .train import train
 
-    for command in (tokens, calibrate, train):
+    for command in (tokens, calibrate, train, bench):
         main.add_command(command)
 
 
