@@ -716,7 +716,10 @@ _CAL_CACHE: dict[tuple, Calibration] = {}
 def load_calibration(path: str | os.PathLike) -> Calibration:
     """:meth:`Calibration.load` with a cache keyed by path, mtime and size."""
     path = Path(path).expanduser().resolve()
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise ModelNotAvailableError(f"cannot read calibration {path}: {e.strerror or e}") from None
     key = (str(path), st.st_mtime_ns, st.st_size)
     if key not in _CAL_CACHE:
         if len(_CAL_CACHE) > 8:

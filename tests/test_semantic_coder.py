@@ -348,3 +348,6 @@ def test_tokens_cli(cal, tokens, tmp_path):
     assert r.exit_code == 3 and "not a semcodec stream" in r.output
     r = CliRunner().invoke(group, ["tokens", str(tmp_path / "missing.smc")])
     assert r.exit_code == 2
+    r = CliRunner().invoke(group, ["tokens", str(src), "-o", str(tmp_path / "x.safetensors"),
+                                   "--calibration", str(tmp_path / "nope.safetensors")])
+    assert r.exit_code == 4 and "cannot read calibration" in r.output
