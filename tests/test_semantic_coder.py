@@ -351,3 +351,24 @@ def test_tokens_cli(cal, tokens, tmp_path):
     r = CliRunner().invoke(group, ["tokens", str(src), "-o", str(tmp_path / "x.safetensors"),
                                    "--calibration", str(tmp_path / "nope.safetensors")])
     assert r.exit_code == 4 and "cannot read calibration" in r.output
+
+
+# A SEM0 payload made with the shipped tiny calibration (hash below): it must keep decoding to the
+# same tokens. A change of the payload format or of the shipped calibration changes it (and needs a
+# payload version bump or a new calibration hash, see docs/semantic.md).
+GOLDEN_CALIBRATION = "fd44100a78b7c2d7"
+GOLDEN_PAYLOAD = bytes.fromhex(
+    "011803960088d3d4c2c7cb73c035df86e5ea311aea1b9e2feab7aec4704e3428a5d38771fbecf5233c90e18be565327a9c78"
+    "526c90c910cfc961d85da5eb57b41a181c1e549b3dede5b97d512d9b7cebc517ad84a6b644483a031136ed916dd018f518b7"
+    "50fcb63ce9ba8712bc38bef2f54623e1adf26b00e991d5ba39a76d5cfc2c355e402b722be0e42b022699231c933646682b97"
+    "a29329aff651a33147ea244a70793e80acf669544146db3604c0944a2a1b6da6fef9")
+
+
+def test_golden_payload(cal, coder):
+    assert cal.hash8.hex() == GOLDEN_CALIBRATION
+    d = coder.decode(GOLDEN_PAYLOAD, image_size=(768, 512))
+    assert (d.rate, d.positions.numel()) == (24, 150)
+    full = d.full.double()
+    assert float(full.sum()) == pytest.approx(572.732, abs=2e-3)
+    assert float((full ** 2).sum()) == pytest.approx(35361.567, abs=2e-2)
+    assert coder.encode(cal.random_tokens(seed=7), 24, keep=150, image_size=(768, 512)) == GOLDEN_PAYLOAD
