@@ -92,11 +92,17 @@ def expand_inputs(inputs: Iterable[str], suffixes: frozenset[str]) -> list[tuple
 
 
 def plan_outputs(pairs: list[tuple[Path, Path]], output_dir: Path | None, suffix: str) -> list[BatchItem]:
-    """Name each output: next to its input, or mirrored under ``output_dir``; with ``suffix``."""
-    items = []
-    for source, rel in pairs:
-        target = (output_dir / rel) if output_dir is not None else source
-        items.append(BatchItem(source, target.with_name(target.stem + suffix)))
+    """Name each output: next to its input, or mirrored under ``output_dir``, with ``suffix``.
+
+    ``photo.jpg`` becomes ``photo<suffix>``; when two inputs would share a name
+    (``photo.jpg`` and ``photo.png``), both keep their own extension
+    (``photo.jpg<suffix>``, ``photo.png<suffix>``).
+    """
+    targets = [(output_dir / rel) if output_dir is not None else source for source, rel in pairs]
+    plain = [t.with_name(t.stem + suffix) for t in targets]
+    clashes = {o for o in plain if plain.count(o) > 1}
+    items = [BatchItem(source, t.with_name(t.name + suffix) if o in clashes else o)
+             for (source, _), t, o in zip(pairs, targets, plain)]
     outputs = [i.output for i in items]
     if len(set(outputs)) != len(outputs):
         dup = next(o for o in outputs if outputs.count(o) > 1)

@@ -193,3 +193,12 @@ def test_explicit_unavailable_tower_is_an_error(runner, test_codec, sample, tmp_
     r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path / "p.smc"), "--model", test_codec,
                              "--semantic", "clip-l14-336"])
     assert r.exit_code == 4 and "clip-l14-336" in r.stderr and not (tmp_path / "p.smc").exists()
+
+
+def test_batch_keeps_extensions_when_names_clash(runner, test_codec, tmp_path):
+    Image.open(SAMPLE).save(tmp_path / "photo.png")
+    shutil.copy(SAMPLE, tmp_path / "photo.jpg")
+    r = runner.invoke(main, ["compress", str(tmp_path / "photo.png"), str(tmp_path / "photo.jpg"),
+                             "--model", test_codec, "--no-progress"])
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "photo.png.smc").exists() and (tmp_path / "photo.jpg.smc").exists()
