@@ -100,6 +100,7 @@ def search_rate(encode: Callable[[float], bytes], target_bytes: int, q_min: floa
     lo_n = hi_n = None
     q = q_start if q_start is not None else (q_min + q_max) / 2
     aim = target_bytes * (1 - tolerance / 2) if never_above else target_bytes   # keep a margin under a ceiling
+    last_step = 0.0
     for _ in range(max_trials):
         n = trial(q)
         q = current = min(max(round(q / quantum) * quantum, q_min), q_max)
@@ -115,9 +116,15 @@ def search_rate(encode: Callable[[float], bytes], target_bytes: int, q_min: floa
             raise RateControlError(_out_of_range(target_bytes, trial(q_min), n, below=False))
         if hi_q - lo_q <= quantum:
             break
-        if lo_n is not None and hi_n is not None and hi_n > lo_n:
+        bracketed = lo_n is not None and hi_n is not None
+        if bracketed and hi_n > lo_n:
             slope = (math.log(hi_n) - math.log(lo_n)) / (hi_q - lo_q)   # secant through the bracket
         step_q = q + (math.log(aim) - math.log(n)) / max(slope, 1e-3)
+        if not bracketed:
+            # Expanding search: each step at least doubles the previous one, so a flat stretch of
+            # the size curve (or a poor slope guess) still reaches the far end in a few trials.
+            direction = 1.0 if n < target_bytes else -1.0
+            step_q = q + direction * max(abs(step_q - q), 2 * last_step)
         # Safeguard: a step past an unexplored end of the range tries that end (which also tells
         # whether the target is reachable); inside a bracket, bisect when the secant leaves it.
         if step_q >= q_max and hi_n is None:
@@ -131,6 +138,7 @@ def search_rate(encode: Callable[[float], bytes], target_bytes: int, q_min: floa
         # Always move by at least one quantum towards the target (the secant step can be smaller).
         if abs(q - current) < quantum:
             q = current + (quantum if n < target_bytes else -quantum)
+        last_step = abs(q - current)
     return _best(trials, target_bytes, never_above)
 
 
