@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .errors import ModelError
-from .fsutil import atomic_write
+from .safetensors_io import read_checked_metadata, save_atomic
 from .models.residual import ResidualCodec, ResidualConfig
 from .version import __version__
 
@@ -39,13 +39,6 @@ def file_digest(path: str | Path) -> bytes:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.digest()
-
-
-def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write a safetensors file atomically (no partial file remains after an error)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def save_residual_checkpoint(model: ResidualCodec, path: str | Path, metadata: dict | None = None,
@@ -78,18 +71,7 @@ def save_residual_checkpoint(model: ResidualCodec, path: str | Path, metadata: d
         "semcodec_version": __version__,
     }
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    atomic_save(tensors, Path(path), meta)
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file, without loading tensors."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (OSError, SafetensorError) as e:
-        raise ModelError(f"cannot read checkpoint {path}: {e}") from None
+    save_atomic(tensors, Path(path), meta)
 
 
 def load_residual_checkpoint(path: str | Path, with_optimizer: bool = False):
@@ -104,12 +86,7 @@ def load_residual_checkpoint(path: str | Path, with_optimizer: bool = False):
             match the architecture recorded in the metadata.
     """
     path = Path(path)
-    meta = read_metadata(path)
-    if meta.get("kind") != "residual":
-        raise ModelError(f"{path} is not a semcodec residual-codec checkpoint")
-    if meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise ModelError(f"{path} has checkpoint format {meta.get('format_version')!r}; "
-                         f"this semcodec reads {CHECKPOINT_FORMAT_VERSION!r}")
+    meta = read_checked_metadata(path, "residual", CHECKPOINT_FORMAT_VERSION, "residual-codec checkpoint")
     try:
         config = ResidualConfig.from_dict(json.loads(meta["config"]))
         priors = json.loads(meta.get("semantic_priors", "{}"))

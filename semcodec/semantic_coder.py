@@ -59,6 +59,7 @@ from .errors import (
     TruncatedStreamError,
     UnsupportedVersionError,
 )
+from .safetensors_io import canonical_bytes, read_checked_metadata, write_bytes_atomic
 from .version import __version__
 
 __all__ = [
@@ -272,23 +273,12 @@ class Calibration:
 
     def to_bytes(self) -> bytes:
         """The calibration as safetensors bytes (the file :meth:`save` writes)."""
-        from safetensors.torch import save
-
-        return _canonical_safetensors(save(self._tensors(), metadata=self._metadata()))
+        return canonical_bytes(self._tensors(), self._metadata())
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes the calibration atomically; returns the path."""
-        from .fsutil import atomic_write
-
-        path = Path(path).expanduser()
         data = self.to_bytes()
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                f.write(data)
-
-        atomic_write(path, write)
+        path = write_bytes_atomic(path, data)
         self._bytes_hash = hashlib.sha256(data).digest()
         self.metadata = self._metadata()
         self.path = path
@@ -312,17 +302,9 @@ class Calibration:
             raise ModelNotAvailableError(f"cannot read calibration {path}: {e.strerror or e}") from None
         try:
             tensors = st_load(data)
-            from safetensors import safe_open  # metadata without a second parse of tensors
-
-            with safe_open(str(path), framework="pt") as f:
-                meta = dict(f.metadata() or {})
-        except (SafetensorError, OSError, ValueError) as e:
+        except (SafetensorError, ValueError) as e:
             raise ModelError(f"{path} is not a readable safetensors file: {e}") from None
-        if meta.get("kind") != "semantic-calibration":
-            raise ModelError(f"{path} is not a semcodec calibration (kind {meta.get('kind')!r})")
-        if meta.get("format_version") != CALIBRATION_FORMAT_VERSION:
-            raise ModelError(f"{path} has calibration format {meta.get('format_version')!r}; "
-                             f"this semcodec reads {CALIBRATION_FORMAT_VERSION!r}")
+        meta = read_checked_metadata(path, "semantic-calibration", CALIBRATION_FORMAT_VERSION, "calibration")
         try:
             gh, gw = (int(v) for v in meta["grid"].split(","))
             d = int(meta["token_dim"])
@@ -392,20 +374,6 @@ class Calibration:
         return (f"calibration of {self.model} (layer {self.layer}, {self.preprocessing_id}, "
                 f"{self.grid[0]}x{self.grid[1]} tokens x {self.token_dim}), hash {self.hash8.hex()}, "
                 f"{s.get('num_images', '?')} images, {self.family}")
-
-
-def _canonical_safetensors(data: bytes) -> bytes:
-    """Rewrites a safetensors header with sorted keys, so equal content gives equal bytes.
-
-    (safetensors writes ``__metadata__`` in a random order.) The tensor buffer is
-    unchanged; the header is padded with spaces to a multiple of 8 bytes as the
-    format requires.
-    """
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def _q8_log2(x: np.ndarray) -> np.ndarray:
@@ -1252,23 +1220,12 @@ class Tokens:
 
     def to_bytes(self) -> bytes:
         """The tokens as a safetensors file (``tokens``, ``positions`` + metadata)."""
-        from safetensors.torch import save
-
         tensors, meta = self._parts()
-        return _canonical_safetensors(save(tensors, metadata=meta))
+        return canonical_bytes(tensors, meta)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes :meth:`to_bytes` to ``path`` atomically (overwrites)."""
-        from .fsutil import atomic_write
-
-        data = self.to_bytes()
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                f.write(data)
-
-        atomic_write(Path(path), write)
-        return Path(path)
+        return write_bytes_atomic(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokens":

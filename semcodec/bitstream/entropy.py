@@ -170,6 +170,17 @@ def _check_same_shape(arr: np.ndarray, ref: np.ndarray, name: str, ref_name: str
         )
 
 
+def _real_array(x: Any, name: str, predictor: str) -> np.ndarray:
+    """A float64 copy/view of real-valued input, rejecting non-numbers and NaN with clear messages."""
+    arr = _to_numpy(x)
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InvalidInputError(f"{name} must be real numbers, got dtype {arr.dtype}.")
+    arr = arr.astype(np.float64, copy=False)
+    if np.isnan(arr).any():
+        raise InvalidInputError(f"{name} contain NaN; the {predictor} predictor produced invalid values.")
+    return arr
+
+
 def _int_scalar(value: Any, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise InvalidInputError(f"{name} must be an integer, got {value!r}.")
@@ -355,14 +366,7 @@ class ScaleTable:
             >>> t.index_of(np.array([0.1, 0.5, 0.7, 2.0, 9.0])).tolist()
             [0, 0, 1, 2, 2]
         """
-        arr = _to_numpy(scales)
-        if arr.dtype == np.bool_ or not (
-            np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-        ):
-            raise InvalidInputError(f"scales must be real numbers, got dtype {arr.dtype}.")
-        arr = arr.astype(np.float64, copy=False)
-        if np.isnan(arr).any():
-            raise InvalidInputError("scales contain NaN; the scale predictor produced invalid values.")
+        arr = _real_array(scales, "scales", "scale")
         idx = np.minimum(np.searchsorted(self.scales, arr, side="left"), len(self) - 1)
         return np.asarray(idx, dtype=np.int32)
 
@@ -390,14 +394,7 @@ def snap_means(means: Any, grid: int = DEFAULT_MEAN_GRID) -> np.ndarray:
         [0, -24, 32]
     """
     grid = _check_mean_grid(grid)
-    arr = _to_numpy(means)
-    if arr.dtype == np.bool_ or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
-        raise InvalidInputError(f"means must be real numbers, got dtype {arr.dtype}.")
-    arr = arr.astype(np.float64, copy=False)
-    if np.isnan(arr).any():
-        raise InvalidInputError("means contain NaN; the mean predictor produced invalid values.")
+    arr = _real_array(means, "means", "mean")
     q = np.rint(arr * float(grid))
     np.clip(q, -_INT32_MAX, _INT32_MAX, out=q)
     return q.astype(np.int32)

@@ -537,15 +537,13 @@ def _load_visual(spec: SemanticSpec, path: Path) -> torch.nn.Module:
 def _load_tiny(spec: SemanticSpec, path: Path) -> torch.nn.Module:
     from safetensors.torch import load_file
 
-    from ..checkpoints import read_metadata
+    from ..safetensors_io import read_checked_metadata
 
     if not Path(path).is_file():
         raise ModelNotAvailableError(f"the tiny tower's weights {path} are missing; regenerate them with "
                                      "python -c 'from semcodec.models.semantic import make_tiny_checkpoint; "
                                      "make_tiny_checkpoint()'")
-    meta = read_metadata(path)
-    if meta.get("kind") != "semantic-tower" or meta.get("format_version") != TOWER_FORMAT_VERSION:
-        raise ModelError(f"{path} is not a semcodec semantic-tower file (format {TOWER_FORMAT_VERSION})")
+    meta = read_checked_metadata(path, "semantic-tower", TOWER_FORMAT_VERSION, "semantic-tower file")
     if meta.get("arch") != spec.open_clip_arch or json.loads(meta.get("config", "null")) != _TINY_CONFIG:
         raise ModelMismatchError(f"{path} holds tower {meta.get('arch')} with another config than {spec.name}")
     visual = _build_visual(spec)
@@ -562,7 +560,7 @@ def make_tiny_checkpoint(path: str | Path = TINY_WEIGHTS) -> Path:
     The shipped file is the reference (its sha256 names it in calibrations);
     regenerating it on another torch build may change the bits.
     """
-    from ..checkpoints import atomic_save
+    from ..safetensors_io import save_atomic
     from ..version import __version__
 
     spec = semantic_spec("tiny")
@@ -576,7 +574,7 @@ def make_tiny_checkpoint(path: str | Path = TINY_WEIGHTS) -> Path:
         "seed": str(_TINY_SEED), "semcodec_version": __version__,
         "note": "random weights from a fixed seed; NOT semantic; exists so that semcodec runs offline",
     }
-    atomic_save(tensors, Path(path), meta)
+    save_atomic(tensors, Path(path), meta)
     return Path(path)
 
 
