@@ -34,7 +34,8 @@ from .errors import InvalidInputError, MissingLayerError, ModelMismatchError, Ra
 from .imageio import load_rgb
 from .models.registry import DEFAULT_CODEC_MODEL, require_checkpoint
 from .ratecontrol import RateCurve, search_rate
-from .residual_coder import ResidualCoder, image_to_tensor, tensor_to_image
+from .models.residual import SemanticCondition
+from .residual_coder import ResidualCoder, image_to_tensor, residual_is_conditioned, tensor_to_image
 
 #: Quality used when neither a quality nor a rate target is given.
 DEFAULT_QUALITY = 75.0
@@ -135,8 +136,14 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     chunks_before = (Chunk(SEMANTIC_LAYER, layer0.payload),) if layer0 else ()
     y = codec.coder.analyze(image_to_tensor(pixels))              # (1, M, Hp/16, Wp/16), reused by every trial
 
+    condition = None
+    if layer0 is not None and codec.coder.model.has_semantic_prior(layer0.model):
+        _, coder0 = _semantic_models(tower_name, str(semantic_weights) if semantic_weights else None)
+        decoded = coder0.decode(layer0.payload, image_size=(width, height))   # exactly what a decoder gets
+        condition = semantic_condition(layer0.model, decoded.full, decoded.grid, width, height)
+
     def encode(q: float) -> bytes:
-        residual = codec.coder.encode_analyzed(y, q)
+        residual = codec.coder.encode_analyzed(y, q, condition)
         return write_container(Container(header, chunks_before + (Chunk(RESIDUAL_LAYER, residual),)))
 
     levels = codec.coder.levels
@@ -302,8 +309,22 @@ def decompress(data: bytes) -> Image.Image:
     if codec.digest8 != h.codec_checkpoint:
         raise ModelMismatchError(f"the stream was made with {h.codec_model} checkpoint {h.codec_checkpoint.hex()}, "
                                  f"but {codec.checkpoint} is {codec.digest8.hex()}")
-    x_hat = codec.coder.decode(payload, h.width, h.height)
+    condition = None
+    if residual_is_conditioned(payload):
+        from .semantic_coder import decode_tokens as _decode_tokens
+
+        tokens = _decode_tokens(data)      # raises a clear error when layer 0 or its calibration is missing
+        condition = semantic_condition(h.semantic_model, tokens.tokens, tokens.grid, h.width, h.height)
+    x_hat = codec.coder.decode(payload, h.width, h.height, condition)
     return Image.fromarray(tensor_to_image(x_hat), mode="RGB")
+
+
+def semantic_condition(model: str, tokens, grid, width: int, height: int) -> SemanticCondition:
+    """Decoded layer-0 tokens (N, D) prepared for the pixel layer's semantic prior."""
+    from .models.semantic import image_region, semantic_spec
+
+    return SemanticCondition(model=model, tokens=tokens[None].float(), grid=tuple(grid),
+                             region=image_region(semantic_spec(model), width, height))
 
 
 # --------------------------------------------------------------------------- inspect

@@ -72,6 +72,11 @@ class ResidualPayload:
         return cls(rate=rate, conditioned=bool(flags & FLAG_SEMANTIC), digest=digest, words=words)
 
 
+def residual_is_conditioned(payload: bytes) -> bool:
+    """Whether a RES1 payload needs the decoded layer 0 (flag bit 0); False for a too-short payload."""
+    return len(payload) >= _PREFIX.size and bool(payload[2] & FLAG_SEMANTIC)
+
+
 def rate_to_fixed(q: float, levels: int) -> int:
     """Snap a real rate knob to the payload's fixed-point grid (clamped to the model's range)."""
     return int(round(min(max(q, 0.0), levels - 1) * RATE_ONE))

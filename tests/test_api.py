@@ -16,6 +16,7 @@ from PIL import Image
 import semcodec
 from semcodec.bitstream.container import RESIDUAL_LAYER, Container, Header, read_container, write_container
 from semcodec.errors import (
+    SemcodecError,
     CorruptStreamError,
     InvalidInputError,
     MissingLayerError,
@@ -141,3 +142,33 @@ def test_payload_damage_behind_a_valid_crc_is_detected(test_codec):
     payload[0:2] = (0xFFFF).to_bytes(2, "little")   # rate knob out of range
     with pytest.raises(CorruptStreamError, match="rate"):
         semcodec.decompress(write_container(Container(c.header, (type(c.chunks[0])(RESIDUAL_LAYER, bytes(payload)),))))
+
+
+def test_pixel_layer_conditioned_on_layer_0(test_codec, tmp_path):
+    """A codec with a semantic prior for the tower codes RES1 conditioned on the decoded tokens."""
+    from semcodec.bitstream.container import SEMANTIC_LAYER
+    from semcodec.residual_coder import residual_is_conditioned
+
+    cond = semcodec.compress(SAMPLE, quality=70, model="semcodec-test-cond", semantic="tiny")
+    plain = semcodec.compress(SAMPLE, quality=70, model="semcodec-test-cond", semantic=False)
+    c = read_container(cond)
+    assert residual_is_conditioned(c.layer(RESIDUAL_LAYER))
+    assert not residual_is_conditioned(read_container(plain).layer(RESIDUAL_LAYER))
+    assert c.layer(RESIDUAL_LAYER) != read_container(plain).layer(RESIDUAL_LAYER)
+    out = semcodec.decompress(cond)
+    assert out.size == Image.open(SAMPLE).size
+    # The same stream decodes identically in another process with another thread count.
+    stream = tmp_path / "cond.smc"
+    stream.write_bytes(cond)
+    code = ("import sys, hashlib, numpy as np, torch; torch.set_num_threads(1); import semcodec; "
+            "im = semcodec.decompress(open(sys.argv[1], 'rb').read()); "
+            "print(hashlib.sha256(np.asarray(im).tobytes()).hexdigest())")
+    env = dict(os.environ, SEMCODEC_CHECKPOINTS=str(TEST_DATA / "checkpoints"))
+    res = subprocess.run([sys.executable, "-c", code, str(stream)], env=env, capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == pixels_digest(out)
+    # Without layer 0, a conditioned pixel layer cannot be decoded: a clear error, not garbage.
+    h = c.header
+    pixels_only = Header(h.codec_model, h.codec_checkpoint, "", bytes(8), "", h.width, h.height, (RESIDUAL_LAYER,))
+    with pytest.raises(SemcodecError):
+        semcodec.decompress(write_container(Container(pixels_only, (c.chunks[1],))))
+    assert c.chunks[0].type == SEMANTIC_LAYER

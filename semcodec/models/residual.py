@@ -127,6 +127,10 @@ class ResidualCodec(nn.Module):
             self.semantic_priors[key] = SemanticPrior(token_dim, self.config.prior_channels, self.config.M)
         return self.semantic_priors[key]
 
+    def has_semantic_prior(self, semantic_model: str) -> bool:
+        """Whether this model carries a trained prior for tokens of ``semantic_model``."""
+        return _module_key(semantic_model) in self.semantic_priors
+
     def entropy_parameters(self, z_hat: torch.Tensor, gains: dict[str, torch.Tensor],
                            latent_size: tuple[int, int], semantic: "SemanticCondition | None") -> torch.Tensor:
         """(scales ‖ means) of ``y`` in the gained domain: (B, 2M, h, w)."""

@@ -581,6 +581,21 @@ def make_tiny_checkpoint(path: str | Path = TINY_WEIGHTS) -> Path:
 # --------------------------------------------------------------------------- tower
 
 
+def image_region(spec: SemanticSpec, width: int, height: int) -> tuple[float, float, float, float]:
+    """Where a ``width × height`` image lies in the tower input, as fractions ``(top, left, height, width)``.
+
+    ``pad-square`` centres the image on a square canvas (the rest is padding);
+    ``resize-crop`` fills the whole input (its borders are cropped off the image).
+    Needs only the spec, so decoders can use it without loading the tower.
+    """
+    if width < 1 or height < 1:
+        raise InvalidInputError(f"image size {width}x{height} is empty")
+    if spec.preprocessing != "pad-square" or width == height:
+        return (0.0, 0.0, 1.0, 1.0)
+    side = max(width, height)
+    return ((side - height) // 2 / side, (side - width) // 2 / side, height / side, width / side)
+
+
 class SemanticTower:
     """A loaded tower: preprocessing + frozen ViT, returning patch tokens of ``spec.layer``.
 
@@ -642,12 +657,7 @@ class SemanticTower:
         ``pad-square`` centres the image on a square canvas (the rest is padding);
         ``resize-crop`` fills the whole input (its borders are cropped off the image).
         """
-        if width < 1 or height < 1:
-            raise InvalidInputError(f"image size {width}x{height} is empty")
-        if self.spec.preprocessing != "pad-square" or width == height:
-            return (0.0, 0.0, 1.0, 1.0)
-        side = max(width, height)
-        return ((side - height) // 2 / side, (side - width) // 2 / side, height / side, width / side)
+        return image_region(self.spec, width, height)
 
     # ---- tokens
 

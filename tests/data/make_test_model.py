@@ -1,7 +1,8 @@
-"""Regenerate tests/data/checkpoints/semcodec-test.safetensors (a tiny, untrained, fixed-seed codec).
+"""Regenerate the test codecs in tests/data/checkpoints (tiny, untrained, fixed-seed).
 
-The model is not trained: it exists so that golden streams and round trips test the
-coding path quickly and independently of the shipped model. Run:
+``semcodec-test`` has no semantic prior; ``semcodec-test-cond`` has a random one for the
+``tiny`` tower. They are not trained: they exist so that golden streams and round trips
+test the coding paths quickly and independently of the shipped model. Run:
 ``python tests/data/make_test_model.py`` (changes every golden stream that uses it).
 """
 
@@ -15,13 +16,22 @@ from semcodec.models.residual import ResidualCodec, ResidualConfig
 HERE = Path(__file__).parent
 
 
-def main() -> None:
+def make(name: str, conditioned: bool) -> None:
+    """Build, freeze and save one test codec; ``conditioned`` adds a (random) semantic prior for ``tiny``."""
     torch.manual_seed(1234)
     model = ResidualCodec(ResidualConfig(N=16, M=24, lambdas=(0.005, 0.05), prior_channels=8))
-    tmp = HERE / "checkpoints" / "semcodec-test.train.safetensors"
+    if conditioned:
+        prior = model.add_semantic_prior("tiny", token_dim=192)
+        torch.nn.init.normal_(prior.refine[-1].weight, std=0.05)   # non-zero, so the prior changes the rates
+    tmp = HERE / "checkpoints" / f"{name}.train.safetensors"
     save_residual_checkpoint(model, tmp)
-    freeze_for_shipping(tmp, HERE / "checkpoints" / "semcodec-test.safetensors", "semcodec-test")
+    freeze_for_shipping(tmp, HERE / "checkpoints" / f"{name}.safetensors", name)
     tmp.unlink()
+
+
+def main() -> None:
+    make("semcodec-test", conditioned=False)
+    make("semcodec-test-cond", conditioned=True)
 
 
 if __name__ == "__main__":
