@@ -27,7 +27,7 @@ from PIL import Image
 
 from .checkpoints import load_residual_checkpoint, save_residual_checkpoint
 from .errors import InvalidInputError
-from .models.residual import ResidualCodec, ResidualConfig
+from .models.residual import ResidualCodec, ResidualConfig, SemanticCondition
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -51,6 +51,14 @@ class TrainSettings:
     log_every: int = 50
     seed: int = 0
     threads: int = 0
+    #: Semantic tower whose decoded tokens condition the entropy model (None: pixels only).
+    semantic: str | None = None
+    #: Train only that tower's semantic prior, everything else frozen.
+    conditioning_only: bool = False
+    #: Fraction of batches trained without layer 0 (so one model serves both kinds of streams).
+    condition_dropout: float = 0.5
+    #: Layer-0 rate indices drawn uniformly for the simulated decoded tokens.
+    semantic_rates: tuple[int, int] = (24, 96)
 
 
 def load_training_images(folder: str | Path, min_side: int) -> list[torch.Tensor]:
@@ -83,9 +91,49 @@ def random_batch(images: list[torch.Tensor], batch_size: int, crop: int, rng: ra
     return out
 
 
-def rd_loss(model: ResidualCodec, x: torch.Tensor, level: torch.Tensor) -> dict[str, torch.Tensor]:
+class TokenSource:
+    """Decoded layer-0 tokens of training crops, exactly as a decoder would see them.
+
+    Runs the tower on each (square) crop, codes its tokens with the calibrated layer-0
+    coder at a random rate and decodes them again.
+    """
+
+    def __init__(self, name: str, rates: tuple[int, int], rng: random.Random):
+        from .models.semantic import load_tower
+        from .semantic_coder import SemanticCoder, find_calibration, load_calibration
+
+        self.tower = load_tower(name)
+        self.coder = SemanticCoder(load_calibration(find_calibration(self.tower.spec.name)))
+        self.name, self.rates, self.rng = self.tower.spec.name, rates, rng
+        S = self.tower.spec.image_size
+        self._size = (S, S)
+        self._mean = torch.tensor(self.tower.spec.mean).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.tower.spec.std).view(1, 3, 1, 1)
+
+    @property
+    def token_dim(self) -> int:
+        return self.tower.spec.token_dim
+
+    @torch.no_grad()
+    def condition(self, x: torch.Tensor) -> SemanticCondition:
+        """x: (B, 3, c, c) crops in [0, 1] → decoded tokens (B, N, D) with their grid."""
+        import torch.nn.functional as F
+
+        t = F.interpolate(x, size=self._size, mode="bicubic", align_corners=False).clamp(0, 1)
+        tokens = self.tower.tokens_from_tensor((t - self._mean) / self._std)            # (B, N, D)
+        side = x.shape[-1]
+        decoded = []
+        for i in range(x.shape[0]):
+            payload = self.coder.encode(tokens[i], self.rng.randint(*self.rates), image_size=(side, side))
+            decoded.append(self.coder.decode(payload, image_size=(side, side)).full)
+        return SemanticCondition(model=self.name, tokens=torch.stack(decoded), grid=tuple(self.coder.grid),
+                                 region=(0.0, 0.0, 1.0, 1.0))
+
+
+def rd_loss(model: ResidualCodec, x: torch.Tensor, level: torch.Tensor,
+            semantic: SemanticCondition | None = None) -> dict[str, torch.Tensor]:
     """Rate–distortion loss of a batch; per-image λ from its level."""
-    out = model(x, level.float())
+    out = model(x, level.float(), semantic)
     num_pixels = x.shape[-2] * x.shape[-1]
     bits = -(out.y_likelihoods.log2().flatten(1).sum(1) + out.z_likelihoods.log2().flatten(1).sum(1))  # (B,)
     bpp = bits / num_pixels
@@ -124,7 +172,18 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
         model, optim_state = ResidualCodec(config or ResidualConfig()), None
     model.train()
 
-    main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
+    tokens = None
+    if settings.semantic:
+        tokens = TokenSource(settings.semantic, tuple(settings.semantic_rates), rng)
+        model.add_semantic_prior(tokens.name, tokens.token_dim)
+    if settings.conditioning_only:
+        if tokens is None:
+            raise InvalidInputError("--conditioning-only needs --semantic NAME")
+        prior_ids = {id(p) for p in model.add_semantic_prior(tokens.name, tokens.token_dim).parameters()}
+        for p in model.parameters():          # everything but this tower's prior stays frozen
+            p.requires_grad_(id(p) in prior_ids)
+
+    main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     optimizer = torch.optim.Adam(main_params, lr=settings.lr)
     aux_optimizer = torch.optim.Adam(aux_params, lr=settings.aux_lr)
@@ -156,14 +215,16 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
             group["lr"] = lr
         x = random_batch(images, settings.batch_size, settings.crop, rng)
         level = torch.randint(0, model.config.levels, (settings.batch_size,))
-        terms = rd_loss(model, x, level)
+        use_tokens = tokens is not None and (settings.conditioning_only or rng.random() >= settings.condition_dropout)
+        terms = rd_loss(model, x, level, tokens.condition(x) if use_tokens else None)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(main_params, 1.0)
         optimizer.step()
-        aux_optimizer.zero_grad(set_to_none=True)
-        model.aux_loss().backward()
-        aux_optimizer.step()
+        if not settings.conditioning_only:
+            aux_optimizer.zero_grad(set_to_none=True)
+            model.aux_loss().backward()
+            aux_optimizer.step()
 
         state["iteration"] += 1
         state["hours"] = hours_at_start + (time.time() - start) / 3600

@@ -26,9 +26,12 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--threads", type=int, default=0, help="torch threads (0 = torch's default).")
+@click.option("--semantic", default=None, help="Condition the entropy model on this tower's decoded layer-0 tokens.")
+@click.option("--conditioning-only", is_flag=True, help="Train only the --semantic tower's prior; everything else frozen.")
 @click.option("--export-to", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Afterwards, freeze the last checkpoint (fp16 + integer CDF tables) into this file.")
-def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch_size, lr, threads, export_to) -> None:
+def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch_size, lr, threads, semantic,
+          conditioning_only, export_to) -> None:
     """Train the residual codec with random crops and an RD loss over its λ levels (resumable)."""
     from ..checkpoints import freeze_for_shipping
     from ..models.registry import codec_models
@@ -42,7 +45,8 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
     if model_name not in registry:
         raise InvalidInputError(f"unknown model {model_name!r}; registered: {', '.join(registry)}")
     settings = TrainSettings(data=str(data), run_dir=str(run_dir), crop=crop, batch_size=batch_size, lr=lr,
-                             threads=threads, max_iterations=iterations if iterations is not None else 10**9,
+                             threads=threads, semantic=semantic, conditioning_only=conditioning_only,
+                             max_iterations=iterations if iterations is not None else 10**9,
                              max_hours=hours if hours is not None else 1e9)
     last = run_training(settings, registry[model_name].config, resume_from=str(resume_from) if resume_from else None,
                         log=lambda m: click.echo(m, err=True))
