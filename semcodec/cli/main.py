@@ -187,7 +187,12 @@ def models(as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
-        status = "available" if r["available"] else "not on this machine"
+        if r["kind"] == "codec":
+            status = f"available ({r['bytes'] / 1e6:.1f} MB)" if r["available"] else "checkpoint not on this machine"
+        else:
+            status = "available" if r["available"] else (
+                "weights and calibration not on this machine" if not r["weights_present"] and not r["calibration_present"]
+                else ("weights" if not r["weights_present"] else "calibration") + " not on this machine")
         click.echo(f"{r['name']:<16} {r['kind']:<9} {r['shape']:<22} {status}")
         click.echo(f"{'':<16} {r['description']}")
 
