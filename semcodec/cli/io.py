@@ -39,7 +39,10 @@ def read_input_bytes(path: str | os.PathLike) -> bytes:
 
 
 def check_writable(path: str | os.PathLike, force: bool) -> None:
-    """Fail early (before any work) when an output would overwrite a file without --force."""
+    """Fail early (before any work) when an output would overwrite a file without --force,
+    or would write binary data to a terminal."""
+    if str(path) == "-" and sys.stdout.isatty():
+        raise InvalidInputError("refusing to write binary data to a terminal; give -o FILE or redirect stdout")
     if str(path) != "-" and Path(path).exists() and not force:
         raise InvalidInputError(f"{path} exists; use --force to overwrite it")
 
