@@ -96,8 +96,6 @@ def tokens(stream: str, output: str | None, calibration: Path | None, force: boo
 
     if output is None:
         output = "-" if stream == "-" else _default_tokens_output(stream)
-    if output == "-" and sys.stdout.isatty():
-        raise InvalidInputError("refusing to write binary tokens to a terminal; give -o FILE")
     check_writable(output, force)
     result = decode_tokens(read_input_bytes(stream), calibration=calibration)
     write_output_bytes(output, result.to_bytes(), force=force)
