@@ -39,6 +39,8 @@ from .residual_coder import ResidualCoder, image_to_tensor, residual_is_conditio
 
 #: Quality used when neither a quality nor a rate target is given.
 DEFAULT_QUALITY = 75.0
+#: Largest image the pixel layer codes: its activations (~10 GB at this size) must fit in memory.
+MAX_PIXEL_LAYER_PIXELS = 36_000_000
 #: Rate index of layer 0 when no semantic budget is given (see semcodec.semantic_coder).
 DEFAULT_SEMANTIC_RATE = 48
 
@@ -131,6 +133,10 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
             raise RateControlError(f"the smallest semantic-only stream is {len(data)} bytes; the target is {size}")
         return CompressResult(data, width, height, None, 1, tuple(notes))
 
+    if width * height > MAX_PIXEL_LAYER_PIXELS:
+        raise InvalidInputError(f"the pixel layer codes images of up to {MAX_PIXEL_LAYER_PIXELS // 10**6} megapixels "
+                                f"(its transforms run on the whole image at once); this one is {width}x{height}. "
+                                "Downscale it, or use --semantic-only")
     codec = load_codec(model)
     header = _header(width, height, layer0, codec)
     chunks_before = (Chunk(SEMANTIC_LAYER, layer0.payload),) if layer0 else ()

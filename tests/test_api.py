@@ -172,3 +172,11 @@ def test_pixel_layer_conditioned_on_layer_0(test_codec, tmp_path):
     with pytest.raises(SemcodecError):
         semcodec.decompress(write_container(Container(pixels_only, (c.chunks[1],))))
     assert c.chunks[0].type == SEMANTIC_LAYER
+
+
+def test_too_large_for_the_pixel_layer(test_codec, monkeypatch):
+    import semcodec.api as api
+
+    monkeypatch.setattr(api, "MAX_PIXEL_LAYER_PIXELS", 1000)
+    with pytest.raises(InvalidInputError, match="megapixels"):
+        semcodec.compress(np.zeros((40, 40, 3), np.uint8), model=test_codec)
