@@ -311,6 +311,9 @@ def decompress(data: bytes) -> Image.Image:
     if payload is None:
         raise MissingLayerError("this stream has no pixel layer (it is semantic-only); "
                                 "use `semcodec tokens` to decode its tokens")
+    if h.width * h.height > MAX_PIXEL_LAYER_PIXELS:
+        raise InvalidInputError(f"the stream's pixel layer is {h.width}x{h.height}, beyond the "
+                                f"{MAX_PIXEL_LAYER_PIXELS // 10**6} megapixels this decoder holds in memory")
     codec = load_codec(h.codec_model)
     if codec.digest8 != h.codec_checkpoint:
         raise ModelMismatchError(f"the stream was made with {h.codec_model} checkpoint {h.codec_checkpoint.hex()}, "
