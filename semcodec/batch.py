@@ -42,6 +42,7 @@ class BatchOutcome:
     pixels: int = 0
     error: str | None = None
     notes: tuple[str, ...] = ()
+    skipped: bool = False       # a resumed run kept an existing output that verifies (nothing was written)
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,13 @@ class BatchSummary:
     bytes_out: int
     mean_bpp: float | None
     notes: tuple[str, ...] = ()
+    skipped: int = 0
 
     def describe(self) -> str:
         lines = [f"{self.files} files, {self.files - len(self.failed)} ok, {len(self.failed)} failed; "
                  f"{self.bytes_in} bytes in, {self.bytes_out} bytes out"
-                 + (f", mean {self.mean_bpp:.4f} bpp" if self.mean_bpp is not None else "")]
+                 + (f", mean {self.mean_bpp:.4f} bpp" if self.mean_bpp is not None else "")
+                 + (f"; {self.skipped} already done (kept)" if self.skipped else "")]
         lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  FAILED {o.item.source}: {o.error}" for o in self.failed]
         return "\n".join(lines)
@@ -162,7 +165,8 @@ def summarize(outcomes: list[BatchOutcome]) -> BatchSummary:
     return BatchSummary(files=len(outcomes), failed=[o for o in outcomes if not o.ok],
                         bytes_in=sum(o.bytes_in for o in ok), bytes_out=sum(o.bytes_out for o in ok),
                         mean_bpp=sum(bpps) / len(bpps) if bpps else None,
-                        notes=tuple(dict.fromkeys(n for o in outcomes for n in o.notes)))
+                        notes=tuple(dict.fromkeys(n for o in outcomes for n in o.notes)),
+                        skipped=sum(o.skipped for o in ok))
 
 
 def failure(item: BatchItem, error: SemcodecError) -> BatchOutcome:

@@ -1,37 +1,136 @@
-"""Per-file work of the batch commands (module-level so worker processes can pickle it)."""
+"""Per-file work of the batch commands (module-level so worker processes can pickle it).
+
+With ``resume`` (the start time of the run, ``time.time()``), an output that already
+exists and verifies is kept instead of being written again: a re-run picks up where
+an interrupted one stopped, and a task that Ray retries after its worker died does
+not rewrite what the dead worker finished. With ``force``, only outputs written by
+this run (modified at or after ``resume``) are kept; older ones are redone. An
+existing output that does not verify is redone either way.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
 
 from ..batch import BatchItem, BatchOutcome, failure
 from ..errors import SemcodecError
 from .io import encode_image, read_input_bytes, write_output_bytes
 
 
-def compress_file(item: BatchItem, options: dict, force: bool) -> BatchOutcome:
+def kept_output(path: Path, verify: Callable[[bytes], object], force: bool, resume: float | None) -> bytes | None:
+    """The bytes of an output a resumed run keeps, or None when the output must be (re)written.
+
+    ``verify`` raises on a damaged file (any exception counts as damaged).
+    """
+    if resume is None:
+        return None
+    try:
+        if force and path.stat().st_mtime < resume:
+            return None
+        data = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        verify(data)
+    except Exception:  # noqa: BLE001 - whatever the reader raises, the file is not a usable output
+        return None
+    return data
+
+
+def verify_stream(data: bytes):
+    """Parse a stream fully (header, every layer, every CRC); returns its container."""
+    from ..bitstream.container import read_container
+
+    return read_container(data)
+
+
+def verify_image(data: bytes) -> None:
+    """Check an encoded image's structure (PNG: every chunk's CRC)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.verify()
+
+
+def verify_tokens(data: bytes) -> int:
+    """Check a tokens file (safetensors that parses, with the tokens metadata); returns its image's pixel count."""
+    import json
+    import struct
+
+    from safetensors.torch import load
+
+    tensors = load(data)
+    (n,) = struct.unpack_from("<Q", data)
+    meta = json.loads(data[8:8 + n]).get("__metadata__", {})
+    if meta.get("kind") != "semantic-tokens" or "tokens" not in tensors or "positions" not in tensors:
+        raise ValueError("not a semcodec tokens file")
+    width, height = (int(v) for v in meta.get("image_size", "0,0").split(","))
+    return width * height
+
+
+def compress_file(item: BatchItem, options: dict, force: bool, resume: float | None = None) -> BatchOutcome:
     """Compress one image file into one stream file."""
     from .. import api
 
     try:
+        kept = kept_output(item.output, verify_stream, force, resume)
+        if kept is not None:
+            h = verify_stream(kept).header
+            return BatchOutcome(item, True, bytes_in=item.source.stat().st_size, bytes_out=len(kept),
+                                stream_bytes=len(kept), pixels=h.width * h.height, skipped=True)
         result = api.compress_image(item.source, **options)
         item.output.parent.mkdir(parents=True, exist_ok=True)
-        write_output_bytes(item.output, result.data, force=force)
+        write_output_bytes(item.output, result.data, force=force or resume is not None)
         return BatchOutcome(item, True, bytes_in=item.source.stat().st_size, bytes_out=len(result.data),
                             stream_bytes=len(result.data), pixels=result.width * result.height, notes=result.notes)
     except SemcodecError as e:
         return failure(item, e)
 
 
-def decompress_file(item: BatchItem, force: bool) -> BatchOutcome:
+def decompress_file(item: BatchItem, force: bool, resume: float | None = None) -> BatchOutcome:
     """Decode one stream file into one image file."""
     from .. import api
 
     try:
         data = read_input_bytes(item.source)
+        kept = kept_output(item.output, verify_image, force, resume)
+        if kept is not None:
+            h = verify_stream(data).header
+            return BatchOutcome(item, True, bytes_in=len(data), bytes_out=len(kept), stream_bytes=len(data),
+                                pixels=h.width * h.height, skipped=True)
         image = api.decompress(data)
         encoded = encode_image(image, item.output)
         item.output.parent.mkdir(parents=True, exist_ok=True)
-        write_output_bytes(item.output, encoded, force=force)
+        write_output_bytes(item.output, encoded, force=force or resume is not None)
         return BatchOutcome(item, True, bytes_in=len(data), bytes_out=len(encoded), stream_bytes=len(data),
                             pixels=image.width * image.height)
+    except SemcodecError as e:
+        return failure(item, e)
+
+
+def decode_tokens_bytes(data: bytes, calibration: Path | None) -> tuple[bytes, int]:
+    """Layer 0 of a stream as a tokens file (safetensors bytes) and the image's pixel count."""
+    from ..semantic_coder import decode_tokens
+
+    tokens = decode_tokens(data, calibration=calibration)
+    return tokens.to_bytes(), tokens.image_size[0] * tokens.image_size[1]
+
+
+def tokens_file(item: BatchItem, calibration: Path | None, force: bool, resume: float | None = None) -> BatchOutcome:
+    """Decode the semantic tokens (layer 0) of one stream file into one tokens file."""
+    try:
+        data = read_input_bytes(item.source)
+        kept = kept_output(item.output, verify_tokens, force, resume)
+        if kept is not None:
+            return BatchOutcome(item, True, bytes_in=len(data), bytes_out=len(kept), stream_bytes=len(data),
+                                pixels=verify_tokens(kept), skipped=True)
+        encoded, pixels = decode_tokens_bytes(data, calibration)
+        item.output.parent.mkdir(parents=True, exist_ok=True)
+        write_output_bytes(item.output, encoded, force=force or resume is not None)
+        return BatchOutcome(item, True, bytes_in=len(data), bytes_out=len(encoded), stream_bytes=len(data),
+                            pixels=pixels)
     except SemcodecError as e:
         return failure(item, e)

@@ -75,21 +75,50 @@ def is_batch(inputs: tuple[str, ...]) -> bool:
                                   for i in inputs)
 
 
-def run_batch_command(inputs, output, suffix, suffixes, work, jobs, progress, description) -> None:
-    """Expand inputs, run ``work`` over them, print the summary; exit 1 if any file failed."""
+def run_batch_command(inputs, output, suffix, suffixes, work, jobs, progress, description, engine="local",
+                      ray_address=None, shards=None, shard_row=None, shard_kind="streams", force=False) -> None:
+    """Expand inputs, run ``work`` over them, print the summary; exit 1 if any file failed.
+
+    ``--engine ray`` (or ``--shards``) goes through :mod:`semcodec.distributed`: resumable, on Ray workers.
+    """
     if "-" in inputs:
         raise InvalidInputError("'-' (stdin) cannot be combined with other inputs")
     out_dir = Path(output) if output else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"with several inputs, -o must be a folder; {out_dir} is a file")
-    items = plan_outputs(expand_inputs(inputs, suffixes), out_dir, suffix)
-    if not items:
-        raise InvalidInputError("no input files found")
-    outcomes = run_batch(items, work, jobs=jobs, progress=progress, description=description)
+    engine = "ray" if ray_address else engine
+    if engine == "local" and not shards:
+        items = plan_outputs(expand_inputs(inputs, suffixes), out_dir, suffix)
+        if not items:
+            raise InvalidInputError("no input files found")
+        outcomes = run_batch(items, work, jobs=jobs or 1, progress=progress, description=description)
+    else:
+        from ..distributed import require, run_distributed
+
+        if engine == "ray":
+            require("ray")
+        if shards:
+            require("pyarrow")
+        pairs = expand_inputs(inputs, suffixes)
+        if not pairs:
+            raise InvalidInputError("no input files found")
+        outcomes = run_distributed(pairs, out_dir, suffix, work, engine=engine, address=ray_address, jobs=jobs,
+                                   shards=shards, shard_kind=shard_kind, shard_row=shard_row, force=force,
+                                   progress=progress, description=description)
     summary = summarize(outcomes)
     click.echo(summary.describe(), err=True)
     if summary.failed:
         sys.exit(1)
+
+
+def engine_options(f):
+    """Where a batch runs: this machine or a Ray cluster (batch mode)."""
+    f = click.option("--ray-address", default=None, metavar="ADDR",
+                     help="Ray cluster to join (e.g. auto, HEAD_IP:6379; implies --engine ray); "
+                          "default: start Ray on this machine.")(f)
+    f = click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="Run the batch on this machine, or on Ray workers (resumable; needs the ray extra).")(f)
+    return f
 
 
 def rate_options(f):
@@ -114,11 +143,15 @@ def rate_options(f):
 @click.option("--semantic-weights", type=click.Path(dir_okay=False), default=None, help="Weights file of the tower.")
 @click.option("--semantic-only", is_flag=True, help="Write layer 0 alone (--bpp/--size then budget the whole stream).")
 @click.option("--semantic-bytes", type=click.IntRange(min=1), default=None, help="Byte budget of layer 0.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Parallel worker processes (batch mode).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Parallel worker processes (batch mode); default 1, with --engine ray one per CPU of the cluster.")
+@engine_options
+@click.option("--shards", type=click.IntRange(min=1), default=None,
+              help="Write N Parquet shards (path, stream, width, height, bpp) into -o FOLDER instead of .smc files.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (batch mode).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 def compress(inputs, output, quality, bpp, size, max_size, model, semantic, no_semantic, semantic_weights, semantic_only,
-             semantic_bytes, jobs, progress, force) -> None:
+             semantic_bytes, jobs, engine, ray_address, shards, progress, force) -> None:
     """Compress images (any format Pillow reads) into semcodec streams.
 
     INPUTS are image files, folders (searched recursively) or glob patterns; '-' reads one
@@ -135,9 +168,12 @@ def compress(inputs, output, quality, bpp, size, max_size, model, semantic, no_s
     options = {"quality": quality, "bpp": bpp, "size": size, "max_size": max_size,
                "semantic": False if no_semantic else semantic, "semantic_weights": semantic_weights,
                "semantic_only": semantic_only, "semantic_bytes": semantic_bytes} | ({"model": model} if model else {})
-    if is_batch(inputs):
+    if is_batch(inputs) or shards:
+        from ..distributed import stream_row
+
         work = functools.partial(compress_file, options=options, force=force)
-        run_batch_command(inputs, output, ".smc", IMAGE_SUFFIXES, work, jobs, progress, "compress")
+        run_batch_command(inputs, output, ".smc", IMAGE_SUFFIXES, work, jobs, progress, "compress", engine, ray_address,
+                          shards, functools.partial(stream_row, options=options), "streams", force)
         return
     image = inputs[0]
     out = output or default_output(image, ".smc")
@@ -155,10 +191,12 @@ def compress(inputs, output, quality, bpp, size, max_size, model, semantic, no_s
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(allow_dash=True),
               help="Output image ('-' = stdout, PNG); with several inputs, a folder. Default: next to each input, .png.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Parallel worker processes (batch mode).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Parallel worker processes (batch mode); default 1, with --engine ray one per CPU of the cluster.")
+@engine_options
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (batch mode).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
-def decompress(inputs, output, jobs, progress, force) -> None:
+def decompress(inputs, output, jobs, engine, ray_address, progress, force) -> None:
     """Decode the pixel layer of semcodec streams into images (PNG unless -o names another format).
 
     INPUTS are .smc files, folders or glob patterns; '-' reads one stream from stdin.
@@ -167,7 +205,8 @@ def decompress(inputs, output, jobs, progress, force) -> None:
 
     if is_batch(inputs):
         work = functools.partial(decompress_file, force=force)
-        run_batch_command(inputs, output, ".png", STREAM_SUFFIXES, work, jobs, progress, "decompress")
+        run_batch_command(inputs, output, ".png", STREAM_SUFFIXES, work, jobs, progress, "decompress", engine,
+                          ray_address, force=force)
         return
     stream = inputs[0]
     out = output or default_output(stream, ".png")

@@ -78,22 +78,49 @@ def _default_tokens_output(stream: str) -> str:
 
 
 @click.command()
-@click.argument("stream", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(allow_dash=True), default=None,
               help="Tokens file (safetensors; '-' = stdout). Default: next to STREAM, NAME.tokens.safetensors; "
-                   "stdout when STREAM is '-'.")
+                   "stdout when STREAM is '-'. With several inputs, a folder mirroring them.")
 @click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Calibration file to use instead of looking it up by the stream's hash.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Parallel worker processes (batch mode); default 1, with --engine ray one per CPU of the cluster.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run the batch on this machine, or on Ray workers (resumable; needs the ray extra).")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Ray cluster to join (implies --engine ray); default: start Ray on this machine.")
+@click.option("--shards", type=click.IntRange(min=1), default=None,
+              help="Write N Parquet shards of tokens (path, tokens as safetensors bytes, num_tokens, dim, grid, "
+                   "size, model) into -o FOLDER instead of one file per stream.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (batch mode).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")
-def tokens(stream: str, output: str | None, calibration: Path | None, force: bool) -> None:
-    """Decode the semantic tokens (layer 0) of STREAM for a multimodal LLM.
+def tokens(inputs: tuple[str, ...], output: str | None, calibration: Path | None, jobs: int | None, engine: str,
+           ray_address: str | None, shards: int | None, progress: bool, force: bool) -> None:
+    """Decode the semantic tokens (layer 0) of streams for a multimodal LLM.
 
-    Reads only the stream's semantic layer: no pixels are decoded and no vision
+    Reads only each stream's semantic layer: no pixels are decoded and no vision
     transformer runs. Writes a safetensors file with 'tokens' (N, D), 'positions'
     (the coded grid positions) and metadata (tower, preprocessing, grid, layer).
+    INPUTS are .smc files, folders or glob patterns ('-' reads one stream from stdin).
     """
     from ..semantic_coder import decode_tokens
 
+    from .main import is_batch, run_batch_command
+
+    if is_batch(inputs) or shards:
+        import functools
+
+        from ..batch import STREAM_SUFFIXES
+        from ..distributed import tokens_row
+        from .jobs import tokens_file
+
+        cal = calibration.expanduser().resolve() if calibration else None
+        work = functools.partial(tokens_file, calibration=cal, force=force)
+        run_batch_command(inputs, output, ".tokens.safetensors", STREAM_SUFFIXES, work, jobs, progress, "tokens",
+                          engine, ray_address, shards, functools.partial(tokens_row, calibration=cal), "tokens", force)
+        return
+    stream = inputs[0]
     if output is None:
         output = "-" if stream == "-" else _default_tokens_output(stream)
     check_writable(output, force)
