@@ -61,6 +61,13 @@ def crash_once(item: BatchItem, *, marker: Path, victim: str, inner, resume: flo
     return outcome
 
 
+def always_crash(item: BatchItem, *, victim: str, inner, resume: float):
+    """Work whose worker process dies on every try at ``victim`` (a poisonous file)."""
+    if item.source.name == victim:
+        os._exit(1)
+    return inner(item, resume=resume)
+
+
 def test_engine_ray_without_the_extra_says_how_to_install(runner, images, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)          # import ray -> ImportError
     r = runner.invoke(main, ["compress", str(images), "-o", str(tmp_path / "out"), "--engine", "ray"])
@@ -163,3 +170,18 @@ def test_parquet_shards_streams_and_tokens(runner, ray_cluster, test_codec, imag
     rows = pq.read_table(tmp_path / "tok" / "part-00000-of-00001.parquet").to_pylist()
     assert [r["path"] for r in rows] == ["a.smc", "b.smc", "sub/c.smc", "sub/d.smc"]
     assert all(load(r["tokens"])["tokens"].shape == (r["num_tokens"], r["dim"]) == (196, 192) for r in rows)
+
+
+@needs_ray
+def test_a_file_that_always_kills_its_worker_fails_alone(ray_cluster, test_codec, images, tmp_path):
+    from semcodec.cli.jobs import compress_file
+    from semcodec.distributed import run_distributed
+
+    pairs = [p for p in expand_inputs([str(images)], frozenset({".jpg", ".png", ".webp"})) if p[0].name != "broken.png"]
+    inner = functools.partial(compress_file, options={"model": test_codec, "semantic": False}, force=False)
+    work = functools.partial(always_crash, victim="a.jpg", inner=inner)
+    outcomes = run_distributed(pairs, tmp_path / "out", ".smc", work, engine="ray", jobs=2, files_per_task=4,
+                               progress=False)
+    assert [o.ok for o in outcomes] == [False, True, True, True]
+    assert outcomes[0].error.startswith("worker lost")
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.smc")) == ["b.smc", "c.smc", "d.smc"]
