@@ -209,7 +209,9 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
         save_residual_checkpoint(model, last, metadata=meta,
                                  optimizer_state=_adam_state(optimizer, names, "main") | _adam_state(aux_optimizer, names, "aux"))
 
-    while state["iteration"] < settings.max_iterations and (state["hours"] - hours_at_start) < settings.max_hours:
+    stop = _StopRequest()
+    while (state["iteration"] < settings.max_iterations and (state["hours"] - hours_at_start) < settings.max_hours
+           and not stop.requested):
         lr = _lr_at(settings, state["iteration"])
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -248,7 +250,33 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
                                                             "train_hours": state["hours"]})
             next_snapshot_hour += 1
     checkpoint()
+    stop.restore()
+    if stop.requested:
+        log(f"stopped by signal at iteration {state['iteration']}; checkpoint written")
     return last
+
+
+class _StopRequest:
+    """SIGTERM / SIGINT end training after the current iteration, with a final checkpoint."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.requested = False
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _summarize(window: list[dict], levels: int) -> dict:
