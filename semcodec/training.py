@@ -40,7 +40,7 @@ class TrainSettings:
     run_dir: str
     crop: int = 128
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 5e-4
     lr_final: float = 1e-4
     lr_decay_iterations: int = 150_000
     warmup_iterations: int = 1000

@@ -24,7 +24,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 @click.option("--iterations", type=int, default=None, help="Stop at this total iteration count.")
 @click.option("--crop", type=int, default=128, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate (after warm-up).")
 @click.option("--threads", type=int, default=0, help="torch threads (0 = torch's default).")
 @click.option("--semantic", default=None, help="Condition the entropy model on this tower's decoded layer-0 tokens.")
 @click.option("--conditioning-only", is_flag=True, help="Train only the --semantic tower's prior; everything else frozen.")
