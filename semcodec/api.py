@@ -67,19 +67,20 @@ def load_codec(name: str = DEFAULT_CODEC_MODEL) -> LoadedCodec:
     """
     path = require_checkpoint(name)
     model, meta = load_residual_checkpoint(path)
-    levels = model.config.levels
-    # Without a measured curve: log-linear from 0.1 bpp at q=0 to 1.5 bpp at q=L-1.
-    default = [0.1 * 15 ** (i / max(levels - 1, 1)) for i in range(levels)]
-    curve = RateCurve(tuple(json.loads(meta["rate_curve"])) if "rate_curve" in meta else tuple(default))
+    q_min, q_max = model.config.rate_range
+    # Without a measured curve: log-linear from 0.1 bpp at q_min to 1.5 bpp at q_max.
+    default = [(q_min, 0.1), (q_max, 1.5)] if q_max > q_min else [(q_min, 0.5)]
+    curve = RateCurve.from_metadata(json.loads(meta["rate_curve"]) if "rate_curve" in meta else default)
     return LoadedCodec(name=name, checkpoint=path, digest8=file_digest(path)[:8], coder=ResidualCoder(model),
                        rate_curve=curve)
 
 
-def quality_to_rate(quality: float, levels: int) -> float:
-    """Map a user quality in [0, 100] to the model's rate knob q in [0, levels - 1]."""
+def quality_to_rate(quality: float, rate_range: tuple[float, float]) -> float:
+    """Map a user quality in [0, 100] linearly onto the model's rate knob range ``(q_min, q_max)``."""
     if not 0 <= quality <= 100:
         raise InvalidInputError(f"quality must be between 0 and 100, got {quality}")
-    return quality / 100 * (levels - 1)
+    q_min, q_max = rate_range
+    return q_min + quality / 100 * (q_max - q_min)
 
 
 # --------------------------------------------------------------------------- compress
@@ -152,14 +153,14 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
         residual = codec.coder.encode_analyzed(y, q, condition)
         return write_container(Container(header, chunks_before + (Chunk(RESIDUAL_LAYER, residual),)))
 
-    levels = codec.coder.levels
+    rate_range = codec.coder.rate_range
     if size is None:
-        q = quality_to_rate(DEFAULT_QUALITY if quality is None else quality, levels)
+        q = quality_to_rate(DEFAULT_QUALITY if quality is None else quality, rate_range)
         return CompressResult(encode(q), width, height, q, 1, tuple(notes))
     # First guess from the model's typical size curve, for the bytes left to the pixel layer.
     residual_bytes = max(size - len(layer0.payload) if layer0 else size, 1)
-    q0, slope = codec.rate_curve.guess(residual_bytes * 8 / (width * height))
-    found = search_rate(encode, size, 0.0, float(levels - 1), q_start=q0, slope=slope, never_above=max_size)
+    q0, slope = codec.rate_curve.guess(residual_bytes * 8 / (width * height), rate_range)
+    found = search_rate(encode, size, *rate_range, q_start=q0, slope=slope, never_above=max_size)
     return CompressResult(found.data, width, height, found.q, len(found.trials), tuple(notes))
 
 
@@ -329,11 +330,18 @@ def decompress(data: bytes) -> Image.Image:
 
 
 def semantic_condition(model: str, tokens, grid, width: int, height: int) -> SemanticCondition:
-    """Decoded layer-0 tokens (N, D) prepared for the pixel layer's semantic prior."""
-    from .models.semantic import image_region, semantic_spec
+    """Decoded layer-0 tokens (N, D) prepared for the pixel layer's semantic prior.
 
+    The latent covers the image padded to the transforms' alignment (right and bottom),
+    so its region in the tower input extends the image's by the padding.
+    """
+    from .models.semantic import image_region, semantic_spec
+    from .residual_coder import padded_size
+
+    top, left, rh, rw = image_region(semantic_spec(model), width, height)
+    padded_w, padded_h = padded_size(width, height)
     return SemanticCondition(model=model, tokens=tokens[None].float(), grid=tuple(grid),
-                             region=image_region(semantic_spec(model), width, height))
+                             region=(top, left, rh * padded_h / height, rw * padded_w / width))
 
 
 # --------------------------------------------------------------------------- inspect

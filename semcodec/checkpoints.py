@@ -141,6 +141,6 @@ def freeze_for_shipping(source: str | Path, destination: str | Path, name: str, 
     keep = {k: meta[k] for k in ("iterations", "train_hours", "recipe") if k in meta}
     keep.update(name=name, **{k: str(v) for k, v in (extra_metadata or {}).items()})
     if rate_images:
-        keep["rate_curve"] = json.dumps([round(b, 5) for b in measure_rate_curve(ResidualCoder(model), rate_images)])
+        keep["rate_curve"] = json.dumps([[q, round(b, 5)] for q, b in measure_rate_curve(ResidualCoder(model), rate_images)])
     save_residual_checkpoint(model, destination, metadata=keep, dtype=torch.float16)
     return Path(destination)

@@ -4,8 +4,10 @@ The codec's rate knob ``q`` is continuous (gain interpolation) and the stream si
 grows with it, roughly exponentially. :func:`search_rate` runs a safeguarded secant
 search on ``log(bytes)`` over ``q``: each trial is a real, deterministic encode
 (the caller reuses the analysis transform between trials, so a trial costs only
-the hyperprior and the range coder), and the search keeps a bracket so it can
-never diverge.
+the hyperprior and the range coder). Until the target is bracketed it takes
+expanding steps from the model's size curve; then it runs false position with the
+Illinois modification, which keeps the bracket shrinking even where the size curve
+is flat on one side.
 """
 
 from __future__ import annotations
@@ -33,26 +35,34 @@ class RateSearchResult:
 
 @dataclass(frozen=True)
 class RateCurve:
-    """A model's typical size curve: mean bits per pixel at the integer rate knobs 0..L-1.
+    """A model's typical size curve: ``(q, mean bits per pixel)`` at integer rate knobs, ascending.
 
     Measured when a checkpoint is frozen (``semcodec train --export-to``) and stored in its
     metadata; it gives rate control a first guess and a slope, so that most targets are
     met within two or three trial encodes.
     """
 
-    bpp: tuple[float, ...]
+    points: tuple[tuple[float, float], ...]
 
-    def guess(self, bpp: float) -> tuple[float, float]:
-        """``(q, d log(bytes)/dq)`` where the curve meets ``bpp`` (extrapolated at the ends)."""
-        logs = [math.log(b) for b in self.bpp]
+    @classmethod
+    def from_metadata(cls, value: list) -> "RateCurve":
+        """Parse the stored curve: ``[[q, bpp], …]`` (or the 0.1.0 form ``[bpp at q=0, 1, …]``)."""
+        if value and not isinstance(value[0], (list, tuple)):
+            value = list(enumerate(value))
+        return cls(tuple((float(q), float(b)) for q, b in value))
+
+    def guess(self, bpp: float, rate_range: tuple[float, float]) -> tuple[float, float]:
+        """``(q, d log(bytes)/dq)`` where the curve meets ``bpp`` (extrapolated at the ends, clamped to the range)."""
+        qs = [q for q, _ in self.points]
+        logs = [math.log(b) for _, b in self.points]
         target = math.log(max(bpp, 1e-6))
         if len(logs) == 1:
-            return 0.0, PRIOR_SLOPE
+            return min(max(qs[0], rate_range[0]), rate_range[1]), PRIOR_SLOPE
         for i in range(len(logs) - 1):
-            slope = max(logs[i + 1] - logs[i], 1e-3)
+            slope = max((logs[i + 1] - logs[i]) / (qs[i + 1] - qs[i]), 1e-3)
             if target <= logs[i + 1] or i == len(logs) - 2:
-                q = i + (target - logs[i]) / slope
-                return min(max(q, 0.0), len(logs) - 1.0), slope
+                q = qs[i] + (target - logs[i]) / slope
+                return min(max(q, rate_range[0]), rate_range[1]), slope
         raise AssertionError("unreachable")
 
 
@@ -98,46 +108,55 @@ def search_rate(encode: Callable[[float], bytes], target_bytes: int, q_min: floa
 
     lo_q, hi_q = q_min, q_max          # bracket: size(lo_q) <= target <= size(hi_q) once both are known
     lo_n = hi_n = None
+    lo_f = hi_f = 0.0                  # log(size / aim) at the bracket ends, Illinois-weighted
     q = q_start if q_start is not None else (q_min + q_max) / 2
     aim = target_bytes * (1 - tolerance / 2) if never_above else target_bytes   # keep a margin under a ceiling
-    last_step = 0.0
+    last_step, last_side = 0.0, None
     for _ in range(max_trials):
         n = trial(q)
         q = current = min(max(round(q / quantum) * quantum, q_min), q_max)
         if acceptable(n):
             break
-        if n < target_bytes:
-            lo_q, lo_n = q, n
+        side = "lo" if n < target_bytes else "hi"
+        f = math.log(n) - math.log(aim)
+        if side == "lo":
+            lo_q, lo_n, lo_f = q, n, f
+            if last_side == "lo" and hi_n is not None:
+                hi_f /= 2              # Illinois: the other end stayed twice, pull the secant towards it
         else:
-            hi_q, hi_n = q, n
+            hi_q, hi_n, hi_f = q, n, f
+            if last_side == "hi" and lo_n is not None:
+                lo_f /= 2
+        last_side = side
         if lo_n is None and q <= q_min:
             raise RateControlError(_out_of_range(target_bytes, n, trial(q_max), below=True))
         if hi_n is None and q >= q_max:
             raise RateControlError(_out_of_range(target_bytes, trial(q_min), n, below=False))
         if hi_q - lo_q <= quantum:
             break
-        bracketed = lo_n is not None and hi_n is not None
-        if bracketed and hi_n > lo_n:
-            slope = (math.log(hi_n) - math.log(lo_n)) / (hi_q - lo_q)   # secant through the bracket
-        step_q = q + (math.log(aim) - math.log(n)) / max(slope, 1e-3)
-        if not bracketed:
+        if lo_n is not None and hi_n is not None:
+            # False position (Illinois variant) on log(size) inside the bracket; bisect if degenerate.
+            step_q = lo_q - lo_f * (hi_q - lo_q) / (hi_f - lo_f) if hi_f > lo_f else (lo_q + hi_q) / 2
+            q = step_q if lo_q < step_q < hi_q else (lo_q + hi_q) / 2
+        else:
             # Expanding search: each step at least doubles the previous one, so a flat stretch of
             # the size curve (or a poor slope guess) still reaches the far end in a few trials.
-            direction = 1.0 if n < target_bytes else -1.0
+            step_q = q + (math.log(aim) - math.log(n)) / max(slope, 1e-3)
+            direction = 1.0 if side == "lo" else -1.0
             step_q = q + direction * max(abs(step_q - q), 2 * last_step)
-        # Safeguard: a step past an unexplored end of the range tries that end (which also tells
-        # whether the target is reachable); inside a bracket, bisect when the secant leaves it.
-        if step_q >= q_max and hi_n is None:
-            q = q_max
-        elif step_q <= q_min and lo_n is None:
-            q = q_min
-        else:
-            inner_lo = lo_q if lo_n is not None else q_min
-            inner_hi = hi_q if hi_n is not None else q_max
-            q = step_q if inner_lo < step_q < inner_hi else (inner_lo + inner_hi) / 2
-        # Always move by at least one quantum towards the target (the secant step can be smaller).
+            # A step past an unexplored end of the range tries that end (which also tells whether
+            # the target is reachable).
+            if step_q >= q_max and hi_n is None:
+                q = q_max
+            elif step_q <= q_min and lo_n is None:
+                q = q_min
+            else:
+                inner_lo = lo_q if lo_n is not None else q_min
+                inner_hi = hi_q if hi_n is not None else q_max
+                q = step_q if inner_lo < step_q < inner_hi else (inner_lo + inner_hi) / 2
+        # Always move by at least one quantum towards the target (the step can be smaller).
         if abs(q - current) < quantum:
-            q = current + (quantum if n < target_bytes else -quantum)
+            q = current + (quantum if side == "lo" else -quantum)
         last_step = abs(q - current)
     return _best(trials, target_bytes, never_above)
 

@@ -3,7 +3,8 @@
 The RES1 payload (format v1, all integers little-endian)::
 
     offset  size  field
-    0       2     rate      u16, rate knob q = rate / 4096, 0 <= q <= L - 1
+    0       2     rate      i16, rate knob q = rate / 4096 inside the model's rate range
+                            (-4 <= q <= L - 1; values >= 0 read the same as the u16 of 0.1.0)
     2       1     flags     bit 0: the entropy model is conditioned on layer 0 (SEM0); other bits 0
     3       4     digest    first 4 bytes of param_digest(scale indices of y)
     7       ...   words     constriction range-coder words ('<u4'): segment z, then segment y
@@ -40,7 +41,7 @@ RATE_ONE = 4096
 #: Spatial alignment of the transforms (g_a downsamples by 16, h_a by 4 more).
 ALIGN = 64
 
-_PREFIX = struct.Struct("<HB4s")
+_PREFIX = struct.Struct("<hB4s")
 FLAG_SEMANTIC = 0x01
 
 
@@ -48,7 +49,7 @@ FLAG_SEMANTIC = 0x01
 class ResidualPayload:
     """Parsed RES1 payload."""
 
-    rate: int               # q · 4096
+    rate: int               # q · 4096 (signed)
     conditioned: bool       # entropy model used layer 0
     digest: bytes           # 4 bytes
     words: bytes            # range-coder words
@@ -57,13 +58,15 @@ class ResidualPayload:
         return _PREFIX.pack(self.rate, FLAG_SEMANTIC if self.conditioned else 0, self.digest) + self.words
 
     @classmethod
-    def from_bytes(cls, data: bytes, levels: int) -> "ResidualPayload":
-        """Parse and validate a RES1 payload of a model with ``levels`` gain levels."""
+    def from_bytes(cls, data: bytes, rate_range: tuple[float, float]) -> "ResidualPayload":
+        """Parse and validate a RES1 payload of a model whose knob spans ``rate_range``."""
         if len(data) < _PREFIX.size:
             raise TruncatedStreamError(f"the pixel layer is {len(data)} bytes, shorter than its {_PREFIX.size}-byte prefix")
         rate, flags, digest = _PREFIX.unpack_from(data)
-        if rate > (levels - 1) * RATE_ONE:
-            raise CorruptStreamError(f"the pixel layer's rate knob {rate / RATE_ONE:.4f} exceeds the model's range 0..{levels - 1}")
+        q_min, q_max = rate_range
+        if not q_min * RATE_ONE <= rate <= q_max * RATE_ONE:
+            raise CorruptStreamError(f"the pixel layer's rate knob {rate / RATE_ONE:.4f} is outside the model's "
+                                     f"range {q_min:g}..{q_max:g}")
         if flags & ~FLAG_SEMANTIC:
             raise CorruptStreamError(f"the pixel layer has unknown flags 0x{flags:02x}")
         words = data[_PREFIX.size:]
@@ -77,9 +80,10 @@ def residual_is_conditioned(payload: bytes) -> bool:
     return len(payload) >= _PREFIX.size and bool(payload[2] & FLAG_SEMANTIC)
 
 
-def rate_to_fixed(q: float, levels: int) -> int:
+def rate_to_fixed(q: float, rate_range: tuple[float, float]) -> int:
     """Snap a real rate knob to the payload's fixed-point grid (clamped to the model's range)."""
-    return int(round(min(max(q, 0.0), levels - 1) * RATE_ONE))
+    q_min, q_max = rate_range
+    return int(round(min(max(q, q_min), q_max) * RATE_ONE))
 
 
 class ResidualCoder:
@@ -101,7 +105,13 @@ class ResidualCoder:
 
     @property
     def levels(self) -> int:
+        """Number of trained gain levels (integer knobs 0 … L-1)."""
         return self.model.config.levels
+
+    @property
+    def rate_range(self) -> tuple[float, float]:
+        """``(q_min, q_max)`` of the continuous rate knob."""
+        return self.model.config.rate_range
 
     # ------------------------------------------------------------------ encode
     @torch.no_grad()
@@ -112,7 +122,7 @@ class ResidualCoder:
     @torch.no_grad()
     def encode_analyzed(self, y: torch.Tensor, q: float, semantic: SemanticCondition | None = None) -> bytes:
         """Encode an analyzed image at rate knob ``q`` into a RES1 payload."""
-        rate = rate_to_fixed(q, self.levels)
+        rate = rate_to_fixed(q, self.rate_range)
         gains = self.model.gains(torch.tensor([rate / RATE_ONE]))
         y = y * gains["y"]                                                 # (1, M, h, w)
         z = self.model.h_a(y) * gains["z"]                                 # (1, N, h/4, w/4)
@@ -142,7 +152,7 @@ class ResidualCoder:
             ModelMismatchError: the payload needs layer 0 conditioning that was not supplied,
                 or this machine computed other entropy parameters than the encoder.
         """
-        p = ResidualPayload.from_bytes(payload, self.levels)
+        p = ResidualPayload.from_bytes(payload, self.rate_range)
         if p.conditioned and semantic is None:
             raise ModelMismatchError("the pixel layer was coded conditioned on the semantic layer, which is missing")
         if not p.conditioned:
@@ -188,6 +198,11 @@ def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
+def padded_size(width: int, height: int) -> tuple[int, int]:
+    """``(width, height)`` of an image after padding to the transforms' alignment."""
+    return _aligned(width), _aligned(height)
+
+
 def pad_to_alignment(x: torch.Tensor) -> torch.Tensor:
     """Pad (B, 3, H, W) on the bottom/right by edge replication to multiples of 64."""
     H, W = x.shape[-2:]
@@ -209,10 +224,9 @@ def tensor_to_image(x: torch.Tensor) -> np.ndarray:
     return torch.floor(x[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
-def measure_rate_curve(coder: ResidualCoder, images: list[np.ndarray]) -> list[float]:
-    """Mean bits per pixel of the RES1 payload at each integer rate knob, over some (H, W, 3) uint8 images."""
-    curve = []
+def measure_rate_curve(coder: ResidualCoder, images: list[np.ndarray]) -> list[tuple[float, float]]:
+    """``(q, mean bpp)`` of the RES1 payload at every integer knob of the rate range, over (H, W, 3) uint8 images."""
+    q_min, q_max = coder.rate_range
     analyzed = [(coder.analyze(image_to_tensor(im)), im.shape[0] * im.shape[1]) for im in images]
-    for q in range(coder.levels):
-        curve.append(float(np.mean([len(coder.encode_analyzed(y, q)) * 8 / n for y, n in analyzed])))
-    return curve
+    return [(float(q), float(np.mean([len(coder.encode_analyzed(y, q)) * 8 / n for y, n in analyzed])))
+            for q in range(int(np.ceil(q_min)), int(q_max) + 1)]

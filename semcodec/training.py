@@ -77,25 +77,43 @@ def load_training_images(folder: str | Path, min_side: int) -> list[torch.Tensor
     return images
 
 
-def random_batch(images: list[torch.Tensor], batch_size: int, crop: int, rng: random.Random) -> torch.Tensor:
-    """(B, 3, crop, crop) float batch in [0, 1] of random crops with random horizontal flips."""
+@dataclass(frozen=True)
+class CropPick:
+    """Where a training crop came from: image index, top-left corner, side and horizontal flip."""
+
+    index: int
+    top: int
+    left: int
+    size: int
+    flipped: bool
+
+
+def random_batch(images: list[torch.Tensor], batch_size: int, crop: int,
+                 rng: random.Random) -> tuple[torch.Tensor, list[CropPick]]:
+    """(B, 3, crop, crop) float batch in [0, 1] of random crops with random horizontal flips, and their picks."""
     out = torch.empty(batch_size, 3, crop, crop)
+    picks = []
     for i in range(batch_size):
-        im = images[rng.randrange(len(images))]
+        index = rng.randrange(len(images))
+        im = images[index]
         _, H, W = im.shape
         top, left = rng.randrange(H - crop + 1), rng.randrange(W - crop + 1)
-        patch = im[:, top:top + crop, left:left + crop]
-        if rng.random() < 0.5:
-            patch = patch.flip(-1)
-        out[i] = patch.float() / 255.0
-    return out
+        flipped = rng.random() < 0.5
+        if flipped:    # the crop of the mirrored image at (top, left)
+            im = im.flip(-1)
+        out[i] = im[:, top:top + crop, left:left + crop].float() / 255.0
+        picks.append(CropPick(index, top, left, crop, flipped))
+    return out, picks
 
 
 class TokenSource:
-    """Decoded layer-0 tokens of training crops, exactly as a decoder would see them.
+    """Decoded layer-0 tokens for training crops, exactly as a decoder would see them.
 
-    Runs the tower on each (square) crop, codes its tokens with the calibrated layer-0
-    coder at a random rate and decodes them again.
+    As at coding time, the tower sees the whole (mirrored, if the crop is) image with
+    its preprocessing; the tokens are coded with the calibrated layer-0 coder at a
+    random rate and decoded again, and each crop gets the region of the tower input it
+    covers, so the prior learns at the scale it is used at. Tower outputs are cached
+    per image and flip; the coding at a random rate is redone every time.
     """
 
     def __init__(self, name: str, rates: tuple[int, int], rng: random.Random):
@@ -105,38 +123,52 @@ class TokenSource:
         self.tower = load_tower(name)
         self.coder = SemanticCoder(load_calibration(find_calibration(self.tower.spec.name)))
         self.name, self.rates, self.rng = self.tower.spec.name, rates, rng
-        S = self.tower.spec.image_size
-        self._size = (S, S)
-        self._mean = torch.tensor(self.tower.spec.mean).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.tower.spec.std).view(1, 3, 1, 1)
+        self._tokens: dict[tuple[int, bool], torch.Tensor] = {}
 
     @property
     def token_dim(self) -> int:
         return self.tower.spec.token_dim
 
-    @torch.no_grad()
-    def condition(self, x: torch.Tensor) -> SemanticCondition:
-        """x: (B, 3, c, c) crops in [0, 1] → decoded tokens (B, N, D) with their grid."""
-        import torch.nn.functional as F
+    def _image_tokens(self, images: list[torch.Tensor], index: int, flipped: bool) -> torch.Tensor:
+        """Tower tokens (N, D) of one training image (mirrored or not), cached."""
+        key = (index, flipped)
+        if key not in self._tokens:
+            im = images[index].flip(-1) if flipped else images[index]
+            pil = Image.fromarray(im.permute(1, 2, 0).numpy())
+            self._tokens[key] = self.tower.tokens([pil])[0]
+        return self._tokens[key]
 
-        t = F.interpolate(x, size=self._size, mode="bicubic", align_corners=False).clamp(0, 1)
-        tokens = self.tower.tokens_from_tensor((t - self._mean) / self._std)            # (B, N, D)
-        side = x.shape[-1]
-        decoded = []
-        for i in range(x.shape[0]):
-            payload = self.coder.encode(tokens[i], self.rng.randint(*self.rates), image_size=(side, side))
-            decoded.append(self.coder.decode(payload, image_size=(side, side)).full)
-        return SemanticCondition(model=self.name, tokens=torch.stack(decoded), grid=tuple(self.coder.grid),
-                                 region=(0.0, 0.0, 1.0, 1.0))
+    @torch.no_grad()
+    def condition(self, images: list[torch.Tensor], picks: list[CropPick]) -> SemanticCondition:
+        """Decoded tokens (B, N, D) of each crop's image, with each crop's region of the tower input."""
+        from .models.semantic import image_region
+
+        decoded, regions = [], []
+        for pick in picks:
+            _, H, W = images[pick.index].shape
+            tokens = self._image_tokens(images, pick.index, pick.flipped)
+            payload = self.coder.encode(tokens, self.rng.randint(*self.rates), image_size=(W, H))
+            decoded.append(self.coder.decode(payload, image_size=(W, H)).full)
+            top, left, rh, rw = image_region(self.tower.spec, W, H)
+            regions.append((top + rh * pick.top / H, left + rw * pick.left / W, rh * pick.size / H, rw * pick.size / W))
+        return SemanticCondition(model=self.name, tokens=torch.stack(decoded).float(), grid=tuple(self.coder.grid),
+                                 region=regions)
 
 
 def rd_loss(model: ResidualCodec, x: torch.Tensor, level: torch.Tensor,
-            semantic: SemanticCondition | None = None) -> dict[str, torch.Tensor]:
-    """Rate–distortion loss of a batch; per-image λ from its level."""
-    out = model(x, level.float(), semantic)
+            semantic: SemanticCondition | None = None, rate_only: bool = False) -> dict[str, torch.Tensor]:
+    """Rate–distortion loss of a batch; per-image λ from its level.
+
+    With ``rate_only`` the reconstruction is skipped and the loss is the rate alone (the
+    distortion is then reported as NaN): what trains a semantic prior with the rest frozen,
+    since the prior only moves the entropy parameters.
+    """
+    out = model(x, level.float(), semantic, reconstruct=not rate_only)
     num_pixels = x.shape[-2] * x.shape[-1]
     bits = -(out.y_likelihoods.log2().flatten(1).sum(1) + out.z_likelihoods.log2().flatten(1).sum(1))  # (B,)
     bpp = bits / num_pixels
+    if rate_only:
+        return {"loss": bpp.mean(), "bpp": bpp.detach(), "mse": torch.full_like(bpp, float("nan"))}
     mse = (out.x_hat - x).square().flatten(1).mean(1)                                                  # (B,)
     lambdas = torch.tensor(model.config.lambdas, dtype=x.dtype)[level]
     loss = (bpp + lambdas * 255**2 * mse).mean()
@@ -215,10 +247,11 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
         lr = _lr_at(settings, state["iteration"])
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x = random_batch(images, settings.batch_size, settings.crop, rng)
+        x, picks = random_batch(images, settings.batch_size, settings.crop, rng)
         level = torch.randint(0, model.config.levels, (settings.batch_size,))
         use_tokens = tokens is not None and (settings.conditioning_only or rng.random() >= settings.condition_dropout)
-        terms = rd_loss(model, x, level, tokens.condition(x) if use_tokens else None)
+        terms = rd_loss(model, x, level, tokens.condition(images, picks) if use_tokens else None,
+                        rate_only=settings.conditioning_only)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(main_params, 1.0)
@@ -238,7 +271,8 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
             with open(run_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             log(f"it {record['iteration']} loss {record['loss']:.4f} lr {lr:.2e} "
-                + " ".join(f"L{l}:{v['bpp']:.3f}bpp/{v['psnr']:.2f}dB" for l, v in record["levels"].items()))
+                + " ".join(f"L{l}:{v['bpp']:.3f}bpp" + (f"/{v['psnr']:.2f}dB" if v["psnr"] is not None else "")
+                           for l, v in record["levels"].items()))
             window, window_start = [], time.time()
         if time.time() - last_checkpoint > settings.checkpoint_minutes * 60:
             checkpoint()
@@ -288,8 +322,8 @@ def _summarize(window: list[dict], levels: int) -> dict:
     for l in range(levels):
         sel = lvl == l
         if sel.any():
-            per_level[str(l)] = {"bpp": bpp[sel].mean().item(),
-                                 "psnr": (10 * torch.log10(1 / mse[sel].clamp_min(1e-10))).mean().item()}
+            psnr = (10 * torch.log10(1 / mse[sel].clamp_min(1e-10))).mean().item()
+            per_level[str(l)] = {"bpp": bpp[sel].mean().item(), "psnr": None if math.isnan(psnr) else psnr}
     return {"loss": float(np.mean([w["loss"] for w in window])), "levels": per_level}
 
 

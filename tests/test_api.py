@@ -49,8 +49,12 @@ def test_encoding_is_deterministic(test_codec):
 
 
 def test_golden_stream(test_codec):
-    """A stream written by an earlier version keeps decoding to the same pixels, and encoding is stable."""
-    data = semcodec.compress(SAMPLE, quality=50, model=test_codec)
+    """A stream written by semcodec 0.1.0 keeps decoding to the same pixels, and encoding is stable.
+
+    0.1.0 wrote it at quality 50, i.e. rate knob q = 0.5 of the two-level test model's 0..1;
+    since 0.2.0 quality spans the extended knob range -4..1, where q = 0.5 is quality 90.
+    """
+    data = semcodec.compress(SAMPLE, quality=90, model=test_codec)
     if os.environ.get("SEMCODEC_REGEN") == "1":
         GOLDEN_STREAM.write_bytes(data)
         GOLDEN_PIXELS.write_text(pixels_digest(semcodec.decompress(data)) + "\n")
@@ -134,12 +138,13 @@ def test_stream_errors(test_codec):
         semcodec.decompress(write_container(Container(other, c.chunks)))
 
 
-def test_payload_damage_behind_a_valid_crc_is_detected(test_codec):
+@pytest.mark.parametrize("rate", [0x7FFF, 0x8000])   # i16: q ≈ +8 and q = -8, both outside -4..1
+def test_payload_damage_behind_a_valid_crc_is_detected(test_codec, rate):
     """Damage inside RES1 with a recomputed CRC must still raise a SemcodecError, never garbage silently."""
     data = semcodec.compress(SAMPLE, quality=50, model=test_codec)
     c = read_container(data)
     payload = bytearray(c.layer(RESIDUAL_LAYER))
-    payload[0:2] = (0xFFFF).to_bytes(2, "little")   # rate knob out of range
+    payload[0:2] = rate.to_bytes(2, "little")   # rate knob out of range
     with pytest.raises(CorruptStreamError, match="rate"):
         semcodec.decompress(write_container(Container(c.header, (type(c.chunks[0])(RESIDUAL_LAYER, bytes(payload)),))))
 

@@ -73,8 +73,16 @@ def test_size_target_out_of_range(test_codec):
 def test_rate_curve_guess():
     from semcodec.ratecontrol import RateCurve
 
-    curve = RateCurve((0.1, 0.2, 0.4, 0.8))
-    q, slope = curve.guess(0.2)
-    assert q == pytest.approx(1.0) and slope == pytest.approx(math.log(2))
-    assert curve.guess(0.3)[0] == pytest.approx(1 + math.log(1.5) / math.log(2))
-    assert curve.guess(0.01)[0] == 0.0 and curve.guess(100)[0] == 3.0
+    curve = RateCurve.from_metadata([[-2, 0.05], [-1, 0.1], [0, 0.2], [1, 0.4], [2, 0.8]])
+    span = (-2.0, 2.0)
+    q, slope = curve.guess(0.2, span)
+    assert q == pytest.approx(0.0) and slope == pytest.approx(math.log(2))
+    assert curve.guess(0.3, span)[0] == pytest.approx(math.log(1.5) / math.log(2))
+    assert curve.guess(0.001, span)[0] == -2.0 and curve.guess(100, span)[0] == 2.0
+    assert curve.guess(0.01, (-10.0, 2.0))[0] == pytest.approx(-2 - math.log(5) / math.log(2))   # extrapolated
+
+
+def test_rate_curve_reads_the_0_1_0_metadata_form():
+    from semcodec.ratecontrol import RateCurve
+
+    assert RateCurve.from_metadata([0.1, 0.2]).points == ((0.0, 0.1), (1.0, 0.2))

@@ -58,3 +58,53 @@ def test_refuses_kodak(tmp_path):
     kodak.mkdir()
     with pytest.raises(InvalidInputError, match="Kodak"):
         train(TrainSettings(data=str(kodak), run_dir=str(tmp_path / "r")), log=lambda m: None)
+
+
+def test_random_batch_reports_where_each_crop_came_from():
+    import random
+
+    import torch
+
+    from semcodec.training import random_batch
+
+    images = [torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8) for _ in range(3)]
+    batch, picks = random_batch(images, 16, 32, random.Random(1))
+    assert batch.shape == (16, 3, 32, 32) and len(picks) == 16 and any(p.flipped for p in picks)
+    for crop, p in zip(batch, picks):
+        source = images[p.index].flip(-1) if p.flipped else images[p.index]
+        assert torch.equal(crop, source[:, p.top:p.top + 32, p.left:p.left + 32].float() / 255)
+
+
+def test_token_source_gives_each_crop_its_region_of_the_tower_input():
+    """Training crops see the tokens of their whole image, placed like a coded image of that size."""
+    import random
+
+    import torch
+
+    from semcodec.models.semantic import image_region, semantic_spec
+    from semcodec.training import CropPick, TokenSource
+
+    images = [torch.randint(0, 256, (3, 64, 128), dtype=torch.uint8)]
+    source = TokenSource("tiny", (24, 24), random.Random(0))
+    picks = [CropPick(0, 0, 0, 64, False), CropPick(0, 0, 64, 64, True)]
+    cond = source.condition(images, picks)
+    top, left, rh, rw = image_region(semantic_spec("tiny"), 128, 64)        # (0.25, 0, 0.5, 1)
+    assert cond.region[0] == pytest.approx((top, left, rh, rw / 2))
+    assert cond.region[1] == pytest.approx((top, left + rw / 2, rh, rw / 2))
+    assert cond.tokens.shape[0] == 2 and not torch.equal(cond.tokens[0], cond.tokens[1])   # mirrored image
+
+
+def test_rate_only_loss_skips_the_reconstruction():
+    import torch
+
+    from semcodec.models.residual import ResidualCodec
+    from semcodec.training import rd_loss
+
+    model = ResidualCodec(ResidualConfig(N=8, M=8, lambdas=(0.01, 0.1), prior_channels=4))
+    x, level = torch.rand(2, 3, 64, 64), torch.tensor([0, 1])
+    torch.manual_seed(0)                       # the same quantization noise in both passes
+    full = rd_loss(model, x, level)
+    torch.manual_seed(0)
+    rate = rd_loss(model, x, level, rate_only=True)
+    assert torch.allclose(full["bpp"], rate["bpp"]) and rate["loss"].item() == pytest.approx(rate["bpp"].mean().item())
+    assert torch.isnan(rate["mse"]).all() and not torch.isnan(full["mse"]).any()

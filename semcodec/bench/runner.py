@@ -59,7 +59,7 @@ RATE_KEYS = ("quality", "bpp", "size", "max_size")
 #: Image file suffixes the harness reads.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 #: semcodec quality sweeps (0–100); the default quality (75) is what the speed section uses.
-SEMCODEC_QUALITIES = (0, 25, 50, 75, 100)
+SEMCODEC_QUALITIES = (0, 20, 40, 60, 80, 100)
 SEMCODEC_QUICK_QUALITIES = (0, 33, 67, 100)
 SPEED_QUALITY = 75.0
 

@@ -11,9 +11,12 @@ Image Compression" (NeurIPS 2018), mean-scale hyperprior without the autoregress
 context; continuous rate through interpolated gain vectors as in Cui et al.,
 "Asymmetric Gained Deep Image Compression With Continuous Rate Adaptation" (CVPR 2021).
 
-The rate knob ``q`` is real-valued in ``[0, L-1]`` where ``L`` is the number of
-trained λ levels: ``gain(q) = gain[l]^(1-t) · gain[l+1]^t`` with ``l = floor(q)``,
-``t = q - l``. Larger ``q`` means more bits.
+The rate knob ``q`` is real-valued; ``0 … L-1`` are the ``L`` trained λ levels:
+``gain(q) = gain[l]^(1-t) · gain[l+1]^t`` with ``l = floor(q)``, ``t = q - l``. Larger
+``q`` means more bits. Below level 0 the same formula extrapolates the gains of
+levels 0 and 1 (``t < 0``) down to ``q = -RATE_EXTRAPOLATION``: coarser quantization
+along the trained direction, which extends the range to lower rates with a smooth RD
+curve. Above ``L-1`` it is not extended: there, extra bits buy almost no quality.
 
 ``forward`` is the training path (noisy/straight-through quantization, likelihoods);
 coding a real stream is in :mod:`semcodec.codec` over :mod:`semcodec.bitstream.entropy`.
@@ -39,6 +42,8 @@ from .transforms import (
 
 #: Lower bound of σ, shared by training (GaussianConditional) and the coder's scale table.
 SCALE_MIN = 0.11
+#: How far below the lowest trained level (q = 0) the rate knob extrapolates the gains.
+RATE_EXTRAPOLATION = 4.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,11 @@ class ResidualConfig:
     def levels(self) -> int:
         return len(self.lambdas)
 
+    @property
+    def rate_range(self) -> tuple[float, float]:
+        """``(q_min, q_max)`` of the continuous rate knob (see the module docstring)."""
+        return (-RATE_EXTRAPOLATION if self.levels > 1 else 0.0), float(self.levels - 1)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -70,7 +80,7 @@ class ResidualConfig:
 class ResidualOutput:
     """Result of the training forward pass."""
 
-    x_hat: torch.Tensor                 # (B, 3, H, W) reconstruction in [0, 1] (not clamped)
+    x_hat: torch.Tensor | None          # (B, 3, H, W) reconstruction in [0, 1] (not clamped); None if not asked
     y_likelihoods: torch.Tensor         # (B, M, h, w)
     z_likelihoods: torch.Tensor         # (B, N, h/4, w/4)
     extras: dict = field(default_factory=dict)
@@ -99,14 +109,15 @@ class ResidualCodec(nn.Module):
 
     # ------------------------------------------------------------------ gains
     def gains(self, q: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Interpolated gain vectors for rate knobs ``q`` of shape (B,), values in [0, L-1].
+        """Interpolated (or, below level 0, extrapolated) gain vectors for rate knobs ``q`` (B,).
 
-        Returns a dict of (B, C, 1, 1) tensors: ``y``, ``y_inv``, ``z``, ``z_inv``.
+        ``q`` is clamped to :attr:`ResidualConfig.rate_range`. Returns a dict of
+        (B, C, 1, 1) tensors: ``y``, ``y_inv``, ``z``, ``z_inv``.
         """
         L = self.config.levels
-        q = q.to(torch.float32).clamp(0, L - 1)
-        lo = q.floor().long().clamp(max=L - 2) if L > 1 else torch.zeros_like(q, dtype=torch.long)
-        t = (q - lo.to(q.dtype))[:, None]                                   # (B, 1)
+        q = q.to(torch.float32).clamp(*self.config.rate_range)
+        lo = q.floor().long().clamp(0, L - 2) if L > 1 else torch.zeros_like(q, dtype=torch.long)
+        t = (q - lo.to(q.dtype))[:, None]                                   # (B, 1); < 0 below level 0
 
         def interp(table: torch.Tensor) -> torch.Tensor:                    # (L, C) → (B, C, 1, 1)
             if L == 1:
@@ -143,13 +154,16 @@ class ResidualCodec(nn.Module):
         return params
 
     # ------------------------------------------------------------------ training path
-    def forward(self, x: torch.Tensor, q: torch.Tensor, semantic: "SemanticCondition | None" = None) -> ResidualOutput:
+    def forward(self, x: torch.Tensor, q: torch.Tensor, semantic: "SemanticCondition | None" = None,
+                reconstruct: bool = True) -> ResidualOutput:
         """Training forward pass.
 
         Args:
             x: (B, 3, H, W) images in [0, 1]; H and W multiples of 64.
             q: (B,) rate knobs in [0, L-1].
             semantic: decoded tokens to condition on, or None.
+            reconstruct: run ``g_s``; without it ``x_hat`` is None (training only the rate,
+                e.g. a semantic prior, which cannot change the reconstruction's gradient).
         """
         g = self.gains(q)
         y = self.g_a(x) * g["y"]                                         # (B, M, H/16, W/16)
@@ -158,6 +172,8 @@ class ResidualCodec(nn.Module):
         params = self.entropy_parameters(z_hat, g, y.shape[-2:], semantic)
         scales, means = params.chunk(2, dim=1)                           # (B, M, h, w) each
         _, y_likelihoods = self.gaussian_conditional(y, scales, means)   # noisy proxy for the rate
+        if not reconstruct:
+            return ResidualOutput(x_hat=None, y_likelihoods=y_likelihoods, z_likelihoods=z_likelihoods)
         y_hat = torch.round(y - means).detach() + (y - means) - (y - means).detach() + means  # STE for g_s
         x_hat = self.g_s(y_hat * g["y_inv"])
         return ResidualOutput(x_hat=x_hat, y_likelihoods=y_likelihoods, z_likelihoods=z_likelihoods)
@@ -174,7 +190,9 @@ class SemanticCondition:
     model: str                                   # semantic model id, e.g. "tiny"
     tokens: torch.Tensor                         # (B, gh*gw, D)
     grid: tuple[int, int]                        # (gh, gw)
-    region: tuple[float, float, float, float]    # image region inside the tower input (top, left, h, w), fractions
+    #: Area of the (padded) latent inside the tower input, (top, left, h, w) as fractions;
+    #: one for the batch or one per image.
+    region: tuple[float, float, float, float] | list[tuple[float, float, float, float]]
 
 
 def _module_key(semantic_model: str) -> str:

@@ -84,12 +84,14 @@ class SemanticPrior(nn.Module):
         nn.init.zeros_(self.refine[-1].weight)
         nn.init.zeros_(self.refine[-1].bias)
 
-    def forward(self, tokens: torch.Tensor, grid: tuple[int, int], region: tuple[float, float, float, float],
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int],
+                region: "tuple[float, float, float, float] | list[tuple[float, float, float, float]]",
                 latent_size: tuple[int, int]) -> torch.Tensor:
         """Args:
             tokens: (B, gh*gw, D) decoded patch tokens in raster order.
             grid: (gh, gw) token grid.
-            region: (top, left, height, width) of the image inside the tower's input, as fractions of it.
+            region: (top, left, height, width) of the latent's area inside the tower's input, as
+                fractions of it; one for the batch or one per image.
             latent_size: (h, w) of the latent ``y``.
 
         Returns:
@@ -99,13 +101,22 @@ class SemanticPrior(nn.Module):
         gh, gw = grid
         t = tokens.transpose(1, 2).reshape(B, D, gh, gw)        # (B, D, gh, gw)
         f = self.project(t)                                     # (B, C, gh, gw)
-        h, w = latent_size
-        top, left, rh, rw = region
-        # Resize so that the image region of the token grid covers exactly h × w latent cells.
-        full_h, full_w = round(h / rh), round(w / rw)
-        f = F.interpolate(f, size=(full_h, full_w), mode="bilinear", align_corners=False)
-        r0, c0 = round(top * full_h), round(left * full_w)
-        f = f[:, :, r0:r0 + h, c0:c0 + w]                       # (B, C, h, w)
-        if f.shape[-2:] != (h, w):                               # rounding at the border
-            f = F.pad(f, (0, w - f.shape[-1], 0, h - f.shape[-2]), mode="replicate")
+        if isinstance(region, list):
+            f = torch.cat([_region_on_latent(f[i:i + 1], r, latent_size) for i, r in enumerate(region)])
+        else:
+            f = _region_on_latent(f, region, latent_size)       # (B, C, h, w)
         return self.refine(f)                                   # (B, 2M, h, w)
+
+
+def _region_on_latent(f: torch.Tensor, region: tuple[float, float, float, float],
+                      latent_size: tuple[int, int]) -> torch.Tensor:
+    """Resize token features (B, C, gh, gw) so that ``region`` covers exactly the (h, w) latent; crop it."""
+    h, w = latent_size
+    top, left, rh, rw = region
+    full_h, full_w = round(h / rh), round(w / rw)
+    f = F.interpolate(f, size=(full_h, full_w), mode="bilinear", align_corners=False)
+    r0, c0 = round(top * full_h), round(left * full_w)
+    f = f[:, :, r0:r0 + h, c0:c0 + w]                           # (B, C, ≤h, ≤w)
+    if f.shape[-2:] != (h, w):                                   # rounding at the border
+        f = F.pad(f, (0, w - f.shape[-1], 0, h - f.shape[-2]), mode="replicate")
+    return f
