@@ -67,19 +67,19 @@ def load_codec(name: str = DEFAULT_CODEC_MODEL) -> LoadedCodec:
     """
     path = require_checkpoint(name)
     model, meta = load_residual_checkpoint(path)
-    q_min, q_max = model.config.rate_range
-    # Without a measured curve: log-linear from 0.1 bpp at q_min to 1.5 bpp at q_max.
+    q_min, q_max = model.config.quality_range
+    # Without a measured curve: log-linear from 0.1 bpp at q_min to 1.5 bpp at the top trained level.
     default = [(q_min, 0.1), (q_max, 1.5)] if q_max > q_min else [(q_min, 0.5)]
     curve = RateCurve.from_metadata(json.loads(meta["rate_curve"]) if "rate_curve" in meta else default)
     return LoadedCodec(name=name, checkpoint=path, digest8=file_digest(path)[:8], coder=ResidualCoder(model),
                        rate_curve=curve)
 
 
-def quality_to_rate(quality: float, rate_range: tuple[float, float]) -> float:
-    """Map a user quality in [0, 100] linearly onto the model's rate knob range ``(q_min, q_max)``."""
+def quality_to_rate(quality: float, quality_range: tuple[float, float]) -> float:
+    """Map a user quality in [0, 100] linearly onto the model's quality range ``(q_min, q_max)`` of the knob."""
     if not 0 <= quality <= 100:
         raise InvalidInputError(f"quality must be between 0 and 100, got {quality}")
-    q_min, q_max = rate_range
+    q_min, q_max = quality_range
     return q_min + quality / 100 * (q_max - q_min)
 
 
@@ -155,7 +155,7 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
 
     rate_range = codec.coder.rate_range
     if size is None:
-        q = quality_to_rate(DEFAULT_QUALITY if quality is None else quality, rate_range)
+        q = quality_to_rate(DEFAULT_QUALITY if quality is None else quality, codec.coder.quality_range)
         return CompressResult(encode(q), width, height, q, 1, tuple(notes))
     # First guess from the model's typical size curve, for the bytes left to the pixel layer.
     residual_bytes = max(size - len(layer0.payload) if layer0 else size, 1)

@@ -68,7 +68,7 @@ class RateCurve:
 
 def search_rate(encode: Callable[[float], bytes], target_bytes: int, q_min: float, q_max: float, *,
                 q_start: float | None = None, slope: float = PRIOR_SLOPE, tolerance: float = DEFAULT_TOLERANCE,
-                never_above: bool = False, max_trials: int = 14, quantum: float = 1 / 4096) -> RateSearchResult:
+                never_above: bool = False, max_trials: int = 20, quantum: float = 1 / 4096) -> RateSearchResult:
     """Find ``q`` in ``[q_min, q_max]`` whose ``encode(q)`` has ``target_bytes`` (±tolerance).
 
     Args:

@@ -13,10 +13,13 @@ context; continuous rate through interpolated gain vectors as in Cui et al.,
 
 The rate knob ``q`` is real-valued; ``0 … L-1`` are the ``L`` trained λ levels:
 ``gain(q) = gain[l]^(1-t) · gain[l+1]^t`` with ``l = floor(q)``, ``t = q - l``. Larger
-``q`` means more bits. Below level 0 the same formula extrapolates the gains of
-levels 0 and 1 (``t < 0``) down to ``q = -RATE_EXTRAPOLATION``: coarser quantization
-along the trained direction, which extends the range to lower rates with a smooth RD
-curve. Above ``L-1`` it is not extended: there, extra bits buy almost no quality.
+``q`` means more bits. Outside the trained levels the same formula extrapolates
+the gains of the two nearest levels: below level 0 down to ``q = -RATE_EXTRAPOLATION_BELOW``
+(coarser quantization along the trained direction, which extends the range to lower
+rates with a smooth RD curve), and above level ``L-1`` up to
+``q = L-1 + RATE_EXTRAPOLATION_ABOVE`` (finer quantization than any trained level:
+the synthesis was not trained for it, so there extra bits buy little quality; it
+exists so that size targets above the trained range are still met).
 
 ``forward`` is the training path (noisy/straight-through quantization, likelihoods);
 coding a real stream is in :mod:`semcodec.codec` over :mod:`semcodec.bitstream.entropy`.
@@ -43,7 +46,9 @@ from .transforms import (
 #: Lower bound of σ, shared by training (GaussianConditional) and the coder's scale table.
 SCALE_MIN = 0.11
 #: How far below the lowest trained level (q = 0) the rate knob extrapolates the gains.
-RATE_EXTRAPOLATION = 4.0
+RATE_EXTRAPOLATION_BELOW = 4.0
+#: How far above the highest trained level (q = L-1) the rate knob extrapolates the gains.
+RATE_EXTRAPOLATION_ABOVE = 1.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,15 @@ class ResidualConfig:
     @property
     def rate_range(self) -> tuple[float, float]:
         """``(q_min, q_max)`` of the continuous rate knob (see the module docstring)."""
-        return (-RATE_EXTRAPOLATION if self.levels > 1 else 0.0), float(self.levels - 1)
+        if self.levels == 1:
+            return 0.0, 0.0
+        return -RATE_EXTRAPOLATION_BELOW, self.levels - 1 + RATE_EXTRAPOLATION_ABOVE
+
+    @property
+    def quality_range(self) -> tuple[float, float]:
+        """The part of the rate range that quality 0–100 spans: up to the highest trained level,
+        beyond which bits buy little (size targets may still go there)."""
+        return self.rate_range[0], float(self.levels - 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
