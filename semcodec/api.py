@@ -18,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .bitstream.container import (
@@ -35,7 +36,7 @@ from .imageio import load_rgb
 from .models.registry import DEFAULT_CODEC_MODEL, require_checkpoint
 from .ratecontrol import RateCurve, search_rate
 from .models.residual import SemanticCondition
-from .residual_coder import ResidualCoder, image_to_tensor, residual_is_conditioned, tensor_to_image
+from .residual_coder import EFFORT_STEPS, ResidualCoder, image_to_tensor, residual_is_conditioned, tensor_to_image
 
 #: Quality used when neither a quality nor a rate target is given.
 DEFAULT_QUALITY = 75.0
@@ -103,10 +104,11 @@ class CompressResult:
 def compress_image(image, *, quality: float | None = None, bpp: float | None = None, size: int | None = None,
                    max_size: bool = False, model: str = DEFAULT_CODEC_MODEL, semantic: str | bool | None = None,
                    semantic_weights: str | Path | None = None, semantic_only: bool = False,
-                   semantic_bytes: int | None = None) -> CompressResult:
+                   semantic_bytes: int | None = None, effort: int = 0) -> CompressResult:
     """Compress an image and report how (see :func:`compress` for the arguments)."""
     if sum(t is not None for t in (quality, bpp, size)) > 1:
         raise InvalidInputError("give at most one of quality, bpp and size")
+    steps = _refinement_steps(effort)
     pixels = load_rgb(image)                                     # (H, W, 3) uint8
     height, width = pixels.shape[:2]
     if bpp is not None:
@@ -141,7 +143,8 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     codec = load_codec(model)
     header = _header(width, height, layer0, codec)
     chunks_before = (Chunk(SEMANTIC_LAYER, layer0.payload),) if layer0 else ()
-    y = codec.coder.analyze(image_to_tensor(pixels))              # (1, M, Hp/16, Wp/16), reused by every trial
+    x = image_to_tensor(pixels)                                   # (1, 3, H, W)
+    y = codec.coder.analyze(x)                                    # (1, M, Hp/16, Wp/16), reused by every trial
 
     condition = None
     if layer0 is not None and codec.coder.model.has_semantic_prior(layer0.model):
@@ -149,19 +152,36 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
         decoded = coder0.decode(layer0.payload, image_size=(width, height))   # exactly what a decoder gets
         condition = semantic_condition(layer0.model, decoded.full, decoded.grid, width, height)
 
-    def encode(q: float) -> bytes:
-        residual = codec.coder.encode_analyzed(y, q, condition)
-        return write_container(Container(header, chunks_before + (Chunk(RESIDUAL_LAYER, residual),)))
+    def encoder_for(latent: torch.Tensor):
+        def encode(q: float) -> bytes:
+            residual = codec.coder.encode_analyzed(latent, q, condition)
+            return write_container(Container(header, chunks_before + (Chunk(RESIDUAL_LAYER, residual),)))
+        return encode
 
     rate_range = codec.coder.rate_range
     if size is None:
         q = quality_to_rate(DEFAULT_QUALITY if quality is None else quality, codec.coder.quality_range)
-        return CompressResult(encode(q), width, height, q, 1, tuple(notes))
+        y = codec.coder.refine(x, y, q, steps, condition)
+        return CompressResult(encoder_for(y)(q), width, height, q, 1, tuple(notes))
     # First guess from the model's typical size curve, for the bytes left to the pixel layer.
     residual_bytes = max(size - len(layer0.payload) if layer0 else size, 1)
     q0, slope = codec.rate_curve.guess(residual_bytes * 8 / (width * height), rate_range)
-    found = search_rate(encode, size, *rate_range, q_start=q0, slope=slope, never_above=max_size)
-    return CompressResult(found.data, width, height, found.q, len(found.trials), tuple(notes))
+    found = search_rate(encoder_for(y), size, *rate_range, q_start=q0, slope=slope, never_above=max_size)
+    trials = len(found.trials)
+    if steps:
+        # Refine once at the knob found for the plain latent, then search again around it with
+        # the refined latent (cheap trials): a latent refined for q stays good near q.
+        y = codec.coder.refine(x, y, found.q, steps, condition)
+        found = search_rate(encoder_for(y), size, *rate_range, q_start=found.q, slope=slope, never_above=max_size)
+        trials += len(found.trials)
+    return CompressResult(found.data, width, height, found.q, trials, tuple(notes))
+
+
+def _refinement_steps(effort: int) -> int:
+    """Latent refinement steps of an encoder effort level (0 = fastest)."""
+    if effort not in range(len(EFFORT_STEPS)):
+        raise InvalidInputError(f"effort must be one of 0..{len(EFFORT_STEPS) - 1}, got {effort}")
+    return EFFORT_STEPS[effort]
 
 
 @dataclass(frozen=True)
@@ -247,7 +267,7 @@ def _encode_semantic(pixels: np.ndarray, name: str, weights, max_bytes: int | No
 def compress(image, *, quality: float | None = None, bpp: float | None = None, size: int | None = None,
              max_size: bool = False, model: str = DEFAULT_CODEC_MODEL, semantic: str | bool | None = None,
              semantic_weights: str | Path | None = None, semantic_only: bool = False,
-             semantic_bytes: int | None = None) -> bytes:
+             semantic_bytes: int | None = None, effort: int = 0) -> bytes:
     """Compress an image into a semcodec stream.
 
     Give at most one rate setting: ``quality`` (a fixed knob), ``bpp`` (target bits per
@@ -269,6 +289,9 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
         semantic_weights: weights file of the tower (instead of the cache or a download).
         semantic_only: write layer 0 alone (``size``/``bpp`` then budget it).
         semantic_bytes: byte budget of layer 0 (default: a fixed rate).
+        effort: encoder effort 0–3; above 0 the pixel layer's latent is refined for this image
+            (10/25/50 optimization steps: smaller streams at the same quality, slower encoding;
+            see docs/benchmarks.md for the measured gain and time).
 
     Returns:
         The stream bytes.
@@ -279,7 +302,7 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
     """
     return compress_image(image, quality=quality, bpp=bpp, size=size, max_size=max_size, model=model,
                           semantic=semantic, semantic_weights=semantic_weights, semantic_only=semantic_only,
-                          semantic_bytes=semantic_bytes).data
+                          semantic_bytes=semantic_bytes, effort=effort).data
 
 
 def decode_tokens(data: bytes):

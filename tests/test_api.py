@@ -185,3 +185,26 @@ def test_too_large_for_the_pixel_layer(test_codec, monkeypatch):
     monkeypatch.setattr(api, "MAX_PIXEL_LAYER_PIXELS", 1000)
     with pytest.raises(InvalidInputError, match="megapixels"):
         semcodec.compress(np.zeros((40, 40, 3), np.uint8), model=test_codec)
+
+
+def test_effort_refines_the_latent_for_its_rd_cost(test_codec):
+    """Refinement lowers the RD cost it optimizes, and refined streams decode and meet size targets."""
+    import torch
+
+    from semcodec.api import compress_image, load_codec
+    from semcodec.residual_coder import image_to_tensor
+
+    coder = load_codec(test_codec).coder
+    x = image_to_tensor(np.asarray(Image.open(SAMPLE).convert("RGB")))
+    y = coder.analyze(x)
+    refined = coder.refine(x, y, 1.5, steps=10)           # (at q ≤ 1 the random test model codes all zeros)
+    with torch.no_grad():
+        assert coder.refinement_cost(x, refined, 1.5) < coder.refinement_cost(x, y, 1.5)
+    assert torch.equal(coder.refine(x, y, 0.5, steps=0), y)
+
+    data = semcodec.compress(SAMPLE, quality=95, model=test_codec, effort=1)
+    assert semcodec.decompress(data).size == Image.open(SAMPLE).size
+    r = compress_image(SAMPLE, size=700, model=test_codec, effort=1)
+    assert abs(len(r.data) - 700) <= 14 and semcodec.decompress(r.data).size == (r.width, r.height)
+    with pytest.raises(InvalidInputError, match="effort"):
+        semcodec.compress(SAMPLE, model=test_codec, effort=7)

@@ -143,6 +143,15 @@ class ResidualCodec(nn.Module):
             "z": interp(self.log_hyper_gain), "z_inv": interp(self.log_hyper_inv_gain),
         }
 
+    def rd_lambda(self, q: float) -> float:
+        """The λ the rate knob ``q`` stands for: log-linear between (and beyond) the trained levels."""
+        lambdas = self.config.lambdas
+        if len(lambdas) == 1:
+            return float(lambdas[0])
+        lo = min(max(int(q // 1), 0), len(lambdas) - 2)
+        t = q - lo
+        return float(lambdas[lo] ** (1 - t) * lambdas[lo + 1] ** t)
+
     # ------------------------------------------------------------------ semantic prior
     def add_semantic_prior(self, semantic_model: str, token_dim: int) -> SemanticPrior:
         """Create (or return) the semantic prior for one semantic model id."""

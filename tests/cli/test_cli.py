@@ -113,6 +113,15 @@ def test_unwritable_output(runner, test_codec, sample, tmp_path):
 def test_bad_quality_is_a_usage_error(runner, sample):
     r = runner.invoke(main, ["compress", str(sample), "-q", "300"])
     assert r.exit_code == 2 and "quality" in r.output.lower()
+    r = runner.invoke(main, ["compress", str(sample), "--effort", "4"])
+    assert r.exit_code == 2 and "effort" in r.output.lower()
+
+
+def test_effort_from_the_shell(runner, test_codec, sample, tmp_path):
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path / "e.smc"), "-e", "1", "--model", test_codec])
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(main, ["decompress", str(tmp_path / "e.smc"), "-o", str(tmp_path / "e.png")])
+    assert r.exit_code == 0 and Image.open(tmp_path / "e.png").size == (451, 300)
 
 
 def test_batch_folder_with_a_bad_file(runner, test_codec, tmp_path):
