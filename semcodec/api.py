@@ -234,11 +234,10 @@ def _choose_semantic(semantic, weights, semantic_only: bool, notes: list[str]) -
 def _semantic_models(name: str, weights: str | None):
     """Tower and coder for one semantic model (cached per process)."""
     from .models.semantic import load_tower
-    from .semantic_coder import SemanticCoder, find_calibration, load_calibration
+    from .semantic_coder import coder_for, find_calibration, load_calibration
 
     tower = load_tower(name, weights=weights)
-    calibration = load_calibration(find_calibration(tower.spec.name))
-    return tower, SemanticCoder(calibration)
+    return tower, coder_for(load_calibration(find_calibration(tower.spec.name)))
 
 
 def _encode_semantic(pixels: np.ndarray, name: str, weights, max_bytes: int | None,

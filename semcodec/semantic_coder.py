@@ -70,6 +70,7 @@ __all__ = [
     "calibrate",
     "calibration_dirs",
     "check_calibration",
+    "coder_for",
     "decode_tokens",
     "find_calibration",
     "load_calibration",
@@ -1279,7 +1280,7 @@ def decode_tokens(data: bytes, calibration: Calibration | str | os.PathLike | No
     else:
         cal = load_calibration(calibration)
     check_calibration(cal, h.semantic_model, h.calibration, h.preprocessing)
-    dec = _coder_for(cal).decode(payload, image_size=(h.width, h.height))
+    dec = coder_for(cal).decode(payload, image_size=(h.width, h.height))
     return Tokens(tokens=dec.full, positions=dec.positions, grid=dec.grid, model=h.semantic_model,
                   preprocessing=h.preprocessing, layer=cal.layer, calibration=h.calibration.hex(),
                   image_size=(h.width, h.height))
@@ -1300,7 +1301,7 @@ def semantic_only_stream(tokens, calibration: Calibration, width: int, height: i
     header = Header(codec_model="", codec_checkpoint=bytes(8), semantic_model=calibration.model,
                     calibration=calibration.hash8, preprocessing=calibration.preprocessing_id,
                     width=width, height=height, layers=(SEMANTIC_LAYER,))
-    coder = _coder_for(calibration)
+    coder = coder_for(calibration)
     if max_bytes is not None:
         overhead = len(write_container(Container(header, (Chunk(SEMANTIC_LAYER, b""),))))
         if max_bytes - overhead < 1:
@@ -1316,8 +1317,8 @@ def semantic_only_stream(tokens, calibration: Calibration, width: int, height: i
 _CODER_CACHE: dict[int, tuple[Calibration, SemanticCoder]] = {}
 
 
-def _coder_for(cal: Calibration) -> SemanticCoder:
-    """A cached coder per calibration object (tables and casts are computed once)."""
+def coder_for(cal: Calibration) -> SemanticCoder:
+    """The coder of a calibration, cached per calibration object (tables and casts are computed once)."""
     hit = _CODER_CACHE.get(id(cal))
     if hit is not None and hit[0] is cal:
         return hit[1]

@@ -118,10 +118,10 @@ class TokenSource:
 
     def __init__(self, name: str, rates: tuple[int, int], rng: random.Random):
         from .models.semantic import load_tower
-        from .semantic_coder import SemanticCoder, find_calibration, load_calibration
+        from .semantic_coder import coder_for, find_calibration, load_calibration
 
         self.tower = load_tower(name)
-        self.coder = SemanticCoder(load_calibration(find_calibration(self.tower.spec.name)))
+        self.coder = coder_for(load_calibration(find_calibration(self.tower.spec.name)))
         self.name, self.rates, self.rng = self.tower.spec.name, rates, rng
         self._tokens: dict[tuple[int, bool], torch.Tensor] = {}
 
