@@ -138,7 +138,7 @@ def freeze_for_shipping(source: str | Path, destination: str | Path, name: str, 
         for p in model.parameters():
             p.copy_(p.half().float())
     model.entropy_bottleneck.update(force=True)
-    keep = {k: meta[k] for k in ("iterations", "train_hours", "recipe") if k in meta}
+    keep = {k: meta[k] for k in ("iterations", "train_hours", "recipe", "history") if k in meta}
     keep.update(name=name, **{k: str(v) for k, v in (extra_metadata or {}).items()})
     if rate_images:
         keep["rate_curve"] = json.dumps([[q, round(b, 5)] for q, b in measure_rate_curve(ResidualCoder(model), rate_images)])

@@ -194,11 +194,13 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
     torch.manual_seed(settings.seed)
 
     state: dict = {"iteration": 0, "hours": 0.0}
+    history: list[dict] = []
     source = last if last.exists() else (Path(resume_from) if resume_from else None)
     if source is not None:
         model, optim_state, meta = load_residual_checkpoint(source, with_optimizer=True)
         state["iteration"] = int(meta.get("iterations", 0))
         state["hours"] = float(meta.get("train_hours", 0.0))
+        history = _history_of(meta)
         log(f"resuming from {source} at iteration {state['iteration']} ({state['hours']:.2f} h)")
     else:
         model, optim_state = ResidualCodec(config or ResidualConfig()), None
@@ -230,6 +232,7 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
 
     start = time.time()
     hours_at_start = state["hours"]
+    iterations_at_start = state["iteration"]
     last_checkpoint = time.time()
     next_snapshot_hour = math.floor(hours_at_start) + 1
     window: list[dict] = []
@@ -237,7 +240,8 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
 
     def checkpoint() -> None:
         meta = {"iterations": state["iteration"], "train_hours": state["hours"],
-                "recipe": json.dumps(settings.__dict__)}
+                "recipe": json.dumps(settings.__dict__),
+                "history": json.dumps(_extend_history(history, settings, state, iterations_at_start, hours_at_start))}
         save_residual_checkpoint(model, last, metadata=meta,
                                  optimizer_state=_adam_state(optimizer, names, "main") | _adam_state(aux_optimizer, names, "aux"))
 
@@ -311,6 +315,39 @@ class _StopRequest:
 
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+#: Settings that do not change what is trained (left out when comparing history segments).
+_BOOKKEEPING = ("run_dir", "max_iterations", "max_hours", "checkpoint_minutes", "log_every", "threads")
+
+
+def _history_of(meta: dict) -> list[dict]:
+    """The training history stored in a checkpoint (one segment per recipe, oldest first).
+
+    Checkpoints written before histories were kept have only the last ``recipe``; it then
+    stands for all their iterations.
+    """
+    if "history" in meta:
+        return json.loads(meta["history"])
+    if "recipe" in meta:
+        return [{"recipe": json.loads(meta["recipe"]), "iterations": [0, int(meta.get("iterations", 0))],
+                 "hours": [0.0, round(float(meta.get("train_hours", 0.0)), 4)]}]
+    return []
+
+
+def _extend_history(history: list[dict], settings: TrainSettings, state: dict, iterations_at_start: int,
+                    hours_at_start: float) -> list[dict]:
+    """``history`` with this call's segment; it extends the previous one when the recipe is the same."""
+    recipe = {k: v for k, v in settings.__dict__.items() if k not in _BOOKKEEPING}
+    segment = {"recipe": recipe, "iterations": [iterations_at_start, state["iteration"]],
+               "hours": [round(hours_at_start, 4), round(state["hours"], 4)]}
+    if history:
+        previous = history[-1]
+        same = {k: v for k, v in previous["recipe"].items() if k not in _BOOKKEEPING} == json.loads(json.dumps(recipe))
+        if same and previous["iterations"][1] == iterations_at_start:
+            return history[:-1] + [{**segment, "iterations": [previous["iterations"][0], state["iteration"]],
+                                    "hours": [previous["hours"][0], segment["hours"][1]]}]
+    return history + [segment]
 
 
 def _summarize(window: list[dict], levels: int) -> dict:

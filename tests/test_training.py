@@ -34,6 +34,8 @@ def test_train_resume_and_export(photos, tmp_path):
     last = train(settings, log=lambda m: None)                      # resumes from run/last.safetensors
     _, meta = load_residual_checkpoint(last)
     assert meta["iterations"] == "3" and json.loads(meta["recipe"])["crop"] == 64
+    history = json.loads(meta["history"])          # two calls with one recipe: one segment
+    assert len(history) == 1 and history[0]["iterations"] == [0, 3] and history[0]["recipe"]["crop"] == 64
     assert len((run / "log.jsonl").read_text().splitlines()) == 3
     shipped = freeze_for_shipping(last, tmp_path / "shipped.safetensors", "semcodec-x")
     model, _ = load_residual_checkpoint(shipped)
@@ -45,8 +47,9 @@ def test_conditioning_only_trains_just_the_prior(photos, tmp_path):
     before, _ = load_residual_checkpoint(start)
     settings = TrainSettings(data=str(photos), run_dir=str(tmp_path / "run"), crop=64, batch_size=2, max_iterations=2,
                              semantic="tiny", conditioning_only=True)
-    after, _ = load_residual_checkpoint(train(settings, resume_from=str(start), log=lambda m: None))
+    after, meta = load_residual_checkpoint(train(settings, resume_from=str(start), log=lambda m: None))
     assert after.has_semantic_prior("tiny")
+    assert json.loads(meta["history"])[-1]["recipe"]["conditioning_only"] is True
     frozen = {k: v for k, v in after.state_dict().items() if not k.startswith("semantic_priors.")}
     for k, v in before.state_dict().items():
         if not k.startswith("entropy_bottleneck._"):
