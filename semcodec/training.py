@@ -195,6 +195,7 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
 
     state: dict = {"iteration": 0, "hours": 0.0}
     history: list[dict] = []
+    meta: dict = {}
     source = last if last.exists() else (Path(resume_from) if resume_from else None)
     if source is not None:
         model, optim_state, meta = load_residual_checkpoint(source, with_optimizer=True)
@@ -239,10 +240,12 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
     window_start = time.time()
 
     def checkpoint() -> None:
-        meta = {"iterations": state["iteration"], "train_hours": state["hours"],
-                "recipe": json.dumps(settings.__dict__),
-                "history": json.dumps(_extend_history(history, settings, state, iterations_at_start, hours_at_start))}
-        save_residual_checkpoint(model, last, metadata=meta,
+        trained = state["iteration"] > iterations_at_start      # else (e.g. an export) keep the source's recipe
+        recipe = json.dumps(settings.__dict__) if trained or "recipe" not in meta else meta["recipe"]
+        done = _extend_history(history, settings, state, iterations_at_start, hours_at_start) if trained else history
+        info = {"iterations": state["iteration"], "train_hours": state["hours"], "recipe": recipe,
+                "history": json.dumps(done)}
+        save_residual_checkpoint(model, last, metadata=info,
                                  optimizer_state=_adam_state(optimizer, names, "main") | _adam_state(aux_optimizer, names, "aux"))
 
     stop = _StopRequest()

@@ -36,6 +36,10 @@ def test_train_resume_and_export(photos, tmp_path):
     assert meta["iterations"] == "3" and json.loads(meta["recipe"])["crop"] == 64
     history = json.loads(meta["history"])          # two calls with one recipe: one segment
     assert len(history) == 1 and history[0]["iterations"] == [0, 3] and history[0]["recipe"]["crop"] == 64
+    # A call that trains nothing (e.g. only to export) keeps the recipe and the history as they are.
+    last = train(TrainSettings(data=str(photos), run_dir=str(run), crop=64, lr=1e-3, max_iterations=3), log=lambda m: None)
+    _, again = load_residual_checkpoint(last)
+    assert again["recipe"] == meta["recipe"] and again["history"] == meta["history"]
     assert len((run / "log.jsonl").read_text().splitlines()) == 3
     shipped = freeze_for_shipping(last, tmp_path / "shipped.safetensors", "semcodec-x")
     model, _ = load_residual_checkpoint(shipped)
