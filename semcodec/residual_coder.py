@@ -4,7 +4,7 @@ The RES1 payload (format v1, all integers little-endian)::
 
     offset  size  field
     0       2     rate      i16, rate knob q = rate / 4096 inside the model's rate range
-                            (-4 <= q <= L; values >= 0 read the same as the u16 of 0.1.0)
+                            (-4 <= q <= L + 1; values >= 0 read the same as the u16 of 0.1.0)
     2       1     flags     bit 0: the entropy model is conditioned on layer 0 (SEM0); other bits 0
     3       4     digest    first 4 bytes of param_digest(scale indices of y)
     7       ...   words     constriction range-coder words ('<u4'): segment z, then segment y

@@ -52,7 +52,7 @@ def test_golden_stream(test_codec):
     """A stream written by semcodec 0.1.0 keeps decoding to the same pixels, and encoding is stable.
 
     0.1.0 wrote it at quality 50, i.e. rate knob q = 0.5 of the two-level test model's 0..1;
-    since 0.2.0 quality spans the extended knob range -4..1, where q = 0.5 is quality 90.
+    since 0.2.0 quality spans -4..1 (the extrapolated levels below and the trained ones), where q = 0.5 is quality 90.
     """
     data = semcodec.compress(SAMPLE, quality=90, model=test_codec)
     if os.environ.get("SEMCODEC_REGEN") == "1":
@@ -138,7 +138,7 @@ def test_stream_errors(test_codec):
         semcodec.decompress(write_container(Container(other, c.chunks)))
 
 
-@pytest.mark.parametrize("rate", [0x7FFF, 0x8000])   # i16: q ≈ +8 and q = -8, both outside -4..1
+@pytest.mark.parametrize("rate", [0x7FFF, 0x8000])   # i16: q ≈ +8 and q = -8, both outside -4..3
 def test_payload_damage_behind_a_valid_crc_is_detected(test_codec, rate):
     """Damage inside RES1 with a recomputed CRC must still raise a SemcodecError, never garbage silently."""
     data = semcodec.compress(SAMPLE, quality=50, model=test_codec)

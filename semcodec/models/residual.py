@@ -48,7 +48,7 @@ SCALE_MIN = 0.11
 #: How far below the lowest trained level (q = 0) the rate knob extrapolates the gains.
 RATE_EXTRAPOLATION_BELOW = 4.0
 #: How far above the highest trained level (q = L-1) the rate knob extrapolates the gains.
-RATE_EXTRAPOLATION_ABOVE = 1.0
+RATE_EXTRAPOLATION_ABOVE = 2.0
 
 
 @dataclass(frozen=True)
