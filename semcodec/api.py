@@ -357,13 +357,12 @@ def semantic_condition(model: str, tokens, grid, width: int, height: int) -> Sem
     The latent covers the image padded to the transforms' alignment (right and bottom),
     so its region in the tower input extends the image's by the padding.
     """
-    from .models.semantic import image_region, semantic_spec
+    from .models.semantic import box_region, semantic_spec
     from .residual_coder import padded_size
 
-    top, left, rh, rw = image_region(semantic_spec(model), width, height)
     padded_w, padded_h = padded_size(width, height)
     return SemanticCondition(model=model, tokens=tokens[None].float(), grid=tuple(grid),
-                             region=(top, left, rh * padded_h / height, rw * padded_w / width))
+                             region=box_region(semantic_spec(model), width, height, 0, 0, padded_h, padded_w))
 
 
 # --------------------------------------------------------------------------- inspect

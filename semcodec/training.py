@@ -141,7 +141,7 @@ class TokenSource:
     @torch.no_grad()
     def condition(self, images: list[torch.Tensor], picks: list[CropPick]) -> SemanticCondition:
         """Decoded tokens (B, N, D) of each crop's image, with each crop's region of the tower input."""
-        from .models.semantic import image_region
+        from .models.semantic import box_region
 
         decoded, regions = [], []
         for pick in picks:
@@ -149,8 +149,7 @@ class TokenSource:
             tokens = self._image_tokens(images, pick.index, pick.flipped)
             payload = self.coder.encode(tokens, self.rng.randint(*self.rates), image_size=(W, H))
             decoded.append(self.coder.decode(payload, image_size=(W, H)).full)
-            top, left, rh, rw = image_region(self.tower.spec, W, H)
-            regions.append((top + rh * pick.top / H, left + rw * pick.left / W, rh * pick.size / H, rw * pick.size / W))
+            regions.append(box_region(self.tower.spec, W, H, pick.top, pick.left, pick.size, pick.size))
         return SemanticCondition(model=self.name, tokens=torch.stack(decoded).float(), grid=tuple(self.coder.grid),
                                  region=regions)
 

@@ -596,6 +596,15 @@ def image_region(spec: SemanticSpec, width: int, height: int) -> tuple[float, fl
     return ((side - height) // 2 / side, (side - width) // 2 / side, height / side, width / side)
 
 
+def box_region(spec: SemanticSpec, width: int, height: int, top: int, left: int, box_height: int,
+               box_width: int) -> tuple[float, float, float, float]:
+    """Where a pixel box of a ``width × height`` image lies in the tower input, as fractions
+    ``(top, left, height, width)`` (see :func:`image_region`). The box may extend past the
+    image's right and bottom edges (e.g. the codec's padding)."""
+    t0, l0, rh, rw = image_region(spec, width, height)
+    return t0 + rh * top / height, l0 + rw * left / width, rh * box_height / height, rw * box_width / width
+
+
 class SemanticTower:
     """A loaded tower: preprocessing + frozen ViT, returning patch tokens of ``spec.layer``.
 
