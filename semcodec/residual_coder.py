@@ -133,8 +133,8 @@ class ResidualCoder:
         """Per-image latent refinement (a slower encoder; decoders are unaffected).
 
         Starting from ``y = g_a(x)``, takes ``steps`` Adam steps on this image's own RD cost
-        ``R_y + λ(q)·255²·MSE`` through the frozen hyperprior and synthesis, with rounding
-        passed straight through (the rate of ``z``, a few percent, is left out).
+        (:meth:`refinement_cost`) through the frozen hyperprior and synthesis, with the
+        coder's rounding passed straight through.
 
         Args:
             x: (1, 3, H, W) image in [0, 1].
@@ -147,27 +147,31 @@ class ResidualCoder:
             return y
         y = y.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([y], lr=REFINE_LR)
+        cost = self._refinement_objective(x, q, semantic)
         with torch.enable_grad():
             for _ in range(steps):
-                (y.grad,) = torch.autograd.grad(self.refinement_cost(x, y, q, semantic), [y])
+                (y.grad,) = torch.autograd.grad(cost(y), [y])
                 optimizer.step()
         return y.detach()
 
     def refinement_cost(self, x: torch.Tensor, y: torch.Tensor, q: float,
                         semantic: SemanticCondition | None = None) -> torch.Tensor:
-        """The differentiable RD cost :meth:`refine` minimizes: bits of ``y`` per pixel + λ(q)·255²·MSE."""
+        """The differentiable RD cost :meth:`refine` minimizes: bits of ``y`` and ``z`` per pixel + λ(q)·255²·MSE."""
+        return self._refinement_objective(x, q, semantic)(y)
+
+    def _refinement_objective(self, x: torch.Tensor, q: float, semantic: SemanticCondition | None):
+        """``y ↦`` RD cost of image ``x`` at knob ``q`` (gains and λ computed once)."""
         H, W = x.shape[-2:]
         gains = self.model.gains(torch.tensor([rate_to_fixed(q, self.rate_range) / RATE_ONE]))
-        y_gained = y * gains["y"]                                          # (1, M, h, w)
-        z = self.model.h_a(y_gained) * gains["z"]                          # (1, N, h/4, w/4)
-        z_hat = z + (torch.round(z) - z).detach()                          # rounding, straight-through
-        scales, means = self.model.entropy_parameters(z_hat, gains, y.shape[-2:], semantic).chunk(2, dim=1)
-        residual = y_gained - means
-        y_hat = means + residual + (torch.round(residual) - residual).detach()
-        _, likelihoods = self.model.gaussian_conditional(y_hat, scales, means, training=False)
-        x_hat = self.model.g_s(y_hat * gains["y_inv"])[..., :H, :W]        # (1, 3, H, W)
-        bpp = -likelihoods.log2().sum() / (H * W)
-        return bpp + self.model.rd_lambda(q) * 255**2 * (x_hat - x).square().mean()
+        lmbda = self.model.rd_lambda(q) * 255**2
+
+        def cost(y: torch.Tensor) -> torch.Tensor:
+            out = self.model.code_latent(y, gains, semantic, quantization="round")
+            bits = -(out.y_likelihoods.log2().sum() + out.z_likelihoods.log2().sum())
+            x_hat = out.x_hat[..., :H, :W]                                 # (1, 3, H, W)
+            return bits / (H * W) + lmbda * (x_hat - x).square().mean()
+
+        return cost
 
     @torch.no_grad()
     def encode_analyzed(self, y: torch.Tensor, q: float, semantic: SemanticCondition | None = None) -> bytes:

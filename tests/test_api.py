@@ -208,3 +208,28 @@ def test_effort_refines_the_latent_for_its_rd_cost(test_codec):
     assert abs(len(r.data) - 700) <= 14 and semcodec.decompress(r.data).size == (r.width, r.height)
     with pytest.raises(InvalidInputError, match="effort"):
         semcodec.compress(SAMPLE, model=test_codec, effort=7)
+
+
+def test_rounded_coding_path_passes_the_rate_gradient_to_the_latent():
+    """With the coder's rounding the rate still pulls on every latent element directly
+    (straight-through, not only through the hyperprior), and z is rounded as the coder does."""
+    import torch
+
+    from semcodec.models.residual import ResidualCodec, ResidualConfig
+
+    torch.manual_seed(0)
+    model = ResidualCodec(ResidualConfig(N=8, M=12, lambdas=(0.01, 0.02))).eval()
+    gains = model.gains(torch.tensor([0.5]))
+    y = (torch.randn(1, 12, 4, 4) * 3).requires_grad_(True)       # (1, M, h, w)
+    z = model.h_a(y * gains["y"]) * gains["z"]                      # (1, N, 1, 1)
+    z_hat, _ = model._rounded_z(z)
+    medians = model.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
+    assert torch.allclose(z_hat - medians, torch.round(z - medians))
+
+    with torch.no_grad():                                          # cut the path y → h_a → (μ, σ)
+        model.h_a[-1].weight.zero_()
+    out = model.code_latent(y, gains, quantization="round")
+    (grad,) = torch.autograd.grad(-out.y_likelihoods.log2().sum(), [y])
+    assert grad.abs().sum() > 1.0        # (rounding without straight-through gives exactly 0 here)
+    with pytest.raises(ValueError, match="quantization"):
+        model.code_latent(y, gains, quantization="floor")

@@ -22,6 +22,8 @@ the synthesis was not trained for it, so there extra bits buy little quality; it
 exists so that size targets above the trained range are still met).
 
 ``forward`` is the training path (noisy/straight-through quantization, likelihoods);
+``code_latent(..., quantization="round")`` the same path with the coder's rounding
+(the encoder's per-image refinement);
 coding a real stream is in :mod:`semcodec.codec` over :mod:`semcodec.bitstream.entropy`.
 """
 
@@ -178,7 +180,7 @@ class ResidualCodec(nn.Module):
     # ------------------------------------------------------------------ training path
     def forward(self, x: torch.Tensor, q: torch.Tensor, semantic: "SemanticCondition | None" = None,
                 reconstruct: bool = True) -> ResidualOutput:
-        """Training forward pass.
+        """Training forward pass (noisy quantization proxy).
 
         Args:
             x: (B, 3, H, W) images in [0, 1]; H and W multiples of 64.
@@ -187,18 +189,53 @@ class ResidualCodec(nn.Module):
             reconstruct: run ``g_s``; without it ``x_hat`` is None (training only the rate,
                 e.g. a semantic prior, which cannot change the reconstruction's gradient).
         """
-        g = self.gains(q)
-        y = self.g_a(x) * g["y"]                                         # (B, M, H/16, W/16)
-        z = self.h_a(y) * g["z"]                                         # (B, N, H/64, W/64)
-        z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        params = self.entropy_parameters(z_hat, g, y.shape[-2:], semantic)
-        scales, means = params.chunk(2, dim=1)                           # (B, M, h, w) each
-        _, y_likelihoods = self.gaussian_conditional(y, scales, means)   # noisy proxy for the rate
-        if not reconstruct:
-            return ResidualOutput(x_hat=None, y_likelihoods=y_likelihoods, z_likelihoods=z_likelihoods)
-        y_hat = torch.round(y - means).detach() + (y - means) - (y - means).detach() + means  # STE for g_s
-        x_hat = self.g_s(y_hat * g["y_inv"])
+        return self.code_latent(self.g_a(x), self.gains(q), semantic, reconstruct)
+
+    def code_latent(self, y: torch.Tensor, gains: dict[str, torch.Tensor],
+                    semantic: "SemanticCondition | None" = None, reconstruct: bool = True,
+                    quantization: str = "noise") -> ResidualOutput:
+        """Everything after ``g_a``: hyperprior, likelihoods and (optionally) ``g_s``.
+
+        Args:
+            y: (B, M, h, w) analysis ``g_a(x)`` before the gains.
+            gains: :meth:`gains` of the batch's rate knobs.
+            quantization: ``"noise"`` — the training proxy: additive uniform noise for the
+                likelihoods, rounding passed straight through for ``g_s``; ``"round"`` —
+                what the coder does (``z`` rounded around the medians, ``y`` around the
+                means), with straight-through gradients everywhere, likelihoods included
+                (the encoder's per-image latent refinement).
+        """
+        if quantization not in ("noise", "round"):
+            raise ValueError(f"unknown quantization mode {quantization!r}")
+        y = y * gains["y"]                                               # (B, M, h, w)
+        z = self.h_a(y) * gains["z"]                                     # (B, N, h/4, w/4)
+        if quantization == "noise":
+            z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        else:
+            z_hat, z_likelihoods = self._rounded_z(z)
+        scales, means = self.entropy_parameters(z_hat, gains, y.shape[-2:], semantic).chunk(2, dim=1)
+        y_hat = means + _round_straight_through(y - means)              # (B, M, h, w)
+        if quantization == "noise":
+            _, y_likelihoods = self.gaussian_conditional(y, scales, means)
+        else:
+            gc = self.gaussian_conditional
+            y_likelihoods = gc.likelihood_lower_bound(gc._likelihood(y_hat, scales, means))
+        x_hat = self.g_s(y_hat * gains["y_inv"]) if reconstruct else None
         return ResidualOutput(x_hat=x_hat, y_likelihoods=y_likelihoods, z_likelihoods=z_likelihoods)
+
+    def _rounded_z(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z`` rounded around the entropy bottleneck's medians (straight-through) and its likelihoods.
+
+        CompressAI's own "dequantize" mode rounds without a gradient; this is the same
+        quantization with the gradient passed through. z: (B, N, a, b).
+        """
+        eb = self.entropy_bottleneck
+        medians = eb._get_medians().detach().reshape(1, -1, 1, 1)       # (1, N, 1, 1)
+        z_hat = medians + _round_straight_through(z - medians)          # (B, N, a, b)
+        channels_first = z_hat.transpose(0, 1)                          # (N, B, a, b)
+        likelihoods, _, _ = eb._likelihood(channels_first.reshape(z.shape[1], 1, -1))
+        likelihoods = eb.likelihood_lower_bound(likelihoods).reshape(channels_first.shape).transpose(0, 1)
+        return z_hat, likelihoods
 
     def aux_loss(self) -> torch.Tensor:
         """Loss that fits the entropy bottleneck's quantiles (CompressAI convention)."""
@@ -215,6 +252,11 @@ class SemanticCondition:
     #: Area of the (padded) latent inside the tower input, (top, left, h, w) as fractions;
     #: one for the batch or one per image.
     region: tuple[float, float, float, float] | list[tuple[float, float, float, float]]
+
+
+def _round_straight_through(v: torch.Tensor) -> torch.Tensor:
+    """round(v) in the forward pass, the identity in the backward pass."""
+    return v + (torch.round(v) - v).detach()
 
 
 def _module_key(semantic_model: str) -> str:
