@@ -270,7 +270,8 @@ def image_to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 → (1, 3, H, W) float in [0, 1]."""
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise InvalidInputError("expected an (H, W, 3) uint8 RGB array")
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float().div_(255)
+    pixels = np.require(pixels, requirements=["C", "W"])   # copies only read-only or strided arrays
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None].float().div_(255)
 
 
 def tensor_to_image(x: torch.Tensor) -> np.ndarray:
