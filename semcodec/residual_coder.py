@@ -167,9 +167,8 @@ class ResidualCoder:
 
         def cost(y: torch.Tensor) -> torch.Tensor:
             out = self.model.code_latent(y, gains, semantic, quantization="round")
-            bits = -(out.y_likelihoods.log2().sum() + out.z_likelihoods.log2().sum())
             x_hat = out.x_hat[..., :H, :W]                                 # (1, 3, H, W)
-            return bits / (H * W) + lmbda * (x_hat - x).square().mean()
+            return out.bits().sum() / (H * W) + lmbda * (x_hat - x).square().mean()
 
         return cost
 

@@ -164,8 +164,7 @@ def rd_loss(model: ResidualCodec, x: torch.Tensor, level: torch.Tensor,
     """
     out = model(x, level.float(), semantic, reconstruct=not rate_only)
     num_pixels = x.shape[-2] * x.shape[-1]
-    bits = -(out.y_likelihoods.log2().flatten(1).sum(1) + out.z_likelihoods.log2().flatten(1).sum(1))  # (B,)
-    bpp = bits / num_pixels
+    bpp = out.bits() / num_pixels                                                                      # (B,)
     if rate_only:
         return {"loss": bpp.mean(), "bpp": bpp.detach(), "mse": torch.full_like(bpp, float("nan"))}
     mse = (out.x_hat - x).square().flatten(1).mean(1)                                                  # (B,)

@@ -29,7 +29,7 @@ coding a real stream is in :mod:`semcodec.codec` over :mod:`semcodec.bitstream.e
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -98,7 +98,10 @@ class ResidualOutput:
     x_hat: torch.Tensor | None          # (B, 3, H, W) reconstruction in [0, 1] (not clamped); None if not asked
     y_likelihoods: torch.Tensor         # (B, M, h, w)
     z_likelihoods: torch.Tensor         # (B, N, h/4, w/4)
-    extras: dict = field(default_factory=dict)
+
+    def bits(self) -> torch.Tensor:
+        """Estimated bits of each image (``y`` and ``z``): (B,)."""
+        return -(self.y_likelihoods.log2().flatten(1).sum(1) + self.z_likelihoods.log2().flatten(1).sum(1))
 
 
 class ResidualCodec(nn.Module):
