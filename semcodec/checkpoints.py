@@ -59,10 +59,10 @@ def save_residual_checkpoint(model: ResidualCodec, path: str | Path, metadata: d
             continue  # the coder uses semcodec's own scale table, not these buffers
         if name.rsplit(".", 1)[-1] in _CDF_BUFFERS and t.numel() == 0:
             continue  # not frozen yet
-        t = t.detach().contiguous()
+        t = t.detach().cpu().contiguous()
         tensors[name] = t.to(dtype) if t.is_floating_point() else t
     for name, t in (optimizer_state or {}).items():
-        tensors[_OPTIMIZER_PREFIX + name] = t.detach().contiguous().float()
+        tensors[_OPTIMIZER_PREFIX + name] = t.detach().cpu().contiguous().float()
     meta = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "kind": "residual",

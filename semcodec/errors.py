@@ -62,3 +62,7 @@ class RateControlError(SemcodecError):
     """A requested rate target lies outside what the codec can reach."""
 
     exit_code = 5
+
+
+class TrainingDivergedError(SemcodecError):
+    """Training kept producing non-finite losses or gradients; the last checkpoint is left untouched."""

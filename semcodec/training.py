@@ -26,10 +26,12 @@ import torch
 from PIL import Image
 
 from .checkpoints import load_residual_checkpoint, save_residual_checkpoint
-from .errors import InvalidInputError
+from .errors import InvalidInputError, TrainingDivergedError
 from .models.residual import ResidualCodec, ResidualConfig, SemanticCondition
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+#: Training stops (without writing the diverged weights) after this many skipped updates in a row.
+MAX_SKIPPED_IN_A_ROW = 100
 
 
 @dataclass
@@ -59,6 +61,8 @@ class TrainSettings:
     condition_dropout: float = 0.5
     #: Layer-0 rate indices drawn uniformly for the simulated decoded tokens.
     semantic_rates: tuple[int, int] = (24, 96)
+    #: torch device that trains ("cpu", "cuda", "cuda:1", ...); checkpoints are stored device-free.
+    device: str = "cpu"
 
 
 def load_training_images(folder: str | Path, min_side: int) -> list[torch.Tensor]:
@@ -139,8 +143,9 @@ class TokenSource:
         return self._tokens[key]
 
     @torch.no_grad()
-    def condition(self, images: list[torch.Tensor], picks: list[CropPick]) -> SemanticCondition:
-        """Decoded tokens (B, N, D) of each crop's image, with each crop's region of the tower input."""
+    def condition(self, images: list[torch.Tensor], picks: list[CropPick],
+                  device: torch.device | str = "cpu") -> SemanticCondition:
+        """Decoded tokens (B, N, D) on ``device`` of each crop's image, with each crop's region of the tower input."""
         from .models.semantic import box_region
 
         decoded, regions = [], []
@@ -150,8 +155,8 @@ class TokenSource:
             payload = self.coder.encode(tokens, self.rng.randint(*self.rates), image_size=(W, H))
             decoded.append(self.coder.decode(payload, image_size=(W, H)).full)
             regions.append(box_region(self.tower.spec, W, H, pick.top, pick.left, pick.size, pick.size))
-        return SemanticCondition(model=self.name, tokens=torch.stack(decoded).float(), grid=tuple(self.coder.grid),
-                                 region=regions)
+        return SemanticCondition(model=self.name, tokens=torch.stack(decoded).float().to(device),
+                                 grid=tuple(self.coder.grid), region=regions)
 
 
 def rd_loss(model: ResidualCodec, x: torch.Tensor, level: torch.Tensor,
@@ -168,14 +173,21 @@ def rd_loss(model: ResidualCodec, x: torch.Tensor, level: torch.Tensor,
     if rate_only:
         return {"loss": bpp.mean(), "bpp": bpp.detach(), "mse": torch.full_like(bpp, float("nan"))}
     mse = (out.x_hat - x).square().flatten(1).mean(1)                                                  # (B,)
-    lambdas = torch.tensor(model.config.lambdas, dtype=x.dtype)[level]
+    lambdas = torch.tensor(model.config.lambdas, dtype=x.dtype, device=x.device)[level]
     loss = (bpp + lambdas * 255**2 * mse).mean()
     return {"loss": loss, "bpp": bpp.detach(), "mse": mse.detach()}
 
 
-def _lr_at(settings: TrainSettings, iteration: int) -> float:
-    """Linear warm-up, then cosine decay from ``lr`` to ``lr_final`` over ``lr_decay_iterations``."""
-    warmup = min((iteration + 1) / max(settings.warmup_iterations, 1), 1.0)
+def _lr_at(settings: TrainSettings, iteration: int, warmup_from: int = 0) -> float:
+    """Linear warm-up from ``warmup_from``, then cosine decay from ``lr`` to ``lr_final``.
+
+    The cosine runs over ``lr_decay_iterations`` counted from iteration 0.
+
+    A run resumed without optimizer state warms up again from its resume point
+    (``warmup_from``): fresh Adam moments would otherwise make the first steps
+    full-size, sign-like updates of every weight at the decayed-to learning rate.
+    """
+    warmup = min((iteration - warmup_from + 1) / max(settings.warmup_iterations, 1), 1.0)
     t = min(iteration / settings.lr_decay_iterations, 1.0)
     return warmup * (settings.lr_final + 0.5 * (settings.lr - settings.lr_final) * (1 + math.cos(math.pi * t)))
 
@@ -203,6 +215,10 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
         log(f"resuming from {source} at iteration {state['iteration']} ({state['hours']:.2f} h)")
     else:
         model, optim_state = ResidualCodec(config or ResidualConfig()), None
+    warmup_from = state["iteration"] if not optim_state else 0
+    if source is not None and not optim_state:
+        log(f"no optimizer state in {source}: the learning rate warms up again "
+            f"over {settings.warmup_iterations} iterations")
     model.train()
 
     tokens = None
@@ -215,6 +231,10 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
         prior_ids = {id(p) for p in model.add_semantic_prior(tokens.name, tokens.token_dim).parameters()}
         for p in model.parameters():          # everything but this tower's prior stays frozen
             p.requires_grad_(id(p) in prior_ids)
+    device = torch.device(settings.device)
+    model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True     # crops have one fixed size: let cuDNN pick its fastest kernels
 
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
@@ -236,6 +256,7 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
     next_snapshot_hour = math.floor(hours_at_start) + 1
     window: list[dict] = []
     window_start = time.time()
+    skipped = skipped_in_a_row = 0      # updates skipped for a non-finite loss or gradient (total, current streak)
 
     def checkpoint() -> None:
         trained = state["iteration"] > iterations_at_start      # else (e.g. an export) keep the source's recipe
@@ -247,52 +268,80 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
                                  optimizer_state=_adam_state(optimizer, names, "main") | _adam_state(aux_optimizer, names, "aux"))
 
     stop = _StopRequest()
-    while (state["iteration"] < settings.max_iterations and (state["hours"] - hours_at_start) < settings.max_hours
-           and not stop.requested):
-        lr = _lr_at(settings, state["iteration"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, picks = random_batch(images, settings.batch_size, settings.crop, rng)
-        level = torch.randint(0, model.config.levels, (settings.batch_size,))
-        use_tokens = tokens is not None and (settings.conditioning_only or rng.random() >= settings.condition_dropout)
-        terms = rd_loss(model, x, level, tokens.condition(images, picks) if use_tokens else None,
-                        rate_only=settings.conditioning_only)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(main_params, 1.0)
-        optimizer.step()
-        if not settings.conditioning_only:
-            aux_optimizer.zero_grad(set_to_none=True)
-            model.aux_loss().backward()
-            aux_optimizer.step()
+    try:
+        while (state["iteration"] < settings.max_iterations and (state["hours"] - hours_at_start) < settings.max_hours
+               and not stop.requested):
+            lr = _lr_at(settings, state["iteration"], warmup_from)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, picks = random_batch(images, settings.batch_size, settings.crop, rng)
+            level = torch.randint(0, model.config.levels, (settings.batch_size,))
+            use_tokens = tokens is not None and (settings.conditioning_only
+                                                 or rng.random() >= settings.condition_dropout)
+            condition = tokens.condition(images, picks, device) if use_tokens else None
+            terms = rd_loss(model, x.to(device), level.to(device), condition, rate_only=settings.conditioning_only)
+            aux = None if settings.conditioning_only else aux_optimizer
+            if not _update(model, terms["loss"], optimizer, main_params, aux):
+                # One bad batch must not poison the weights (and every later checkpoint): its update was skipped.
+                skipped += 1
+                skipped_in_a_row += 1
+                if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                    raise TrainingDivergedError(
+                        f"{skipped_in_a_row} batches in a row gave a non-finite loss or gradient at iteration "
+                        f"{state['iteration']}; {last} holds the last finite weights")
+                continue
+            skipped_in_a_row = 0
 
-        state["iteration"] += 1
-        state["hours"] = hours_at_start + (time.time() - start) / 3600
-        window.append({"loss": terms["loss"].item(), "bpp": terms["bpp"], "mse": terms["mse"], "level": level})
-        if state["iteration"] % settings.log_every == 0:
-            record = _summarize(window, model.config.levels)
-            record.update(iteration=state["iteration"], hours=round(state["hours"], 4), lr=lr,
-                          its_per_s=round(len(window) / max(time.time() - window_start, 1e-9), 3))
-            with open(run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            log(f"it {record['iteration']} loss {record['loss']:.4f} lr {lr:.2e} "
-                + " ".join(f"L{l}:{v['bpp']:.3f}bpp" + (f"/{v['psnr']:.2f}dB" if v["psnr"] is not None else "")
-                           for l, v in record["levels"].items()))
-            window, window_start = [], time.time()
-        if time.time() - last_checkpoint > settings.checkpoint_minutes * 60:
-            checkpoint()
-            last_checkpoint = time.time()
-        if state["hours"] >= next_snapshot_hour:
-            checkpoint()
-            snap = run_dir / f"snapshot-{next_snapshot_hour:03d}h.safetensors"
-            save_residual_checkpoint(model, snap, metadata={"iterations": state["iteration"],
-                                                            "train_hours": state["hours"]})
-            next_snapshot_hour += 1
-    checkpoint()
-    stop.restore()
+            state["iteration"] += 1
+            state["hours"] = hours_at_start + (time.time() - start) / 3600
+            window.append({"loss": terms["loss"].item(), "bpp": terms["bpp"].cpu(), "mse": terms["mse"].cpu(),
+                           "level": level})
+            if state["iteration"] % settings.log_every == 0:
+                record = _summarize(window, model.config.levels)
+                record.update(iteration=state["iteration"], hours=round(state["hours"], 4), lr=lr, skipped=skipped,
+                              its_per_s=round(len(window) / max(time.time() - window_start, 1e-9), 3))
+                with open(run_dir / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                log(f"it {record['iteration']} loss {record['loss']:.4f} lr {lr:.2e} "
+                    + " ".join(f"L{l}:{v['bpp']:.3f}bpp" + (f"/{v['psnr']:.2f}dB" if v["psnr"] is not None else "")
+                               for l, v in record["levels"].items()))
+                window, window_start = [], time.time()
+            if time.time() - last_checkpoint > settings.checkpoint_minutes * 60:
+                checkpoint()
+                last_checkpoint = time.time()
+            if state["hours"] >= next_snapshot_hour:
+                checkpoint()
+                snap = run_dir / f"snapshot-{next_snapshot_hour:03d}h.safetensors"
+                save_residual_checkpoint(model, snap, metadata={"iterations": state["iteration"],
+                                                                "train_hours": state["hours"]})
+                next_snapshot_hour += 1
+        checkpoint()
+    finally:
+        stop.restore()
     if stop.requested:
         log(f"stopped by signal at iteration {state['iteration']}; checkpoint written")
     return last
+
+
+def _update(model: ResidualCodec, loss: torch.Tensor, optimizer: torch.optim.Adam, main_params: list[torch.Tensor],
+            aux_optimizer: torch.optim.Adam | None) -> bool:
+    """One optimizer step on ``loss`` (gradient norm clipped to 1), then one on the quantiles' aux loss.
+
+    Returns False, and changes nothing, when the loss or its gradient is not finite.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+    if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        return False
+    optimizer.step()
+    if aux_optimizer is not None:
+        aux_optimizer.zero_grad(set_to_none=True)
+        aux_loss = model.aux_loss()
+        if torch.isfinite(aux_loss):
+            aux_loss.backward()
+            aux_optimizer.step()
+    return True
 
 
 class _StopRequest:
@@ -393,4 +442,5 @@ def _restore_adam(optimizer: torch.optim.Adam, names: dict[int, str], state: dic
             saved = by_id.get(names[id(p)])
             if saved and {"exp_avg", "exp_avg_sq", "step"} <= saved.keys() and saved["exp_avg"].shape == p.shape:
                 optimizer.state[p] = {"step": torch.tensor(float(saved["step"].item())),
-                                      "exp_avg": saved["exp_avg"].clone(), "exp_avg_sq": saved["exp_avg_sq"].clone()}
+                                      "exp_avg": saved["exp_avg"].to(p.device, p.dtype, copy=True),
+                                      "exp_avg_sq": saved["exp_avg_sq"].to(p.device, p.dtype, copy=True)}

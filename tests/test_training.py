@@ -115,3 +115,90 @@ def test_rate_only_loss_skips_the_reconstruction():
     rate = rd_loss(model, x, level, rate_only=True)
     assert torch.allclose(full["bpp"], rate["bpp"]) and rate["loss"].item() == pytest.approx(rate["bpp"].mean().item())
     assert torch.isnan(rate["mse"]).all() and not torch.isnan(full["mse"]).any()
+
+
+def _tiny_config() -> ResidualConfig:
+    return ResidualConfig(N=8, M=8, lambdas=(0.01, 0.1), prior_channels=4)
+
+
+def _poison_losses(monkeypatch, poisoned_calls) -> list[int]:
+    """Make ``rd_loss`` return a NaN loss (with a NaN gradient) on the given call numbers (1-based)."""
+    import semcodec.training as training
+
+    real, calls = training.rd_loss, []
+
+    def rd_loss(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls.append(1)
+        if poisoned_calls is all or len(calls) in poisoned_calls:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(training, "rd_loss", rd_loss)
+    return calls
+
+
+def test_a_batch_with_a_non_finite_loss_is_skipped_not_applied(photos, tmp_path, monkeypatch):
+    import torch
+
+    calls = _poison_losses(monkeypatch, {2})
+    run = tmp_path / "run"
+    settings = TrainSettings(data=str(photos), run_dir=str(run), crop=64, batch_size=2, max_iterations=2, log_every=1)
+    model, meta = load_residual_checkpoint(train(settings, _tiny_config(), log=lambda m: None))
+    assert meta["iterations"] == "2" and len(calls) == 3            # the poisoned batch did not count
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in records] == [0, 1]
+
+
+def test_training_that_keeps_diverging_stops_and_keeps_the_last_finite_checkpoint(photos, tmp_path, monkeypatch):
+    import semcodec.training as training
+    from semcodec.checkpoints import file_digest
+    from semcodec.errors import TrainingDivergedError
+
+    run = tmp_path / "run"
+    settings = TrainSettings(data=str(photos), run_dir=str(run), crop=64, batch_size=2, max_iterations=1)
+    last = train(settings, _tiny_config(), log=lambda m: None)
+    before = file_digest(last)
+    _poison_losses(monkeypatch, all)
+    monkeypatch.setattr(training, "MAX_SKIPPED_IN_A_ROW", 3)
+    settings.max_iterations = 5
+    with pytest.raises(TrainingDivergedError, match="3 batches in a row"):
+        train(settings, log=lambda m: None)
+    assert file_digest(last) == before
+
+
+def test_resuming_without_optimizer_state_warms_the_learning_rate_up_again(photos, tmp_path):
+    from semcodec.training import _lr_at
+
+    settings = TrainSettings(data=str(photos), run_dir=str(tmp_path / "run"), crop=64, batch_size=2,
+                             warmup_iterations=10, log_every=1)
+    assert _lr_at(settings, 5000, warmup_from=5000) == pytest.approx(_lr_at(settings, 5000) / 10)
+    assert _lr_at(settings, 5009, warmup_from=5000) == pytest.approx(_lr_at(settings, 5009))
+    # A checkpoint without Adam moments (as shipped): its first resumed step runs at a tenth of the scheduled rate.
+    from semcodec.checkpoints import save_residual_checkpoint
+
+    model, _ = load_residual_checkpoint(TEST_DATA / "checkpoints" / "semcodec-test.safetensors")
+    resumed_at = 5000
+    start = tmp_path / "weights-only.safetensors"
+    save_residual_checkpoint(model, start, metadata={"iterations": resumed_at})
+    settings.max_iterations = resumed_at + 1
+    messages = []
+    train(settings, resume_from=str(start), log=messages.append)
+    record = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert record["lr"] == pytest.approx(_lr_at(settings, resumed_at) / 10)
+    assert any("warms up again" in m for m in messages)
+
+
+def test_train_refuses_a_device_torch_cannot_use(tmp_path):
+    import torch
+    from click.testing import CliRunner
+
+    from semcodec.cli.main import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = CliRunner().invoke(main, ["train", "--device", "cuda", "--data", str(tmp_path), "--run-dir",
+                                       str(tmp_path / "run")])
+    assert result.exit_code != 0 and "cannot train on device 'cuda'" in result.output
+    assert not (tmp_path / "run").exists()

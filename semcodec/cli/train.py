@@ -26,12 +26,15 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate (after warm-up).")
 @click.option("--threads", type=int, default=0, help="torch threads (0 = torch's default).")
+@click.option("--device", default="cpu", show_default=True, help="torch device that trains, e.g. cuda.")
+@click.option("--checkpoint-minutes", type=float, default=8.0, show_default=True,
+              help="Write last.safetensors at least this often.")
 @click.option("--semantic", default=None, help="Condition the entropy model on this tower's decoded layer-0 tokens.")
 @click.option("--conditioning-only", is_flag=True, help="Train only the --semantic tower's prior; everything else frozen.")
 @click.option("--export-to", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Afterwards, freeze the last checkpoint (fp16 + integer CDF tables) into this file.")
-def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch_size, lr, threads, semantic,
-          conditioning_only, export_to) -> None:
+def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch_size, lr, threads, device,
+          checkpoint_minutes, semantic, conditioning_only, export_to) -> None:
     """Train the residual codec with random crops and an RD loss over its λ levels (resumable)."""
     from ..checkpoints import freeze_for_shipping
     from ..models.registry import codec_models
@@ -44,8 +47,15 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
     registry = codec_models()
     if model_name not in registry:
         raise InvalidInputError(f"unknown model {model_name!r}; registered: {', '.join(registry)}")
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise InvalidInputError(f"cannot train on device {device!r}: {e}") from None
     settings = TrainSettings(data=str(data), run_dir=str(run_dir), crop=crop, batch_size=batch_size, lr=lr,
-                             threads=threads, semantic=semantic, conditioning_only=conditioning_only,
+                             threads=threads, device=device, checkpoint_minutes=checkpoint_minutes,
+                             semantic=semantic, conditioning_only=conditioning_only,
                              max_iterations=iterations if iterations is not None else 10**9,
                              max_hours=hours if hours is not None else 1e9)
     last = run_training(settings, registry[model_name].config, resume_from=str(resume_from) if resume_from else None,
