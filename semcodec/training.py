@@ -195,6 +195,7 @@ def _lr_at(settings: TrainSettings, iteration: int, warmup_from: int = 0) -> flo
 def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_from: str | None = None,
           log=print) -> Path:
     """Train (or resume training) a residual codec; returns the path of the last checkpoint."""
+    device = _usable_device(settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     run_dir = Path(settings.run_dir)
@@ -231,7 +232,6 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
         prior_ids = {id(p) for p in model.add_semantic_prior(tokens.name, tokens.token_dim).parameters()}
         for p in model.parameters():          # everything but this tower's prior stays frozen
             p.requires_grad_(id(p) in prior_ids)
-    device = torch.device(settings.device)
     model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True     # crops have one fixed size: let cuDNN pick its fastest kernels
@@ -321,6 +321,16 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
     if stop.requested:
         log(f"stopped by signal at iteration {state['iteration']}; checkpoint written")
     return last
+
+
+def _usable_device(name: str) -> torch.device:
+    """``name`` as a torch device, or a clear error where this torch cannot use it (e.g. no CUDA)."""
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise InvalidInputError(f"cannot train on device {name!r}: {e}") from None
+    return device
 
 
 def _update(model: ResidualCodec, loss: torch.Tensor, optimizer: torch.optim.Adam, main_params: list[torch.Tensor],

@@ -47,12 +47,6 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
     registry = codec_models()
     if model_name not in registry:
         raise InvalidInputError(f"unknown model {model_name!r}; registered: {', '.join(registry)}")
-    import torch
-
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as e:
-        raise InvalidInputError(f"cannot train on device {device!r}: {e}") from None
     settings = TrainSettings(data=str(data), run_dir=str(run_dir), crop=crop, batch_size=batch_size, lr=lr,
                              threads=threads, device=device, checkpoint_minutes=checkpoint_minutes,
                              semantic=semantic, conditioning_only=conditioning_only,
