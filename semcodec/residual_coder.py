@@ -17,12 +17,20 @@ tables frozen into the checkpoint; ``y`` is coded as ``round(y - μ)`` with a
 zero-mean Gaussian whose scale is an index into :data:`SCALE_TABLE`. The indices
 come from a float network (``h_s``), so the encoder stores their digest and the
 decoder refuses to decode (instead of producing garbage) if it computed others.
+
+That network runs in float64 on both sides (:func:`_float64_parameter_path`): in
+float32, the rounding differences between thread counts (or CPUs) — about 1e-7
+relative — put a few of an image's ~10^5 scales on the other side of a table
+boundary, so a stream written with one thread count failed to decode with another.
+In float64 those differences are about 1e-16 relative, and a flip is not expected
+in practice.
 """
 
 from __future__ import annotations
 
+import copy
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -106,6 +114,7 @@ class ResidualCoder:
         self.z_medians = eb._get_medians().detach().reshape(-1)            # (N,)
         self.z_lo = torch.tensor(np.array(self.z_tables.offset), dtype=torch.float32)       # (N,)
         self.z_hi = self.z_lo + torch.tensor(np.array(self.z_tables.length), dtype=torch.float32) - 1
+        self._parameter_path = _float64_parameter_path(model)
 
     @property
     def levels(self) -> int:
@@ -180,7 +189,7 @@ class ResidualCoder:
         y = y * gains["y"]                                                 # (1, M, h, w)
         z = self.model.h_a(y) * gains["z"]                                 # (1, N, h/4, w/4)
         z_sym, z_hat = self._quantize_z(z)
-        scale_index, means = self._y_parameters(z_hat, gains, y.shape[-2:], semantic)
+        scale_index, means = self._y_parameters(z_hat, rate, y.shape[-2:], semantic)
         lo, hi = Y_SYMBOL_RANGE
         y_sym = torch.round(y - means).clamp_(lo, hi).to(torch.int32).numpy()
 
@@ -217,7 +226,7 @@ class ResidualCoder:
         z_sym = dec.decode_categorical(self.z_tables, self._z_table_index(z_shape))
         z_hat = torch.from_numpy(z_sym).float() + self.z_medians[None, :, None, None]
         latent_size = (hp // 16, wp // 16)
-        scale_index, means = self._y_parameters(z_hat, gains, latent_size, semantic)
+        scale_index, means = self._y_parameters(z_hat, p.rate, latent_size, semantic)
         if param_digest(scale_index) != p.digest:
             raise ModelMismatchError("this machine computed different entropy parameters than the encoder "
                                      "(checkpoint or platform mismatch); refusing to decode garbage")
@@ -240,11 +249,25 @@ class ResidualCoder:
         """Channel index of every z symbol: (1, N, a, b)."""
         return np.broadcast_to(np.arange(shape[1], dtype=np.int32)[None, :, None, None], shape)
 
-    def _y_parameters(self, z_hat: torch.Tensor, gains: dict, latent_size, semantic) -> tuple[np.ndarray, torch.Tensor]:
-        """Integer scale indices (1, M, h, w) and float means of y from z_hat (the deterministic path)."""
-        params = self.model.entropy_parameters(z_hat, gains, tuple(latent_size), semantic)
+    def _y_parameters(self, z_hat: torch.Tensor, rate: int, latent_size, semantic) -> tuple[np.ndarray, torch.Tensor]:
+        """Integer scale indices (1, M, h, w) and float32 means of y from z_hat, computed in float64."""
+        exact = self._parameter_path
+        gains = exact.gains(torch.tensor([rate / RATE_ONE], dtype=torch.float64))
+        if semantic is not None:
+            semantic = replace(semantic, tokens=semantic.tokens.double())
+        params = exact.entropy_parameters(z_hat.double(), gains, tuple(latent_size), semantic)
         scales, means = params.chunk(2, dim=1)
-        return SCALE_TABLE.index_of(scales.numpy()).astype(np.int32), means
+        return SCALE_TABLE.index_of(scales.numpy()).astype(np.int32), means.float()
+
+
+def _float64_parameter_path(model: ResidualCodec) -> ResidualCodec:
+    """A float64 copy of ``model`` for :meth:`ResidualCodec.entropy_parameters` (``h_s``, gains, semantic priors).
+
+    The transforms that do not feed the entropy coder (``g_a``, ``h_a``, ``g_s``) are left out of the copy.
+    """
+    left_out = {id(model.g_a): torch.nn.Identity(), id(model.h_a): torch.nn.Identity(),
+                id(model.g_s): torch.nn.Identity()}
+    return copy.deepcopy(model, memo=left_out).double().eval()
 
 
 def _aligned(n: int) -> int:

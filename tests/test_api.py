@@ -233,3 +233,26 @@ def test_rounded_coding_path_passes_the_rate_gradient_to_the_latent():
     assert grad.abs().sum() > 1.0        # (rounding without straight-through gives exactly 0 here)
     with pytest.raises(ValueError, match="quantization"):
         model.code_latent(y, gains, quantization="floor")
+
+
+def test_streams_decode_with_another_thread_count_at_every_rate():
+    """Scale indices are decisions on floats; with float32 entropy parameters, streams of the shipped model
+    written with one torch thread failed to decode with two at some rates (a few indices flipped)."""
+    import torch
+
+    from semcodec.api import load_codec
+    from semcodec.residual_coder import image_to_tensor
+
+    coder = load_codec("semcodec-ms192").coder
+    # The sample after one round trip: the image (and rates, 0.3 bpp among them) of the first failure seen.
+    pixels = np.asarray(semcodec.decompress(semcodec.compress(SAMPLE, model="semcodec-ms192")))
+    x = image_to_tensor(pixels)
+    threads = torch.get_num_threads()
+    try:
+        for q in np.linspace(*coder.rate_range, 41):
+            torch.set_num_threads(1)
+            payload = coder.encode(x, float(q))
+            torch.set_num_threads(2)
+            coder.decode(payload, pixels.shape[1], pixels.shape[0])      # raises ModelMismatchError on a flip
+    finally:
+        torch.set_num_threads(threads)
