@@ -337,7 +337,8 @@ def _update(model: ResidualCodec, loss: torch.Tensor, optimizer: torch.optim.Ada
             aux_optimizer: torch.optim.Adam | None) -> bool:
     """One optimizer step on ``loss`` (gradient norm clipped to 1), then one on the quantiles' aux loss.
 
-    Returns False, and changes nothing, when the loss or its gradient is not finite.
+    Returns False, and leaves every weight and optimizer state as it was, when the loss or its gradient
+    is not finite.
     """
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
