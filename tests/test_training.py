@@ -202,3 +202,28 @@ def test_train_refuses_a_device_torch_cannot_use(tmp_path):
                                        str(tmp_path / "run")])
     assert result.exit_code != 0 and "cannot train on device 'cuda'" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_train_cli_passes_the_lr_schedule_to_the_recipe_and_refuses_bad_ones(photos, tmp_path):
+    from click.testing import CliRunner
+
+    from semcodec.cli.main import main
+    from semcodec.training import _lr_at
+
+    start = TEST_DATA / "checkpoints" / "semcodec-test.safetensors"
+    run = tmp_path / "run"
+    args = ["train", "--data", str(photos), "--run-dir", str(run), "--resume-from", str(start), "--crop", "64",
+            "--batch-size", "2", "--iterations", "1"]
+    result = CliRunner().invoke(main, args + ["--lr-final", "2e-5", "--lr-decay-iterations", "1"])
+    assert result.exit_code == 0, result.output
+    recipe = json.loads(load_residual_checkpoint(run / "last.safetensors")[1]["recipe"])
+    assert recipe["lr_final"] == 2e-5 and recipe["lr_decay_iterations"] == 1
+    # Past the decay length, the schedule (after warm-up) sits at --lr-final: the way to anneal a resumed run.
+    settings = TrainSettings(data="", run_dir="", lr_final=2e-5, lr_decay_iterations=1)
+    assert _lr_at(settings, 5000) == pytest.approx(2e-5)
+    for bad, message in ((["--lr-final", "1e-3"], "--lr-final must be in"),
+                         (["--lr-final", "0"], "--lr-final must be in"),
+                         (["--lr-decay-iterations", "0"], "--lr-decay-iterations must be positive")):
+        result = CliRunner().invoke(main, args + ["--run-dir", str(tmp_path / "bad")] + bad)
+        assert result.exit_code != 0 and message in result.output
+        assert not (tmp_path / "bad").exists()

@@ -25,6 +25,11 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 @click.option("--crop", type=int, default=128, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate (after warm-up).")
+@click.option("--lr-final", type=float, default=1e-4, show_default=True,
+              help="Learning rate the cosine decay ends at.")
+@click.option("--lr-decay-iterations", type=int, default=150_000, show_default=True,
+              help="Total iteration (counted from 0, not from the resume point) at which the cosine reaches "
+                   "--lr-final; a value just above a resumed run's count anneals it.")
 @click.option("--threads", type=int, default=0, help="torch threads (0 = torch's default).")
 @click.option("--device", default="cpu", show_default=True, help="torch device that trains, e.g. cuda.")
 @click.option("--checkpoint-minutes", type=float, default=8.0, show_default=True,
@@ -33,8 +38,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 @click.option("--conditioning-only", is_flag=True, help="Train only the --semantic tower's prior; everything else frozen.")
 @click.option("--export-to", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Afterwards, freeze the last checkpoint (fp16 + integer CDF tables) into this file.")
-def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch_size, lr, threads, device,
-          checkpoint_minutes, semantic, conditioning_only, export_to) -> None:
+def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch_size, lr, lr_final,
+          lr_decay_iterations, threads, device, checkpoint_minutes, semantic, conditioning_only, export_to) -> None:
     """Train the residual codec with random crops and an RD loss over its λ levels (resumable)."""
     from ..checkpoints import freeze_for_shipping
     from ..models.registry import codec_models
@@ -44,10 +49,15 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
     data = data or DEFAULT_DATA
     if not data.is_dir():
         raise InvalidInputError(f"training data folder {data} does not exist; pass --data DIR")
+    if not 0 < lr_final <= lr:
+        raise InvalidInputError(f"--lr-final must be in (0, --lr]; got {lr_final} with --lr {lr}")
+    if lr_decay_iterations < 1:
+        raise InvalidInputError(f"--lr-decay-iterations must be positive; got {lr_decay_iterations}")
     registry = codec_models()
     if model_name not in registry:
         raise InvalidInputError(f"unknown model {model_name!r}; registered: {', '.join(registry)}")
     settings = TrainSettings(data=str(data), run_dir=str(run_dir), crop=crop, batch_size=batch_size, lr=lr,
+                             lr_final=lr_final, lr_decay_iterations=lr_decay_iterations,
                              threads=threads, device=device, checkpoint_minutes=checkpoint_minutes,
                              semantic=semantic, conditioning_only=conditioning_only,
                              max_iterations=iterations if iterations is not None else 10**9,
