@@ -1271,8 +1271,7 @@ def decode_tokens(data: bytes, calibration: Calibration | str | os.PathLike | No
         raise MissingLayerError("this stream has no semantic layer (layer 0); it was compressed without "
                                 "--semantic, so it holds pixels only") from None
     h = container.header
-    payload = container.layer(SEMANTIC_LAYER) if hasattr(container, "layer") else \
-        next(c.payload for c in container.chunks if c.type == SEMANTIC_LAYER)
+    payload = container.layer(SEMANTIC_LAYER)
     if calibration is None:
         cal = load_calibration(find_calibration(h.semantic_model, h.calibration))
     elif isinstance(calibration, Calibration):
