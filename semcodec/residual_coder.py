@@ -29,6 +29,7 @@ in practice.
 from __future__ import annotations
 
 import copy
+import math
 import struct
 from dataclasses import dataclass, replace
 
@@ -143,7 +144,9 @@ class ResidualCoder:
 
         Starting from ``y = g_a(x)``, takes ``steps`` Adam steps on this image's own RD cost
         (:meth:`refinement_cost`) through the frozen hyperprior and synthesis, with the
-        coder's rounding passed straight through.
+        coder's rounding passed straight through, and returns the iterate of lowest cost
+        (``y`` itself included): with rounding in the cost, a step can make it worse, and
+        more steps must never give a worse latent than fewer.
 
         Args:
             x: (1, 3, H, W) image in [0, 1].
@@ -157,11 +160,18 @@ class ResidualCoder:
         y = y.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([y], lr=REFINE_LR)
         cost = self._refinement_objective(x, q, semantic)
+        best_cost, best_y = math.inf, y.detach().clone()
         with torch.enable_grad():
             for _ in range(steps):
-                (y.grad,) = torch.autograd.grad(cost(y), [y])
+                current = cost(y)
+                if current.item() < best_cost:
+                    best_cost, best_y = current.item(), y.detach().clone()
+                (y.grad,) = torch.autograd.grad(current, [y])
                 optimizer.step()
-        return y.detach()
+        with torch.no_grad():
+            if cost(y).item() < best_cost:          # the last step's result
+                best_y = y.detach().clone()
+        return best_y
 
     def refinement_cost(self, x: torch.Tensor, y: torch.Tensor, q: float,
                         semantic: SemanticCondition | None = None) -> torch.Tensor:

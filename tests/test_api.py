@@ -187,7 +187,7 @@ def test_too_large_for_the_pixel_layer(test_codec, monkeypatch):
         semcodec.compress(np.zeros((40, 40, 3), np.uint8), model=test_codec)
 
 
-def test_effort_refines_the_latent_for_its_rd_cost(test_codec):
+def test_effort_refines_the_latent_for_its_rd_cost(test_codec, monkeypatch):
     """Refinement lowers the RD cost it optimizes, and refined streams decode and meet size targets."""
     import torch
 
@@ -201,6 +201,16 @@ def test_effort_refines_the_latent_for_its_rd_cost(test_codec):
     with torch.no_grad():
         assert coder.refinement_cost(x, refined, 1.5) < coder.refinement_cost(x, y, 1.5)
     assert torch.equal(coder.refine(x, y, 0.5, steps=0), y)
+    # The lowest-cost iterate is returned: more steps never give a costlier latent than fewer.
+    with torch.no_grad():
+        costs = [coder.refinement_cost(x, coder.refine(x, y, 1.5, steps=n), 1.5).item() for n in (0, 5, 10, 25)]
+    assert costs == sorted(costs, reverse=True)
+    # Even when every step overshoots (a step size far too large), refining never returns a worse latent.
+    import semcodec.residual_coder as residual_coder
+
+    monkeypatch.setattr(residual_coder, "REFINE_LR", 50.0)
+    with torch.no_grad():
+        assert coder.refinement_cost(x, coder.refine(x, y, 1.5, steps=5), 1.5) <= coder.refinement_cost(x, y, 1.5)
 
     data = semcodec.compress(SAMPLE, quality=95, model=test_codec, effort=1)
     assert semcodec.decompress(data).size == Image.open(SAMPLE).size
