@@ -164,8 +164,8 @@ class ResidualCoder:
         with torch.enable_grad():
             for _ in range(steps):
                 current = cost(y)
-                if current.item() < best_cost:
-                    best_cost, best_y = current.item(), y.detach().clone()
+                if (value := current.item()) < best_cost:
+                    best_cost, best_y = value, y.detach().clone()
                 (y.grad,) = torch.autograd.grad(current, [y])
                 optimizer.step()
         with torch.no_grad():
