@@ -14,7 +14,10 @@ multiples of 64, ``y`` is (M, Hp/16, Wp/16) and ``z`` is (N, Hp/64, Wp/64).
 
 Decoder-side entropy parameters are integers: ``z`` uses the integer CDF
 tables frozen into the checkpoint; ``y`` is coded as ``round(y - μ)`` with a
-zero-mean Gaussian whose scale is an index into :data:`SCALE_TABLE`. The indices
+zero-mean Gaussian whose scale is an index into :data:`SCALE_TABLE`, in raster
+order (channel, row, column) — or, for a model with the checkerboard context,
+in two passes of that order: the anchors (row + column even), then the others,
+whose (μ, σ) depend on the decoded anchors. The indices
 come from a float network (``h_s``), so the encoder stores their digest and the
 decoder refuses to decode (instead of producing garbage) if it computed others.
 
@@ -40,6 +43,7 @@ import torch.nn.functional as F
 from .bitstream.entropy import CategoricalTables, EntropyDecoder, EntropyEncoder, ScaleTable, param_digest
 from .errors import CorruptStreamError, InvalidInputError, ModelMismatchError, TruncatedStreamError
 from .models.residual import SCALE_MIN, ResidualCodec, SemanticCondition
+from .models.transforms import checkerboard_anchors
 
 #: Scale table of the latent ``y`` (part of format v1: changing it changes the bits).
 SCALE_TABLE = ScaleTable.geometric(min=SCALE_MIN, max=256.0, count=64)
@@ -199,13 +203,19 @@ class ResidualCoder:
         y = y * gains["y"]                                                 # (1, M, h, w)
         z = self.model.h_a(y) * gains["z"]                                 # (1, N, h/4, w/4)
         z_sym, z_hat = self._quantize_z(z)
-        scale_index, means = self._y_parameters(z_hat, rate, y.shape[-2:], semantic)
-        lo, hi = Y_SYMBOL_RANGE
-        y_sym = torch.round(y - means).clamp_(lo, hi).to(torch.int32).numpy()
+        params = self._y_parameters(z_hat, rate, y.shape[-2:], semantic)
+        scale_index, means = _scale_index_and_means(params)
+        y_sym = _y_symbols(y, means)
+        if self.model.context is not None:     # the non-anchors' parameters depend on the coded anchors
+            params = self._parameter_path.context_parameters(params, torch.from_numpy(y_sym).double() + params.chunk(2, 1)[1])
+            scale_index, means = _scale_index_and_means(params)
+            y_sym = _y_symbols(y, means)         # the anchors' symbols are unchanged
 
         enc = EntropyEncoder()
         enc.encode_categorical(z_sym, self.z_tables, self._z_table_index(z_sym.shape))
-        enc.encode_gaussian(y_sym, scale_index, SCALE_TABLE, lo=lo, hi=hi)
+        lo, hi = Y_SYMBOL_RANGE
+        for part in self._y_passes(y_sym.shape):
+            enc.encode_gaussian(y_sym[part], scale_index[part], SCALE_TABLE, lo=lo, hi=hi)
         return ResidualPayload(rate=rate, conditioned=semantic is not None,
                                digest=param_digest(scale_index), words=enc.to_bytes()).to_bytes()
 
@@ -236,12 +246,21 @@ class ResidualCoder:
         z_sym = dec.decode_categorical(self.z_tables, self._z_table_index(z_shape))
         z_hat = torch.from_numpy(z_sym).float() + self.z_medians[None, :, None, None]
         latent_size = (hp // 16, wp // 16)
-        scale_index, means = self._y_parameters(z_hat, p.rate, latent_size, semantic)
+        params = self._y_parameters(z_hat, p.rate, latent_size, semantic)
+        scale_index, means = _scale_index_and_means(params)
+        lo, hi = Y_SYMBOL_RANGE
+        y_sym = np.zeros(scale_index.shape, dtype=np.int32)                # (1, M, h, w)
+        passes = self._y_passes(y_sym.shape)
+        if self.model.context is not None:
+            anchors = passes.pop(0)
+            y_sym[anchors] = dec.decode_gaussian(scale_index[anchors], SCALE_TABLE, lo=lo, hi=hi)
+            params = self._parameter_path.context_parameters(params, torch.from_numpy(y_sym).double() + params.chunk(2, 1)[1])
+            scale_index, means = _scale_index_and_means(params)
         if param_digest(scale_index) != p.digest:
             raise ModelMismatchError("this machine computed different entropy parameters than the encoder "
                                      "(checkpoint or platform mismatch); refusing to decode garbage")
-        lo, hi = Y_SYMBOL_RANGE
-        y_sym = dec.decode_gaussian(scale_index, SCALE_TABLE, lo=lo, hi=hi)
+        for part in passes:
+            y_sym[part] = dec.decode_gaussian(scale_index[part], SCALE_TABLE, lo=lo, hi=hi)
         dec.finish()
         y_hat = torch.from_numpy(y_sym).float() + means                    # (1, M, h, w)
         x_hat = self.model.g_s(y_hat * gains["y_inv"])                     # (1, 3, Hp, Wp)
@@ -259,15 +278,34 @@ class ResidualCoder:
         """Channel index of every z symbol: (1, N, a, b)."""
         return np.broadcast_to(np.arange(shape[1], dtype=np.int32)[None, :, None, None], shape)
 
-    def _y_parameters(self, z_hat: torch.Tensor, rate: int, latent_size, semantic) -> tuple[np.ndarray, torch.Tensor]:
-        """Integer scale indices (1, M, h, w) and float32 means of y from z_hat, computed in float64."""
+    def _y_parameters(self, z_hat: torch.Tensor, rate: int, latent_size, semantic) -> torch.Tensor:
+        """Entropy parameters (scales ‖ means) (1, 2M, h, w) of y from z_hat, in float64
+        (final for the anchors; the others get :meth:`ResidualCodec.context_parameters`)."""
         exact = self._parameter_path
         gains = exact.gains(torch.tensor([rate / RATE_ONE], dtype=torch.float64))
         if semantic is not None:
             semantic = replace(semantic, tokens=semantic.tokens.double())
-        params = exact.entropy_parameters(z_hat.double(), gains, tuple(latent_size), semantic)
-        scales, means = params.chunk(2, dim=1)
-        return SCALE_TABLE.index_of(scales.numpy()).astype(np.int32), means.float()
+        return exact.entropy_parameters(z_hat.double(), gains, tuple(latent_size), semantic)
+
+    def _y_passes(self, shape: tuple[int, ...]) -> list:
+        """Index of each coding pass over y (1, M, h, w): everything in raster order, or the
+        checkerboard's anchors then the others (boolean masks), each in raster order."""
+        if self.model.context is None:
+            return [...]
+        anchors = np.broadcast_to(checkerboard_anchors(shape[-2:]).numpy(), shape)
+        return [anchors, ~anchors]
+
+
+def _scale_index_and_means(params: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """Integer scale indices (1, M, h, w) and float32 means of y from float64 (scales ‖ means)."""
+    scales, means = params.chunk(2, dim=1)
+    return SCALE_TABLE.index_of(scales.numpy()).astype(np.int32), means.float()
+
+
+def _y_symbols(y: torch.Tensor, means: torch.Tensor) -> np.ndarray:
+    """The coded symbols ``round(y - μ)`` (1, M, h, w) int32, clamped to the symbol range."""
+    lo, hi = Y_SYMBOL_RANGE
+    return torch.round(y - means).clamp_(lo, hi).to(torch.int32).numpy()
 
 
 def _float64_parameter_path(model: ResidualCodec) -> ResidualCodec:

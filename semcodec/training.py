@@ -18,7 +18,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,10 @@ class TrainSettings:
     semantic: str | None = None
     #: Train only that tower's semantic prior, everything else frozen.
     conditioning_only: bool = False
+    #: Give the model this spatial context ("checkerboard") if it has none yet (None: keep the model's).
+    context: str | None = None
+    #: Train only the context model, everything else frozen.
+    context_only: bool = False
     #: Fraction of batches trained without layer 0 (so one model serves both kinds of streams).
     condition_dropout: float = 0.5
     #: Layer-0 rate indices drawn uniformly for the simulated decoded tokens.
@@ -216,6 +220,7 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
         log(f"resuming from {source} at iteration {state['iteration']} ({state['hours']:.2f} h)")
     else:
         model, optim_state = ResidualCodec(config or ResidualConfig()), None
+    model = _with_context(model, settings.context, log)
     warmup_from = state["iteration"] if not optim_state else 0
     if source is not None and not optim_state:
         log(f"no optimizer state in {source}: the learning rate warms up again "
@@ -232,6 +237,15 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
         prior_ids = {id(p) for p in model.add_semantic_prior(tokens.name, tokens.token_dim).parameters()}
         for p in model.parameters():          # everything but this tower's prior stays frozen
             p.requires_grad_(id(p) in prior_ids)
+    if settings.context_only:
+        if model.context is None:
+            raise InvalidInputError("--context-only needs a model with a context (add one with --context checkerboard)")
+        if settings.conditioning_only:
+            raise InvalidInputError("--context-only and --conditioning-only train different parts; pick one")
+        context_ids = {id(p) for p in model.context.parameters()}
+        for p in model.parameters():          # everything but the context model stays frozen
+            p.requires_grad_(id(p) in context_ids)
+    rate_only = settings.conditioning_only or settings.context_only
     model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True     # crops have one fixed size: let cuDNN pick its fastest kernels
@@ -279,8 +293,8 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
             use_tokens = tokens is not None and (settings.conditioning_only
                                                  or rng.random() >= settings.condition_dropout)
             condition = tokens.condition(images, picks, device) if use_tokens else None
-            terms = rd_loss(model, x.to(device), level.to(device), condition, rate_only=settings.conditioning_only)
-            aux = None if settings.conditioning_only else aux_optimizer
+            terms = rd_loss(model, x.to(device), level.to(device), condition, rate_only=rate_only)
+            aux = None if rate_only else aux_optimizer
             if not _update(model, terms["loss"], optimizer, main_params, aux):
                 # One bad batch must not poison the weights (and every later checkpoint): its update was skipped.
                 skipped += 1
@@ -321,6 +335,29 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
     if stop.requested:
         log(f"stopped by signal at iteration {state['iteration']}; checkpoint written")
     return last
+
+
+def _with_context(model: ResidualCodec, context: str | None, log) -> ResidualCodec:
+    """``model``, or a copy of it with an (untrained, so far neutral) spatial ``context`` added."""
+    if context is None or context == model.config.context:
+        return model
+    if model.config.context != "none":
+        raise InvalidInputError(f"the model already has the {model.config.context!r} context; "
+                                f"it cannot be replaced by {context!r}")
+    try:
+        config = replace(model.config, context=context)
+    except ValueError as e:
+        raise InvalidInputError(str(e)) from None
+    upgraded = ResidualCodec(config)
+    for key, prior in model.semantic_priors.items():
+        upgraded.semantic_priors[key] = prior
+    for name in ("_quantized_cdf", "_offset", "_cdf_length"):     # frozen tables (a shipped checkpoint) have sizes
+        getattr(upgraded.entropy_bottleneck, name).resize_(getattr(model.entropy_bottleneck, name).shape)
+    missing, unexpected = upgraded.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("context.") for k in missing), (missing, unexpected)
+    log(f"added the {context} context model ({sum(p.numel() for p in upgraded.context.parameters()) / 1e6:.2f} M "
+        "parameters); it starts neutral")
+    return upgraded
 
 
 def _usable_device(name: str) -> torch.device:

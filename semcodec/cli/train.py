@@ -36,10 +36,14 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
               help="Write last.safetensors at least this often.")
 @click.option("--semantic", default=None, help="Condition the entropy model on this tower's decoded layer-0 tokens.")
 @click.option("--conditioning-only", is_flag=True, help="Train only the --semantic tower's prior; everything else frozen.")
+@click.option("--context", type=click.Choice(["checkerboard"]), default=None,
+              help="Add this spatial context model (starting neutral) to a model that has none.")
+@click.option("--context-only", is_flag=True, help="Train only the context model; everything else frozen.")
 @click.option("--export-to", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Afterwards, freeze the last checkpoint (fp16 + integer CDF tables) into this file.")
 def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch_size, lr, lr_final,
-          lr_decay_iterations, threads, device, checkpoint_minutes, semantic, conditioning_only, export_to) -> None:
+          lr_decay_iterations, threads, device, checkpoint_minutes, semantic, conditioning_only, context, context_only,
+          export_to) -> None:
     """Train the residual codec with random crops and an RD loss over its λ levels (resumable)."""
     from ..checkpoints import freeze_for_shipping
     from ..models.registry import codec_models
@@ -60,6 +64,7 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
                              lr_final=lr_final, lr_decay_iterations=lr_decay_iterations,
                              threads=threads, device=device, checkpoint_minutes=checkpoint_minutes,
                              semantic=semantic, conditioning_only=conditioning_only,
+                             context=context, context_only=context_only,
                              max_iterations=iterations if iterations is not None else 10**9,
                              max_hours=hours if hours is not None else 1e9)
     last = run_training(settings, registry[model_name].config, resume_from=str(resume_from) if resume_from else None,

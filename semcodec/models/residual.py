@@ -7,8 +7,11 @@
                   └ h_a ─·hgain(q)─ z ─ Q ─ ẑ ─·hgain⁻¹(q)─ h_s ─ (+ SemanticPrior(T̂)) ─┘
 
 Minnen, Ballé, Toderici, "Joint Autoregressive and Hierarchical Priors for Learned
-Image Compression" (NeurIPS 2018), mean-scale hyperprior without the autoregressive
-context; continuous rate through interpolated gain vectors as in Cui et al.,
+Image Compression" (NeurIPS 2018), mean-scale hyperprior; instead of its serial
+autoregressive context, a model may carry the two-pass checkerboard context of He et
+al. (CVPR 2021): ``config.context = "checkerboard"`` codes the anchor half of ``y``
+with the parameters above, then corrects the other half's (μ, σ) from the decoded
+anchors (:class:`~semcodec.models.transforms.CheckerboardContext`). Continuous rate through interpolated gain vectors as in Cui et al.,
 "Asymmetric Gained Deep Image Compression With Continuous Rate Adaptation" (CVPR 2021).
 
 The rate knob ``q`` is real-valued; ``0 … L-1`` are the ``L`` trained λ levels:
@@ -38,8 +41,10 @@ from .. import _compat  # noqa: F401  (torchvision import shim; must precede com
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 
 from .transforms import (
+    CheckerboardContext,
     SemanticPrior,
     analysis_transform,
+    checkerboard_anchors,
     hyper_analysis_transform,
     hyper_synthesis_transform,
     synthesis_transform,
@@ -49,6 +54,8 @@ from .transforms import (
 SCALE_MIN = 0.11
 #: How far below the lowest trained level (q = 0) the rate knob extrapolates the gains.
 RATE_EXTRAPOLATION_BELOW = 4.0
+#: Spatial context models a config may name.
+CONTEXT_MODELS = ("none", "checkerboard")
 #: How far above the highest trained level (q = L-1) the rate knob extrapolates the gains.
 RATE_EXTRAPOLATION_ABOVE = 2.0
 
@@ -63,6 +70,12 @@ class ResidualConfig:
     lambdas: tuple[float, ...] = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483)
     #: Channels of the semantic prior's hidden layers.
     prior_channels: int = 64
+    #: Spatial context of ``y``: "none" (hyperprior only) or "checkerboard" (two passes).
+    context: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.context not in CONTEXT_MODELS:
+            raise ValueError(f"unknown context model {self.context!r}; known: {', '.join(CONTEXT_MODELS)}")
 
     @property
     def levels(self) -> int:
@@ -124,6 +137,7 @@ class ResidualCodec(nn.Module):
         self.log_hyper_inv_gain = nn.Parameter(torch.zeros(L, N))                               # (L, N)
         #: One semantic prior per semantic model id (e.g. "tiny"); empty for a pixels-only model.
         self.semantic_priors = nn.ModuleDict()
+        self.context = CheckerboardContext(M) if config.context == "checkerboard" else None
 
     # ------------------------------------------------------------------ gains
     def gains(self, q: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -180,6 +194,19 @@ class ResidualCodec(nn.Module):
             params = params + prior(semantic.tokens, semantic.grid, semantic.region, (h, w))
         return params
 
+    def context_parameters(self, params: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+        """(scales ‖ means) (B, 2M, h, w) of every position in the checkerboard order.
+
+        The anchors keep ``params`` (from :meth:`entropy_parameters`); the non-anchors get
+        the context's correction computed from the anchors of ``y_hat`` (B, M, h, w; its
+        non-anchor values are ignored). Without a context model, ``params`` itself.
+        """
+        if self.context is None:
+            return params
+        anchors = checkerboard_anchors(params.shape[-2:], params.device)   # (1, 1, h, w)
+        correction = self.context(y_hat * anchors, params)                  # (B, 2M, h, w)
+        return torch.where(anchors, params, params + correction)
+
     # ------------------------------------------------------------------ training path
     def forward(self, x: torch.Tensor, q: torch.Tensor, semantic: "SemanticCondition | None" = None,
                 reconstruct: bool = True) -> ResidualOutput:
@@ -216,7 +243,11 @@ class ResidualCodec(nn.Module):
             z_hat, z_likelihoods = self.entropy_bottleneck(z)
         else:
             z_hat, z_likelihoods = self._rounded_z(z)
-        scales, means = self.entropy_parameters(z_hat, gains, y.shape[-2:], semantic).chunk(2, dim=1)
+        params = self.entropy_parameters(z_hat, gains, y.shape[-2:], semantic)  # (B, 2M, h, w)
+        if self.context is not None:                                     # anchors first, as the coder does
+            anchor_means = params.chunk(2, dim=1)[1]
+            params = self.context_parameters(params, anchor_means + _round_straight_through(y - anchor_means))
+        scales, means = params.chunk(2, dim=1)
         y_hat = means + _round_straight_through(y - means)              # (B, M, h, w)
         if quantization == "noise":
             _, y_likelihoods = self.gaussian_conditional(y, scales, means)

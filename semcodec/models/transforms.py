@@ -7,6 +7,7 @@ Paper notation (Ballé et al. 2018, Minnen et al. 2018):
 * ``h_a`` hyper-analysis, ``y`` → hyper-latent ``z``             (B, M, h, w) → (B, N, h/4, w/4)
 * ``h_s`` hyper-synthesis, ``z_hat`` → entropy parameters of ``y`` (B, N, h/4, w/4) → (B, 2M, h, w)
 * ``SemanticPrior`` decoded semantic tokens → a correction of the entropy parameters on the latent grid
+* ``CheckerboardContext`` decoded anchor half of ``y_hat`` → a correction of the other half's parameters
 
 Everything here is an ``nn.Module`` built from CompressAI layers; the entropy
 models and the coding itself live in ``semcodec.models.residual`` and
@@ -120,3 +121,48 @@ def _region_on_latent(f: torch.Tensor, region: tuple[float, float, float, float]
     if f.shape[-2:] != (h, w):                                   # rounding at the border
         f = F.pad(f, (0, w - f.shape[-1], 0, h - f.shape[-2]), mode="replicate")
     return f
+
+
+class CheckerboardContext(nn.Module):
+    """Spatial context of the two-pass checkerboard order (He et al., "Checkerboard Context
+    Model for Efficient Learned Image Compression", CVPR 2021).
+
+    The latent is coded in two passes: the *anchors* (``(i + j)`` even) with the
+    hyperprior's parameters alone, then the *non-anchors*, whose parameters this
+    module corrects from the decoded anchors around them::
+
+        y_hat · anchor (B, M, h, w) ─ 5×5 conv → M ─┐
+        params (B, 2M, h, w) ───────────────────────┴ concat ─ 1×1 → 2M ─ LeakyReLU ─ 1×1 → 2M
+
+    Zeros at the non-anchor positions of the input make the plain 5×5 convolution a
+    checkerboard-masked one. The last convolution starts at zero, so a model with an
+    untrained context codes exactly like the model without one.
+    """
+
+    def __init__(self, M: int):
+        super().__init__()
+        self.context = nn.Conv2d(M, M, kernel_size=5, padding=2)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(3 * M, 2 * M, kernel_size=1), nn.LeakyReLU(inplace=True),
+            nn.Conv2d(2 * M, 2 * M, kernel_size=1),
+        )
+        nn.init.zeros_(self.fuse[-1].weight)
+        nn.init.zeros_(self.fuse[-1].bias)
+
+    def forward(self, y_hat_anchors: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Args:
+            y_hat_anchors: (B, M, h, w) decoded latent, zero at the non-anchor positions.
+            params: (B, 2M, h, w) hyperprior (and semantic) parameters (scales ‖ means).
+
+        Returns:
+            (B, 2M, h, w) additive correction of the parameters (meaningful at non-anchors only).
+        """
+        return self.fuse(torch.cat([params, self.context(y_hat_anchors)], dim=1))
+
+
+def checkerboard_anchors(latent_size: tuple[int, int], device=None) -> torch.Tensor:
+    """(1, 1, h, w) bool: the anchor positions ``(i + j)`` even of the checkerboard order."""
+    h, w = latent_size
+    i = torch.arange(h, device=device)[:, None]
+    j = torch.arange(w, device=device)[None, :]
+    return ((i + j) % 2 == 0)[None, None]
