@@ -5,6 +5,8 @@ as a decoder would load it, then real streams are coded for a few Kodak images a
 six integer rate knobs; JPEG 4:2:0 is measured on the same images in the same run.
 
     python benchmarks/learning_curve.py runs/semcodec-ms192 [--images DIR] [--limit 6] [--csv OUT]
+
+Checkpoint files may be named instead of (or beside) run folders.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def jpeg_points(images: list[np.ndarray], qualities=(10, 20, 30, 50, 70, 85, 95)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path)
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders and/or checkpoint files")
     parser.add_argument("--images", type=Path, default=REPO.parent / "shared" / "data" / "kodak")
     parser.add_argument("--limit", type=int, default=6)
     parser.add_argument("--csv", type=Path, default=None)
@@ -67,7 +69,10 @@ def main() -> None:
     images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     jr, jq = jpeg_points(images)
     rows = []
-    snapshots = sorted(args.run.glob("snapshot-*.safetensors")) + [args.run / "last.safetensors"]
+    snapshots = []
+    for run in args.runs:
+        snapshots += ([run] if run.is_file() else
+                      sorted(run.glob("snapshot-*.safetensors")) + [run / "last.safetensors"])
     with tempfile.TemporaryDirectory() as tmp:
         for snap in snapshots:
             if not snap.exists():
@@ -79,7 +84,7 @@ def main() -> None:
                 bd = f"{bd_rate(jr, jq, rates, quality):+.1f}"
             except ValueError as e:          # no PSNR overlap with JPEG yet
                 bd = f"n/a ({e})"
-            row = {"snapshot": snap.name, "iterations": meta.get("iterations"), "hours": meta.get("train_hours"),
+            row = {"snapshot": str(snap), "iterations": meta.get("iterations"), "hours": meta.get("train_hours"),
                    "bpp": " ".join(f"{r:.3f}" for r in rates), "psnr": " ".join(f"{q:.2f}" for q in quality),
                    "bd_rate_vs_jpeg420_percent": bd}
             rows.append(row)

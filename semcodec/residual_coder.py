@@ -207,7 +207,7 @@ class ResidualCoder:
         scale_index, means = _scale_index_and_means(params)
         y_sym = _y_symbols(y, means)
         if self.model.context is not None:     # the non-anchors' parameters depend on the coded anchors
-            params = self._parameter_path.context_parameters(params, torch.from_numpy(y_sym).double() + params.chunk(2, 1)[1])
+            params = self._after_anchors(params, y_sym)
             scale_index, means = _scale_index_and_means(params)
             y_sym = _y_symbols(y, means)         # the anchors' symbols are unchanged
 
@@ -254,7 +254,7 @@ class ResidualCoder:
         if self.model.context is not None:
             anchors = passes.pop(0)
             y_sym[anchors] = dec.decode_gaussian(scale_index[anchors], SCALE_TABLE, lo=lo, hi=hi)
-            params = self._parameter_path.context_parameters(params, torch.from_numpy(y_sym).double() + params.chunk(2, 1)[1])
+            params = self._after_anchors(params, y_sym)
             scale_index, means = _scale_index_and_means(params)
         if param_digest(scale_index) != p.digest:
             raise ModelMismatchError("this machine computed different entropy parameters than the encoder "
@@ -286,6 +286,12 @@ class ResidualCoder:
         if semantic is not None:
             semantic = replace(semantic, tokens=semantic.tokens.double())
         return exact.entropy_parameters(z_hat.double(), gains, tuple(latent_size), semantic)
+
+    def _after_anchors(self, params: torch.Tensor, y_sym: np.ndarray) -> torch.Tensor:
+        """Parameters (1, 2M, h, w) float64 of every position once the anchors' symbols (in ``y_sym``,
+        (1, M, h, w); its other values are ignored) are known: the context corrects the non-anchors."""
+        y_hat = torch.from_numpy(y_sym).double() + params.chunk(2, dim=1)[1]     # ŷ = symbol + μ
+        return self._parameter_path.context_parameters(params, y_hat)
 
     def _y_passes(self, shape: tuple[int, ...]) -> list:
         """Index of each coding pass over y (1, M, h, w): everything in raster order, or the

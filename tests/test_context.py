@@ -162,3 +162,22 @@ def test_a_context_stream_refuses_a_model_that_computes_other_parameters(test_co
             semcodec.decompress(data)
     finally:
         load_codec.cache_clear()
+
+
+def test_train_cli_adds_the_context_and_refuses_an_unknown_one(tmp_path):
+    from click.testing import CliRunner
+
+    from semcodec.cli.main import main
+
+    photos = _photos(tmp_path)
+    start = TEST_DATA / "checkpoints" / "semcodec-test.safetensors"
+    args = ["train", "--data", str(photos), "--resume-from", str(start), "--crop", "64", "--batch-size", "2",
+            "--iterations", "1"]
+    result = CliRunner().invoke(main, args + ["--run-dir", str(tmp_path / "run"), "--context", "checkerboard",
+                                              "--context-only"])
+    assert result.exit_code == 0, result.output
+    model, meta = load_residual_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert model.config.context == "checkerboard" and json.loads(meta["recipe"])["context_only"] is True
+    result = CliRunner().invoke(main, args + ["--run-dir", str(tmp_path / "bad"), "--context", "serial"])
+    assert result.exit_code != 0 and "serial" in result.output
+    assert not (tmp_path / "bad").exists()
