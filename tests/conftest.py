@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 from helpers import KODAK, TEST_DATA, TEST_MODEL
 
 
@@ -16,6 +18,17 @@ def test_codec(monkeypatch):
     load_codec.cache_clear()
     yield TEST_MODEL
     load_codec.cache_clear()
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """A folder of three random 96×80 training photos."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
 
 
 @pytest.fixture

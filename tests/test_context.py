@@ -107,17 +107,7 @@ def test_a_damaged_anchor_pass_is_detected(test_codec):
         semcodec.decompress(damaged)
 
 
-def _photos(tmp_path):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
-
-
-def test_training_adds_a_neutral_context_and_context_only_trains_just_it(tmp_path):
-    photos = _photos(tmp_path)
+def test_training_adds_a_neutral_context_and_context_only_trains_just_it(photos, tmp_path):
     start = TEST_DATA / "checkpoints" / "semcodec-test.safetensors"
     before, _ = load_residual_checkpoint(start)
     settings = TrainSettings(data=str(photos), run_dir=str(tmp_path / "run"), crop=64, batch_size=2, max_iterations=2,
@@ -136,8 +126,7 @@ def test_training_adds_a_neutral_context_and_context_only_trains_just_it(tmp_pat
     assert again.config.context == "checkerboard"
 
 
-def test_context_only_is_refused_where_it_cannot_apply(tmp_path):
-    photos = _photos(tmp_path)
+def test_context_only_is_refused_where_it_cannot_apply(photos, tmp_path):
     start = str(TEST_DATA / "checkpoints" / "semcodec-test.safetensors")
     with pytest.raises(InvalidInputError, match="--context checkerboard"):
         train(TrainSettings(data=str(photos), run_dir=str(tmp_path / "a"), crop=64, max_iterations=1,
@@ -164,12 +153,11 @@ def test_a_context_stream_refuses_a_model_that_computes_other_parameters(test_co
         load_codec.cache_clear()
 
 
-def test_train_cli_adds_the_context_and_refuses_an_unknown_one(tmp_path):
+def test_train_cli_adds_the_context_and_refuses_an_unknown_one(photos, tmp_path):
     from click.testing import CliRunner
 
     from semcodec.cli.main import main
 
-    photos = _photos(tmp_path)
     start = TEST_DATA / "checkpoints" / "semcodec-test.safetensors"
     args = ["train", "--data", str(photos), "--resume-from", str(start), "--crop", "64", "--batch-size", "2",
             "--iterations", "1"]

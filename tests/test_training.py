@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from helpers import TEST_DATA
-from PIL import Image
 
 from semcodec.checkpoints import freeze_for_shipping, load_residual_checkpoint
 from semcodec.errors import InvalidInputError
 from semcodec.models.residual import ResidualConfig
 from semcodec.training import TrainSettings, train
-
-
-@pytest.fixture
-def photos(tmp_path):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
 
 
 def test_train_resume_and_export(photos, tmp_path):
