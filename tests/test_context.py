@@ -169,3 +169,15 @@ def test_train_cli_adds_the_context_and_refuses_an_unknown_one(photos, tmp_path)
     result = CliRunner().invoke(main, args + ["--run-dir", str(tmp_path / "bad"), "--context", "serial"])
     assert result.exit_code != 0 and "serial" in result.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_shipped_checkpoints_fit_16_mib_and_match_their_registered_architecture():
+    """Every file in checkpoints/ travels (≤ 16 MiB); a registered model's checkpoint has the registry's config."""
+    from semcodec.models.registry import REPO_CHECKPOINTS, codec_models
+
+    for path in REPO_CHECKPOINTS.glob("*.safetensors"):
+        assert path.stat().st_size <= 16 * 2**20, path
+    for name, entry in codec_models().items():
+        path = REPO_CHECKPOINTS / f"{name}.safetensors"
+        if path.exists():
+            assert load_residual_checkpoint(path)[0].config == entry.config, name

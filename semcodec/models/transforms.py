@@ -123,6 +123,10 @@ def _region_on_latent(f: torch.Tensor, region: tuple[float, float, float, float]
     return f
 
 
+#: The taps (row, column) of a 5×5 window centred on a non-anchor that fall on anchors: row + column odd.
+CONTEXT_TAPS = tuple((dy, dx) for dy in range(5) for dx in range(5) if (dy + dx) % 2 == 1)
+
+
 class CheckerboardContext(nn.Module):
     """Spatial context of the two-pass checkerboard order (He et al., "Checkerboard Context
     Model for Efficient Learned Image Compression", CVPR 2021).
@@ -134,20 +138,32 @@ class CheckerboardContext(nn.Module):
         y_hat · anchor (B, M, h, w) ─ 5×5 conv → M ─┐
         params (B, 2M, h, w) ───────────────────────┴ concat ─ 1×1 → 2M ─ LeakyReLU ─ 1×1 → 2M
 
-    Zeros at the non-anchor positions of the input make the plain 5×5 convolution a
-    checkerboard-masked one. The last convolution starts at zero, so a model with an
-    untrained context codes exactly like the model without one.
+    Around a non-anchor only the 12 taps of :data:`CONTEXT_TAPS` can see an anchor, so only
+    those weights exist (``context_weight``, (M, M, 12)); the input is zero at the non-anchors.
+    The last convolution starts at zero, so a model with an untrained context codes exactly like
+    the model without one.
     """
 
     def __init__(self, M: int):
         super().__init__()
-        self.context = nn.Conv2d(M, M, kernel_size=5, padding=2)
+        dense = nn.Conv2d(M, M, kernel_size=5, padding=2)      # for PyTorch's default initialization
+        taps = torch.tensor([dy * 5 + dx for dy, dx in CONTEXT_TAPS])
+        self.register_buffer("tap_index", taps, persistent=False)
+        self.context_weight = nn.Parameter(dense.weight.detach().flatten(2)[..., taps].clone())   # (M, M, 12)
+        self.context_bias = nn.Parameter(dense.bias.detach().clone())                            # (M,)
         self.fuse = nn.Sequential(
             nn.Conv2d(3 * M, 2 * M, kernel_size=1), nn.LeakyReLU(inplace=True),
             nn.Conv2d(2 * M, 2 * M, kernel_size=1),
         )
         nn.init.zeros_(self.fuse[-1].weight)
         nn.init.zeros_(self.fuse[-1].bias)
+
+    def kernel(self) -> torch.Tensor:
+        """The 5×5 convolution kernel (M, M, 5, 5), zero at the taps that never see an anchor."""
+        M = self.context_weight.shape[0]
+        dense = self.context_weight.new_zeros(M, M, 25)
+        dense[..., self.tap_index] = self.context_weight
+        return dense.view(M, M, 5, 5)
 
     def forward(self, y_hat_anchors: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Args:
@@ -157,7 +173,8 @@ class CheckerboardContext(nn.Module):
         Returns:
             (B, 2M, h, w) additive correction of the parameters (meaningful at non-anchors only).
         """
-        return self.fuse(torch.cat([params, self.context(y_hat_anchors)], dim=1))
+        context = F.conv2d(y_hat_anchors, self.kernel(), self.context_bias, padding=2)   # (B, M, h, w)
+        return self.fuse(torch.cat([params, context], dim=1))
 
 
 def checkerboard_anchors(latent_size: tuple[int, int], device=None) -> torch.Tensor:
