@@ -11,8 +11,9 @@ Image Compression" (NeurIPS 2018), mean-scale hyperprior; instead of its serial
 autoregressive context, a model may carry the two-pass checkerboard context of He et
 al. (CVPR 2021): ``config.context = "checkerboard"`` codes the anchor half of ``y``
 with the parameters above, then corrects the other half's (μ, σ) from the decoded
-anchors (:class:`~semcodec.models.transforms.CheckerboardContext`). Continuous rate through interpolated gain vectors as in Cui et al.,
-"Asymmetric Gained Deep Image Compression With Continuous Rate Adaptation" (CVPR 2021).
+anchors (:class:`~semcodec.models.transforms.CheckerboardContext`). Continuous rate
+through interpolated gain vectors as in Cui et al., "Asymmetric Gained Deep Image
+Compression With Continuous Rate Adaptation" (CVPR 2021).
 
 The rate knob ``q`` is real-valued; ``0 … L-1`` are the ``L`` trained λ levels:
 ``gain(q) = gain[l]^(1-t) · gain[l+1]^t`` with ``l = floor(q)``, ``t = q - l``. Larger
@@ -54,10 +55,10 @@ from .transforms import (
 SCALE_MIN = 0.11
 #: How far below the lowest trained level (q = 0) the rate knob extrapolates the gains.
 RATE_EXTRAPOLATION_BELOW = 4.0
-#: Spatial context models a config may name.
-CONTEXT_MODELS = ("none", "checkerboard")
 #: How far above the highest trained level (q = L-1) the rate knob extrapolates the gains.
 RATE_EXTRAPOLATION_ABOVE = 2.0
+#: Spatial context models a config may name.
+CONTEXT_MODELS = ("none", "checkerboard")
 
 
 @dataclass(frozen=True)
