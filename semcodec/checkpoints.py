@@ -29,7 +29,8 @@ from .version import __version__
 CHECKPOINT_FORMAT_VERSION = "1"
 
 _OPTIMIZER_PREFIX = "optimizer/"
-_CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
+#: The entropy bottleneck's frozen integer CDF tables (sized by the data; empty until frozen).
+CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
 
 
 def file_digest(path: str | Path) -> bytes:
@@ -57,7 +58,7 @@ def save_residual_checkpoint(model: ResidualCodec, path: str | Path, metadata: d
     for name, t in model.state_dict().items():
         if name.startswith("gaussian_conditional."):
             continue  # the coder uses semcodec's own scale table, not these buffers
-        if name.rsplit(".", 1)[-1] in _CDF_BUFFERS and t.numel() == 0:
+        if name.rsplit(".", 1)[-1] in CDF_BUFFERS and t.numel() == 0:
             continue  # not frozen yet
         t = t.detach().cpu().contiguous()
         tensors[name] = t.to(dtype) if t.is_floating_point() else t
@@ -100,12 +101,12 @@ def load_residual_checkpoint(path: str | Path, with_optimizer: bool = False):
     weights = {k: v for k, v in tensors.items() if not k.startswith(_OPTIMIZER_PREFIX)}
     # The frozen integer CDF tables have data-dependent shapes: size the buffers first.
     eb = model.entropy_bottleneck
-    for buf in _CDF_BUFFERS:
+    for buf in CDF_BUFFERS:
         key = f"entropy_bottleneck.{buf}"
         if key in weights:
             getattr(eb, buf).resize_(weights[key].shape)
     expected = {k for k in model.state_dict() if not k.startswith("gaussian_conditional.")}
-    optional = {f"entropy_bottleneck.{b}" for b in _CDF_BUFFERS}
+    optional = {f"entropy_bottleneck.{b}" for b in CDF_BUFFERS}
     missing = expected - weights.keys() - optional
     unexpected = weights.keys() - expected
     if missing or unexpected:

@@ -204,12 +204,10 @@ class ResidualCoder:
         z = self.model.h_a(y) * gains["z"]                                 # (1, N, h/4, w/4)
         z_sym, z_hat = self._quantize_z(z)
         params = self._y_parameters(z_hat, rate, y.shape[-2:], semantic)
-        scale_index, means = _scale_index_and_means(params)
-        y_sym = _y_symbols(y, means)
         if self.model.context is not None:     # the non-anchors' parameters depend on the coded anchors
-            params = self._after_anchors(params, y_sym)
-            scale_index, means = _scale_index_and_means(params)
-            y_sym = _y_symbols(y, means)         # the anchors' symbols are unchanged
+            params = self._after_anchors(params, _y_symbols(y, params.chunk(2, dim=1)[1].float()))
+        scale_index, means = _scale_index_and_means(params)
+        y_sym = _y_symbols(y, means)             # the anchors' symbols are those the context saw
 
         enc = EntropyEncoder()
         enc.encode_categorical(z_sym, self.z_tables, self._z_table_index(z_sym.shape))

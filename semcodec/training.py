@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoints import load_residual_checkpoint, save_residual_checkpoint
+from .checkpoints import CDF_BUFFERS, load_residual_checkpoint, save_residual_checkpoint
 from .errors import InvalidInputError, TrainingDivergedError
 from .models.residual import ResidualCodec, ResidualConfig, SemanticCondition
 
@@ -351,7 +351,7 @@ def _with_context(model: ResidualCodec, context: str | None, log) -> ResidualCod
     upgraded = ResidualCodec(config)
     for key, prior in model.semantic_priors.items():
         upgraded.semantic_priors[key] = prior
-    for name in ("_quantized_cdf", "_offset", "_cdf_length"):     # frozen tables (a shipped checkpoint) have sizes
+    for name in CDF_BUFFERS:                  # frozen tables (a shipped checkpoint) have sizes
         getattr(upgraded.entropy_bottleneck, name).resize_(getattr(model.entropy_bottleneck, name).shape)
     missing, unexpected = upgraded.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("context.") for k in missing), (missing, unexpected)

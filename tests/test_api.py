@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import subprocess
@@ -25,14 +24,10 @@ from semcodec.errors import (
     TruncatedStreamError,
 )
 
-from helpers import REPO, SAMPLE, TEST_DATA, psnr
+from helpers import REPO, SAMPLE, TEST_DATA, pixels_digest, psnr
 
 GOLDEN_STREAM = TEST_DATA / "golden" / "sample-semcodec-test-q50.smc"
 GOLDEN_PIXELS = TEST_DATA / "golden" / "sample-semcodec-test-q50.sha256"
-
-
-def pixels_digest(image: Image.Image) -> str:
-    return hashlib.sha256(np.asarray(image.convert("RGB")).tobytes()).hexdigest()
 
 
 def test_round_trip_sample(test_codec):

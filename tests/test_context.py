@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -22,13 +21,9 @@ from semcodec.models.transforms import checkerboard_anchors
 from semcodec.residual_coder import ResidualCoder, pad_to_alignment
 from semcodec.training import TrainSettings, train
 
-from helpers import SAMPLE, TEST_DATA
+from helpers import SAMPLE, TEST_DATA, pixels_digest
 
 CTX_MODEL = "semcodec-test-ctx"
-
-
-def _pixels_digest(image) -> str:
-    return hashlib.sha256(np.asarray(image.convert("RGB")).tobytes()).hexdigest()
 
 
 def _random_context_model(seed: int = 0) -> ResidualCodec:
@@ -91,7 +86,7 @@ def test_context_streams_round_trip_with_and_without_layer_0(test_codec, tmp_pat
         path.write_bytes(data)
         out = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True,
                              check=True)
-        assert out.stdout.strip() == _pixels_digest(image)
+        assert out.stdout.strip() == pixels_digest(image)
 
 
 def test_a_damaged_anchor_pass_is_detected(test_codec):
