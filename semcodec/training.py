@@ -354,7 +354,8 @@ def _with_context(model: ResidualCodec, context: str | None, log) -> ResidualCod
     for name in CDF_BUFFERS:                  # frozen tables (a shipped checkpoint) have sizes
         getattr(upgraded.entropy_bottleneck, name).resize_(getattr(model.entropy_bottleneck, name).shape)
     missing, unexpected = upgraded.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("context.") for k in missing), (missing, unexpected)
+    if unexpected or not all(k.startswith("context.") for k in missing):   # a bug, not a user error
+        raise RuntimeError(f"adding the context changed other weights: missing {missing}, unexpected {unexpected}")
     log(f"added the {context} context model ({sum(p.numel() for p in upgraded.context.parameters()) / 1e6:.2f} M "
         "parameters); it starts neutral")
     return upgraded

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from semcodec.errors import (
     TruncatedStreamError,
 )
 
-from helpers import REPO, SAMPLE, TEST_DATA, pixels_digest, psnr
+from helpers import REPO, SAMPLE, TEST_DATA, pixels_digest, pixels_digest_in_another_process, psnr
 
 GOLDEN_STREAM = TEST_DATA / "golden" / "sample-semcodec-test-q50.smc"
 GOLDEN_PIXELS = TEST_DATA / "golden" / "sample-semcodec-test-q50.sha256"
@@ -61,12 +59,7 @@ def test_decode_in_another_process_with_other_thread_count(test_codec, tmp_path)
     data = semcodec.compress(SAMPLE, quality=60, model=test_codec)
     stream = tmp_path / "s.smc"
     stream.write_bytes(data)
-    code = ("import sys, hashlib, numpy as np, torch; torch.set_num_threads(1); import semcodec; "
-            "im = semcodec.decompress(open(sys.argv[1], 'rb').read()); "
-            "print(hashlib.sha256(np.asarray(im).tobytes()).hexdigest())")
-    env = dict(os.environ, SEMCODEC_CHECKPOINTS=str(TEST_DATA / "checkpoints"), OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", code, str(stream)], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == pixels_digest(semcodec.decompress(data))
+    assert pixels_digest_in_another_process(stream) == pixels_digest(semcodec.decompress(data))
 
 
 @pytest.mark.parametrize("size", [(1, 1), (17, 65), (64, 64), (130, 3)])
@@ -160,12 +153,7 @@ def test_pixel_layer_conditioned_on_layer_0(test_codec, tmp_path):
     # The same stream decodes identically in another process with another thread count.
     stream = tmp_path / "cond.smc"
     stream.write_bytes(cond)
-    code = ("import sys, hashlib, numpy as np, torch; torch.set_num_threads(1); import semcodec; "
-            "im = semcodec.decompress(open(sys.argv[1], 'rb').read()); "
-            "print(hashlib.sha256(np.asarray(im).tobytes()).hexdigest())")
-    env = dict(os.environ, SEMCODEC_CHECKPOINTS=str(TEST_DATA / "checkpoints"))
-    res = subprocess.run([sys.executable, "-c", code, str(stream)], env=env, capture_output=True, text=True, check=True)
-    assert res.stdout.strip() == pixels_digest(out)
+    assert pixels_digest_in_another_process(stream) == pixels_digest(out)
     # Without layer 0, a conditioned pixel layer cannot be decoded: a clear error, not garbage.
     h = c.header
     pixels_only = Header(h.codec_model, h.codec_checkpoint, "", bytes(8), "", h.width, h.height, (RESIDUAL_LAYER,))
