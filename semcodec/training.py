@@ -247,6 +247,9 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
             p.requires_grad_(id(p) in context_ids)
     rate_only = settings.conditioning_only or settings.context_only
     model.to(device)
+    # On CPU, oneDNN's convolutions (forward and backward) skip a layout reorder per call in channels-last:
+    # ≈ 1.3× more iterations per second on 2 cores at 256² × 8, with the same fp32 arithmetic.
+    model.to(memory_format=_memory_format(device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True     # crops have one fixed size: let cuDNN pick its fastest kernels
 
@@ -293,7 +296,8 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
             use_tokens = tokens is not None and (settings.conditioning_only
                                                  or rng.random() >= settings.condition_dropout)
             condition = tokens.condition(images, picks, device) if use_tokens else None
-            terms = rd_loss(model, x.to(device), level.to(device), condition, rate_only=rate_only)
+            x = x.to(device, memory_format=_memory_format(device))
+            terms = rd_loss(model, x, level.to(device), condition, rate_only=rate_only)
             aux = None if rate_only else aux_optimizer
             if not _update(model, terms["loss"], optimizer, main_params, aux):
                 # One bad batch must not poison the weights (and every later checkpoint): its update was skipped.
@@ -359,6 +363,11 @@ def _with_context(model: ResidualCodec, context: str | None, log) -> ResidualCod
     log(f"added the {context} context model ({sum(p.numel() for p in upgraded.context.parameters()) / 1e6:.2f} M "
         "parameters); it starts neutral")
     return upgraded
+
+
+def _memory_format(device: torch.device) -> torch.memory_format:
+    """Layout of the training batches and weights: channels-last on CPU (see :func:`train`)."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 def _usable_device(name: str) -> torch.device:
@@ -490,6 +499,6 @@ def _restore_adam(optimizer: torch.optim.Adam, names: dict[int, str], state: dic
         for p in group["params"]:
             saved = by_id.get(names[id(p)])
             if saved and {"exp_avg", "exp_avg_sq", "step"} <= saved.keys() and saved["exp_avg"].shape == p.shape:
-                optimizer.state[p] = {"step": torch.tensor(float(saved["step"].item())),
-                                      "exp_avg": saved["exp_avg"].to(p.device, p.dtype, copy=True),
-                                      "exp_avg_sq": saved["exp_avg_sq"].to(p.device, p.dtype, copy=True)}
+                optimizer.state[p] = {"step": torch.tensor(float(saved["step"].item())),     # moments in p's layout
+                                      "exp_avg": torch.empty_like(p).copy_(saved["exp_avg"]),
+                                      "exp_avg_sq": torch.empty_like(p).copy_(saved["exp_avg_sq"])}
