@@ -120,6 +120,10 @@ class ResidualCoder:
         self.z_lo = torch.tensor(np.array(self.z_tables.offset), dtype=torch.float32)       # (N,)
         self.z_hi = self.z_lo + torch.tensor(np.array(self.z_tables.length), dtype=torch.float32) - 1
         self._parameter_path = _float64_parameter_path(model)
+        # The float32 transforms (not the float64 parameter path) keep their weights channels-last, where
+        # oneDNN's convolutions skip a layout reorder per call: g_a and g_s run ≈ 1.5× faster on 2 cores.
+        for transform in (model.g_a, model.h_a, model.g_s):
+            transform.to(memory_format=torch.channels_last)
 
     @property
     def levels(self) -> int:
@@ -140,7 +144,7 @@ class ResidualCoder:
     @torch.no_grad()
     def analyze(self, x: torch.Tensor) -> torch.Tensor:
         """``g_a`` of an image. x: (1, 3, H, W) in [0, 1] → y (1, M, Hp/16, Wp/16) before gains."""
-        return self.model.g_a(pad_to_alignment(x))
+        return _run_channels_last(self.model.g_a, pad_to_alignment(x))
 
     def refine(self, x: torch.Tensor, y: torch.Tensor, q: float, steps: int,
                semantic: SemanticCondition | None = None) -> torch.Tensor:
@@ -261,7 +265,7 @@ class ResidualCoder:
             y_sym[part] = dec.decode_gaussian(scale_index[part], SCALE_TABLE, lo=lo, hi=hi)
         dec.finish()
         y_hat = torch.from_numpy(y_sym).float() + means                    # (1, M, h, w)
-        x_hat = self.model.g_s(y_hat * gains["y_inv"])                     # (1, 3, Hp, Wp)
+        x_hat = _run_channels_last(self.model.g_s, y_hat * gains["y_inv"])  # (1, 3, Hp, Wp)
         return x_hat[:, :, :height, :width].clamp_(0, 1)
 
     # ------------------------------------------------------------------ shared
@@ -329,6 +333,11 @@ def _aligned(n: int) -> int:
 def padded_size(width: int, height: int) -> tuple[int, int]:
     """``(width, height)`` of an image after padding to the transforms' alignment."""
     return _aligned(width), _aligned(height)
+
+
+def _run_channels_last(transform: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``transform(x)`` computed in channels-last layout (see :class:`ResidualCoder`), returned contiguous."""
+    return transform(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
 def pad_to_alignment(x: torch.Tensor) -> torch.Tensor:
