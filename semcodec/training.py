@@ -67,6 +67,9 @@ class TrainSettings:
     semantic_rates: tuple[int, int] = (24, 96)
     #: torch device that trains ("cpu", "cuda", "cuda:1", ...); checkpoints are stored device-free.
     device: str = "cpu"
+    #: Run the loss (forward and backward) through torch.compile: fused elementwise kernels, after a
+    #: one-off compilation (≈ 75 s on 2 CPU cores; needs a C++ compiler on the CPU).
+    compile: bool = False
 
 
 def load_training_images(folder: str | Path, min_side: int) -> list[torch.Tensor]:
@@ -284,6 +287,7 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
         save_residual_checkpoint(model, last, metadata=info,
                                  optimizer_state=_adam_state(optimizer, names, "main") | _adam_state(aux_optimizer, names, "aux"))
 
+    loss_of = _compiled(rd_loss) if settings.compile else rd_loss
     stop = _StopRequest()
     try:
         while (state["iteration"] < settings.max_iterations and (state["hours"] - hours_at_start) < settings.max_hours
@@ -297,7 +301,7 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
                                                  or rng.random() >= settings.condition_dropout)
             condition = tokens.condition(images, picks, device) if use_tokens else None
             x = x.to(device, memory_format=_memory_format(device))
-            terms = rd_loss(model, x, level.to(device), condition, rate_only=rate_only)
+            terms = loss_of(model, x, level.to(device), condition, rate_only=rate_only)
             aux = None if rate_only else aux_optimizer
             if not _update(model, terms["loss"], optimizer, main_params, aux):
                 # One bad batch must not poison the weights (and every later checkpoint): its update was skipped.
@@ -363,6 +367,20 @@ def _with_context(model: ResidualCodec, context: str | None, log) -> ResidualCod
     log(f"added the {context} context model ({sum(p.numel() for p in upgraded.context.parameters()) / 1e6:.2f} M "
         "parameters); it starts neutral")
     return upgraded
+
+
+def _compiled(loss_function):
+    """``loss_function`` through torch.compile; a compiler failure (e.g. no C++ compiler) becomes a clear error."""
+    compiled = torch.compile(loss_function)
+
+    def run(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except torch._dynamo.exc.BackendCompilerFailed as e:
+            raise InvalidInputError(f"--compile: torch.compile failed ({str(e).splitlines()[0][:200]}); "
+                                    "train without --compile") from None
+
+    return run
 
 
 def _memory_format(device: torch.device) -> torch.memory_format:

@@ -39,11 +39,14 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 @click.option("--context", type=click.Choice(["checkerboard"]), default=None,
               help="Add this spatial context model (starting neutral) to a model that has none.")
 @click.option("--context-only", is_flag=True, help="Train only the context model; everything else frozen.")
+@click.option("--compile", "compile_loss", is_flag=True,
+              help="Compile the loss with torch.compile: about 1.4x more iterations/s on 2 CPU cores after a "
+                   "one-off compilation of about 75 s (needs a C++ compiler).")
 @click.option("--export-to", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Afterwards, freeze the last checkpoint (fp16 + integer CDF tables) into this file.")
 def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch_size, lr, lr_final,
           lr_decay_iterations, threads, device, checkpoint_minutes, semantic, conditioning_only, context, context_only,
-          export_to) -> None:
+          compile_loss, export_to) -> None:
     """Train the residual codec with random crops and an RD loss over its λ levels (resumable)."""
     from ..checkpoints import freeze_for_shipping
     from ..models.registry import codec_models
@@ -64,7 +67,7 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
                              lr_final=lr_final, lr_decay_iterations=lr_decay_iterations,
                              threads=threads, device=device, checkpoint_minutes=checkpoint_minutes,
                              semantic=semantic, conditioning_only=conditioning_only,
-                             context=context, context_only=context_only,
+                             context=context, context_only=context_only, compile=compile_loss,
                              max_iterations=iterations if iterations is not None else 10**9,
                              max_hours=hours if hours is not None else 1e9)
     last = run_training(settings, registry[model_name].config, resume_from=str(resume_from) if resume_from else None,
