@@ -85,6 +85,9 @@ class SemanticPrior(nn.Module):
         nn.init.zeros_(self.refine[-1].weight)
         nn.init.zeros_(self.refine[-1].bias)
 
+    # Eager under ``semcodec train --compile``: each crop's region (Python floats that change every batch)
+    # would otherwise be traced as constants, one new graph per batch.
+    @torch.compiler.disable
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int],
                 region: "tuple[float, float, float, float] | list[tuple[float, float, float, float]]",
                 latent_size: tuple[int, int]) -> torch.Tensor:
