@@ -68,7 +68,7 @@ class TrainSettings:
     #: torch device that trains ("cpu", "cuda", "cuda:1", ...); checkpoints are stored device-free.
     device: str = "cpu"
     #: Run the loss (forward and backward) through torch.compile: fused elementwise kernels, after a
-    #: one-off compilation (≈ 75 s on 2 CPU cores; needs a C++ compiler on the CPU).
+    #: one-off compilation (about a minute on 2 CPU cores; needs a C++ compiler on the CPU).
     compile: bool = False
 
 
