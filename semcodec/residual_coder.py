@@ -205,7 +205,7 @@ class ResidualCoder:
         rate = rate_to_fixed(q, self.rate_range)
         gains = self.model.gains(torch.tensor([rate / RATE_ONE]))
         y = y * gains["y"]                                                 # (1, M, h, w)
-        z = self.model.h_a(y) * gains["z"]                                 # (1, N, h/4, w/4)
+        z = _run_channels_last(self.model.h_a, y) * gains["z"]            # (1, N, h/4, w/4)
         z_sym, z_hat = self._quantize_z(z)
         params = self._y_parameters(z_hat, rate, y.shape[-2:], semantic)
         if self.model.context is not None:     # the non-anchors' parameters depend on the coded anchors
