@@ -13,6 +13,7 @@ Loss per image ``b`` with its level ``l_b`` (uniformly drawn):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -205,8 +206,26 @@ def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_
     device = _usable_device(settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    run_dir = Path(settings.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with _run_folder(Path(settings.run_dir)) as run_dir:
+        return _train(settings, config, resume_from, log, device, run_dir)
+
+
+@contextlib.contextmanager
+def _run_folder(path: Path):
+    """Creates the run folder; a new one that is still empty when training fails (e.g. at
+    compilation, before the first checkpoint) is removed again rather than left behind."""
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if created and not any(path.iterdir()):
+            path.rmdir()
+        raise
+
+
+def _train(settings: TrainSettings, config: ResidualConfig | None, resume_from: str | None, log,
+           device: torch.device, run_dir: Path) -> Path:
     last = run_dir / "last.safetensors"
     rng = random.Random(settings.seed)
     torch.manual_seed(settings.seed)

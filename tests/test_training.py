@@ -245,6 +245,7 @@ def test_a_failing_compiler_is_a_clear_error(photos, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", broken_compile)
     with pytest.raises(InvalidInputError, match="train without --compile"):
         _train_one_step(photos, tmp_path / "run", True)
+    assert not (tmp_path / "run").exists()      # a run that failed before its first checkpoint leaves no folder
     # From the shell: the flag reaches the training loop, and the failure is one line and a non-zero exit.
     from click.testing import CliRunner
 
@@ -253,4 +254,4 @@ def test_a_failing_compiler_is_a_clear_error(photos, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["train", "--data", str(photos), "--run-dir", str(tmp_path / "cli"), "--crop", "64",
                                        "--batch-size", "2", "--iterations", "1", "--compile"])
     assert result.exit_code != 0 and "train without --compile" in result.output
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "cli").exists()
