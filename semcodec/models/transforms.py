@@ -117,9 +117,11 @@ def _region_on_latent(f: torch.Tensor, region: tuple[float, float, float, float]
     """Resize token features (B, C, gh, gw) so that ``region`` covers exactly the (h, w) latent; crop it."""
     h, w = latent_size
     top, left, rh, rw = region
-    full_h, full_w = round(h / rh), round(w / rw)
+    # At least one row and column, and a crop that starts inside it: an image of a few pixels has a
+    # latent region several times larger than the tower input (its padding), which would round to 0.
+    full_h, full_w = max(round(h / rh), 1), max(round(w / rw), 1)
     f = F.interpolate(f, size=(full_h, full_w), mode="bilinear", align_corners=False)
-    r0, c0 = round(top * full_h), round(left * full_w)
+    r0, c0 = min(round(top * full_h), full_h - 1), min(round(left * full_w), full_w - 1)
     f = f[:, :, r0:r0 + h, c0:c0 + w]                           # (B, C, ≤h, ≤w)
     if f.shape[-2:] != (h, w):                                   # rounding at the border
         f = F.pad(f, (0, w - f.shape[-1], 0, h - f.shape[-2]), mode="replicate")
