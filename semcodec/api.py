@@ -109,7 +109,8 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     if sum(t is not None for t in (quality, bpp, size)) > 1:
         raise InvalidInputError("give at most one of quality, bpp and size")
     steps = _refinement_steps(effort)
-    pixels = load_rgb(image)                                     # (H, W, 3) uint8
+    notes: list[str] = []                                        # things the user should know, one line each
+    pixels = load_rgb(image, notes)                              # (H, W, 3) uint8
     height, width = pixels.shape[:2]
     if bpp is not None:
         if not bpp > 0:
@@ -120,7 +121,6 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     if semantic_bytes is not None and semantic_bytes <= 0:
         raise InvalidInputError(f"the semantic budget must be positive, got {semantic_bytes} bytes")
 
-    notes: list[str] = []
     tower_name = _choose_semantic(semantic, semantic_weights, semantic_only, notes)
     layer0 = None
     if tower_name is not None:

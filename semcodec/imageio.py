@@ -59,8 +59,16 @@ def open_image(source) -> Image.Image:
     return im
 
 
-def to_rgb8(im: Image.Image) -> np.ndarray:
-    """Convert a PIL image to (H, W, 3) uint8 following the rules of the module docstring."""
+def to_rgb8(im: Image.Image, notes: list[str] | None = None) -> np.ndarray:
+    """Convert a PIL image to (H, W, 3) uint8 following the rules of the module docstring.
+
+    Each conversion that changes what is coded (grayscale, depth, alpha, colour space,
+    frames) is described by one line appended to ``notes`` when given.
+    """
+    notes = [] if notes is None else notes
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        notes.append(f"animated image ({frames} frames): only the first frame is coded")
     try:
         im = ImageOps.exif_transpose(im) or im
     except Exception:  # a malformed EXIF block must not make the image unreadable
@@ -72,24 +80,37 @@ def to_rgb8(im: Image.Image) -> np.ndarray:
         a = np.asarray(im, dtype=np.float64)
         scale = 65535.0 if im.mode.startswith("I;16") or (im.mode == "I" and a.max(initial=0) > 255) else (
             1.0 if im.mode == "F" and a.max(initial=0) <= 1.0 else 255.0)
+        notes.append(f"{_MODE_NAMES.get(im.mode, im.mode)} grayscale: scaled to 8 bits and coded as RGB "
+                     "with equal channels")
         a = np.clip(np.floor(a / scale * 255 + 0.5), 0, 255).astype(np.uint8)
         return np.repeat(a[:, :, None], 3, axis=2)
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        what = "grayscale with transparency" if im.mode in ("LA", "La") else "transparency"
+        notes.append(f"{what}: composited over white and coded as RGB (the alpha channel is not coded)")
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba)
+    if im.mode in ("L", "1"):
+        notes.append("grayscale: coded as RGB with equal channels")
+    elif im.mode == "CMYK":
+        notes.append("CMYK: converted to RGB by Pillow (no colour management)")
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8).copy()
 
 
-def load_rgb(source) -> np.ndarray:
-    """Read any image Pillow understands (path, bytes, PIL image or array) as (H, W, 3) uint8."""
+#: How a note names a Pillow mode with more than 8 bits per sample.
+_MODE_NAMES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit integer", "F": "floating-point"}
+
+
+def load_rgb(source, notes: list[str] | None = None) -> np.ndarray:
+    """Read any image Pillow understands (path, bytes, PIL image or array) as (H, W, 3) uint8;
+    what the conversion changed goes to ``notes`` (see :func:`to_rgb8`)."""
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or not (source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (3, 4))):
             raise InvalidInputError(f"expected an (H, W), (H, W, 3) or (H, W, 4) uint8 array, "
                                     f"got shape {source.shape} dtype {source.dtype}")
         source = Image.fromarray(source)
-    return to_rgb8(open_image(source))
+    return to_rgb8(open_image(source), notes)

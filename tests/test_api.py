@@ -92,9 +92,18 @@ def test_input_kinds_are_converted(test_codec):
     rgba = rgb.convert("RGBA")
     rgba.putalpha(128)
     g16 = Image.fromarray((np.asarray(gray).astype(np.uint16) * 257)).convert("I;16")
-    for source in (_encode(gray, "PNG"), _encode(rgba, "PNG"), _encode(g16, "PNG"), _encode(rgb, "WEBP")):
-        out = semcodec.decompress(semcodec.compress(source, model=test_codec))
-        assert out.size == rgb.size
+    cases = {"grayscale:": _encode(gray, "PNG"), "transparency:": _encode(rgba, "PNG"),
+             "16-bit grayscale:": _encode(g16, "PNG"), None: _encode(rgb, "WEBP")}
+    for note, source in cases.items():
+        result = semcodec.compress_image(source, model=test_codec, semantic=False)
+        assert semcodec.decompress(result.data).size == rgb.size
+        # Each conversion that changes what is coded is one note (the CLI prints it); plain RGB has none.
+        assert [n for n in result.notes if n.startswith(note)] if note else not result.notes, (note, result.notes)
+    frames = [rgb.resize((32, 24)), rgb.resize((32, 24)).rotate(180)]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    result = semcodec.compress_image(gif.getvalue(), model=test_codec, semantic=False)
+    assert "animated image (2 frames): only the first frame is coded" in result.notes
 
 
 def test_exif_rotation_is_applied(test_codec):
