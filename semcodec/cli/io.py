@@ -43,17 +43,33 @@ def check_writable(path: str | os.PathLike, force: bool) -> None:
     or would write binary data to a terminal."""
     if str(path) == "-" and sys.stdout.isatty():
         raise InvalidInputError("refusing to write binary data to a terminal; give -o FILE or redirect stdout")
+    if str(path) != "-" and Path(path).is_dir():
+        raise InvalidInputError(f"{path} is a folder; give -o a file name (a folder is the output of several inputs)")
     if str(path) != "-" and Path(path).exists() and not force:
         raise InvalidInputError(f"{path} exists; use --force to overwrite it")
 
 
-#: Output image formats by file suffix; anything else (and stdout) is PNG.
+#: Lossless output image formats by file suffix; a name without a suffix (and stdout) is PNG.
 _IMAGE_FORMATS = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".ppm": "PPM", ".webp": "WEBP"}
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The Pillow format a decoded image is written in for this output name.
+
+    Raises:
+        InvalidInputError: the suffix names another format (e.g. .jpg: decoded pixels are
+            not re-encoded lossily behind the user's back).
+    """
+    suffix = Path(str(path)).suffix.lower() if str(path) != "-" else ""
+    if suffix and suffix not in _IMAGE_FORMATS:
+        raise InvalidInputError(f"cannot write decoded pixels as {suffix!r}: they are written losslessly as "
+                                f"{', '.join(_IMAGE_FORMATS)} (chosen by the output's suffix)")
+    return _IMAGE_FORMATS.get(suffix, "PNG")
 
 
 def encode_image(image, path: str | os.PathLike) -> bytes:
     """Encode a decoded PIL image losslessly in the format its output name asks for (PNG by default)."""
-    fmt = _IMAGE_FORMATS.get(Path(str(path)).suffix.lower(), "PNG") if str(path) != "-" else "PNG"
+    fmt = image_format(path)
     buf = io.BytesIO()
     image.save(buf, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
     return buf.getvalue()

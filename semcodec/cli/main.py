@@ -20,7 +20,7 @@ from ..batch import IMAGE_SUFFIXES, STREAM_SUFFIXES, expand_inputs, plan_outputs
 from ..errors import InvalidInputError, SemcodecError
 from ..version import __version__
 from .jobs import compress_file, decompress_file
-from .io import check_writable, encode_image, read_input_bytes, write_output_bytes
+from .io import check_writable, encode_image, image_format, read_input_bytes, write_output_bytes
 
 
 class SemcodecGroup(click.Group):
@@ -193,7 +193,8 @@ def compress(inputs, output, quality, effort, bpp, size, max_size, model, semant
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(allow_dash=True),
-              help="Output image ('-' = stdout, PNG); with several inputs, a folder. Default: next to each input, .png.")
+              help="Output image ('-' = stdout, PNG; by suffix .png .bmp .tif .ppm .webp, all lossless); with several "
+                   "inputs, a folder. Default: next to each input, .png.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Parallel worker processes (batch mode); default 1, with --engine ray one per CPU of the cluster.")
 @engine_options
@@ -214,6 +215,7 @@ def decompress(inputs, output, jobs, engine, ray_address, progress, force) -> No
     stream = inputs[0]
     out = output or default_output(stream, ".png")
     check_writable(out, force)
+    image_format(out)                   # an output name we cannot honour fails before the decode
     image = api.decompress(read_input_bytes(stream))
     write_output_bytes(out, encode_image(image, out), force=force)
 

@@ -110,6 +110,19 @@ def test_unwritable_output(runner, test_codec, sample, tmp_path):
     assert r.exit_code != 0 and "does not exist" in r.stderr
 
 
+def test_output_names_that_cannot_be_honoured(runner, test_codec, sample, tmp_path):
+    """A folder as -o, or a lossy/unknown image suffix, fails up front with one line and writes nothing."""
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path), "--model", test_codec, "--force"])
+    assert r.exit_code == 2 and "is a folder" in r.stderr
+    stream = tmp_path / "s.smc"
+    assert runner.invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec]).exit_code == 0
+    r = runner.invoke(main, ["decompress", str(stream), "-o", str(tmp_path / "out.jpg")])
+    assert r.exit_code == 2 and "'.jpg'" in r.stderr and ".png" in r.stderr
+    assert not (tmp_path / "out.jpg").exists()
+    r = runner.invoke(main, ["decompress", str(stream), "-o", str(tmp_path / "out.tiff")])
+    assert r.exit_code == 0 and Image.open(tmp_path / "out.tiff").format == "TIFF"
+
+
 def test_bad_quality_is_a_usage_error(runner, sample):
     r = runner.invoke(main, ["compress", str(sample), "-q", "300"])
     assert r.exit_code == 2 and "quality" in r.output.lower()
