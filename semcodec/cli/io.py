@@ -38,13 +38,33 @@ def read_input_bytes(path: str | os.PathLike) -> bytes:
     return data
 
 
+def default_output(input_path: str, suffix: str) -> str:
+    """Output name next to the input: ``photo.png`` → ``photo<suffix>``; stdin → stdout."""
+    if input_path == "-":
+        return "-"
+    p = Path(input_path)
+    return str(p.with_name(p.stem + suffix)) if p.suffix != suffix else str(p.with_name(p.name + suffix))
+
+
+def single_output(input_path: str, output: str | None, suffix: str) -> str:
+    """Where the output of one input goes: ``-o`` as given, or inside it under the default name when
+    it is an existing folder (as ``cp`` does); without ``-o``, next to the input."""
+    if output is None:
+        return default_output(input_path, suffix)
+    if output != "-" and Path(output).is_dir():
+        if input_path == "-":
+            raise InvalidInputError(f"{output} is a folder; with stdin as the input, give -o a file name")
+        return str(Path(output) / Path(default_output(input_path, suffix)).name)
+    return output
+
+
 def check_writable(path: str | os.PathLike, force: bool) -> None:
     """Fail early (before any work) when an output would overwrite a file without --force,
     or would write binary data to a terminal."""
     if str(path) == "-" and sys.stdout.isatty():
         raise InvalidInputError("refusing to write binary data to a terminal; give -o FILE or redirect stdout")
     if str(path) != "-" and Path(path).is_dir():
-        raise InvalidInputError(f"{path} is a folder; give -o a file name (a folder is the output of several inputs)")
+        raise InvalidInputError(f"{path} is a folder; give a file name")
     if str(path) != "-" and Path(path).exists() and not force:
         raise InvalidInputError(f"{path} exists; use --force to overwrite it")
 

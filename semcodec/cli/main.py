@@ -20,7 +20,7 @@ from ..batch import IMAGE_SUFFIXES, STREAM_SUFFIXES, expand_inputs, plan_outputs
 from ..errors import InvalidInputError, SemcodecError
 from ..version import __version__
 from .jobs import compress_file, decompress_file
-from .io import check_writable, encode_image, image_format, read_input_bytes, write_output_bytes
+from .io import check_writable, encode_image, image_format, read_input_bytes, single_output, write_output_bytes
 
 
 class SemcodecGroup(click.Group):
@@ -59,14 +59,6 @@ def info(stream: str, as_json: bool) -> None:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         click.echo(report.describe())
-
-
-def default_output(input_path: str, suffix: str) -> str:
-    """Output name next to the input: ``photo.png`` → ``photo<suffix>``; stdin → stdout."""
-    if input_path == "-":
-        return "-"
-    p = Path(input_path)
-    return str(p.with_name(p.stem + suffix)) if p.suffix != suffix else str(p.with_name(p.name + suffix))
 
 
 def is_batch(inputs: tuple[str, ...]) -> bool:
@@ -179,7 +171,7 @@ def compress(inputs, output, quality, effort, bpp, size, max_size, model, semant
                           shards, functools.partial(stream_row, options=options), "streams", force)
         return
     image = inputs[0]
-    out = output or default_output(image, ".smc")
+    out = single_output(image, output, ".smc")
     check_writable(out, force)
     source = read_input_bytes(image) if image == "-" else image
     result = api.compress_image(source, **options)
@@ -213,7 +205,7 @@ def decompress(inputs, output, jobs, engine, ray_address, progress, force) -> No
                           ray_address, force=force)
         return
     stream = inputs[0]
-    out = output or default_output(stream, ".png")
+    out = single_output(stream, output, ".png")
     check_writable(out, force)
     image_format(out)                   # an output name we cannot honour fails before the decode
     image = api.decompress(read_input_bytes(stream))

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import InvalidInputError
-from .io import check_writable, read_input_bytes, write_output_bytes
+from .io import check_writable, read_input_bytes, single_output, write_output_bytes
 
 #: Image files ``calibrate`` reads from ``--images`` (searched recursively).
 CALIBRATION_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"})
@@ -72,11 +72,6 @@ def calibrate(semantic: str, semantic_weights: Path | None, images: Path, output
                + (f"; {skipped} unreadable file(s) skipped" if skipped else ""), err=True)
 
 
-def _default_tokens_output(stream: str) -> str:
-    p = Path(stream)
-    return str(p.with_name(p.stem + ".tokens.safetensors"))
-
-
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(allow_dash=True), default=None,
@@ -121,8 +116,7 @@ def tokens(inputs: tuple[str, ...], output: str | None, calibration: Path | None
                           engine, ray_address, shards, functools.partial(tokens_row, calibration=cal), "tokens", force)
         return
     stream = inputs[0]
-    if output is None:
-        output = "-" if stream == "-" else _default_tokens_output(stream)
+    output = single_output(stream, output, ".tokens.safetensors")
     check_writable(output, force)
     result = decode_tokens(read_input_bytes(stream), calibration=calibration)
     write_output_bytes(output, result.to_bytes(), force=force)

@@ -110,12 +110,17 @@ def test_unwritable_output(runner, test_codec, sample, tmp_path):
     assert r.exit_code != 0 and "does not exist" in r.stderr
 
 
-def test_output_names_that_cannot_be_honoured(runner, test_codec, sample, tmp_path):
-    """A folder as -o, or a lossy/unknown image suffix, fails up front with one line and writes nothing."""
-    r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path), "--model", test_codec, "--force"])
+def test_output_names_and_folders(runner, test_codec, sample, tmp_path):
+    """A lossy/unknown image suffix fails up front with one line and writes nothing; a folder as -o of one
+    input receives the output under its default name (as with cp)."""
+    folder = tmp_path / "streams"
+    folder.mkdir()
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(folder), "--model", test_codec])
+    assert r.exit_code == 0, r.output
+    stream = folder / "photo.smc"
+    assert stream.exists()
+    r = runner.invoke(main, ["compress", "-", "-o", str(folder), "--model", test_codec], input=sample.read_bytes())
     assert r.exit_code == 2 and "is a folder" in r.stderr
-    stream = tmp_path / "s.smc"
-    assert runner.invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec]).exit_code == 0
     r = runner.invoke(main, ["decompress", str(stream), "-o", str(tmp_path / "out.jpg")])
     assert r.exit_code == 2 and "'.jpg'" in r.stderr and ".png" in r.stderr
     assert not (tmp_path / "out.jpg").exists()
