@@ -13,6 +13,7 @@ Models are loaded once per process and reused (see :func:`load_codec`).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -113,8 +114,8 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     pixels = load_rgb(image, notes)                              # (H, W, 3) uint8
     height, width = pixels.shape[:2]
     if bpp is not None:
-        if not bpp > 0:
-            raise InvalidInputError(f"bpp must be positive, got {bpp}")
+        if not (bpp > 0 and math.isfinite(bpp)):
+            raise InvalidInputError(f"bpp must be a positive finite number, got {bpp}")
         size = max(1, int(round(bpp * width * height / 8)))
     if size is not None and size <= 0:
         raise InvalidInputError(f"size must be a positive number of bytes, got {size}")

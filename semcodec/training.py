@@ -29,6 +29,7 @@ from PIL import Image
 from .checkpoints import CDF_BUFFERS, load_residual_checkpoint, save_residual_checkpoint
 from .errors import InvalidInputError, TrainingDivergedError
 from .models.residual import ResidualCodec, ResidualConfig, SemanticCondition
+from .residual_coder import ALIGN
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 #: Training stops (without writing the diverged weights) after this many skipped updates in a row.
@@ -203,6 +204,8 @@ def _lr_at(settings: TrainSettings, iteration: int, warmup_from: int = 0) -> flo
 def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_from: str | None = None,
           log=print) -> Path:
     """Train (or resume training) a residual codec; returns the path of the last checkpoint."""
+    if settings.crop < ALIGN or settings.crop % ALIGN:
+        raise InvalidInputError(f"the crop side must be a multiple of {ALIGN} (the model's stride); got {settings.crop}")
     device = _usable_device(settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)

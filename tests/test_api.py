@@ -125,6 +125,9 @@ def test_bad_inputs(test_codec, tmp_path):
         semcodec.compress(b"hello world", model=test_codec)
     with pytest.raises(InvalidInputError, match="quality"):
         semcodec.compress(SAMPLE, quality=101, model=test_codec)
+    for bpp in (0.0, float("inf"), float("nan")):
+        with pytest.raises(InvalidInputError, match="bpp must be a positive finite number"):
+            semcodec.compress(SAMPLE, bpp=bpp, model=test_codec)
     with pytest.raises(ModelNotAvailableError):
         semcodec.compress(SAMPLE, model="no-such-model")
 

@@ -210,9 +210,16 @@ def test_train_cli_passes_the_lr_schedule_to_the_recipe_and_refuses_bad_ones(pho
     # Past the decay length, the schedule (after warm-up) sits at --lr-final: the way to anneal a resumed run.
     settings = TrainSettings(data="", run_dir="", lr_final=2e-5, lr_decay_iterations=1)
     assert _lr_at(settings, 5000) == pytest.approx(2e-5)
-    for bad, message in ((["--lr-final", "1e-3"], "--lr-final must be in"),
-                         (["--lr-final", "0"], "--lr-final must be in"),
-                         (["--lr-decay-iterations", "0"], "--lr-decay-iterations must be positive")):
+    for bad, message in ((["--lr-final", "1e-3"], "--lr-final must not exceed --lr"),
+                         (["--lr-final", "0"], "'--lr-final': 0.0 is not in the range x>0"),
+                         (["--lr", "nan"], "'--lr': nan is not a finite number"),
+                         (["--lr", "inf"], "'--lr': inf is not a finite number"),
+                         (["--hours", "nan"], "'--hours': nan is not a finite number"),
+                         (["--threads", "-1"], "'--threads': -1 is not in the range x>=0"),
+                         (["--batch-size", "0"], "'--batch-size': 0 is not in the range x>=1"),
+                         (["--crop", "100"], "the crop side must be a multiple of 64"),
+                         (["--crop", "0"], "'--crop': 0 is not in the range x>=64"),
+                         (["--lr-decay-iterations", "0"], "'--lr-decay-iterations': 0 is not in the range x>=1")):
         result = CliRunner().invoke(main, args + ["--run-dir", str(tmp_path / "bad")] + bad)
         assert result.exit_code != 0 and message in result.output
         assert not (tmp_path / "bad").exists()

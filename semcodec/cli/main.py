@@ -20,6 +20,7 @@ from ..batch import IMAGE_SUFFIXES, STREAM_SUFFIXES, expand_inputs, plan_outputs
 from ..errors import InvalidInputError, SemcodecError
 from ..version import __version__
 from .jobs import compress_file, decompress_file
+from .params import FiniteFloatRange
 from .io import check_writable, encode_image, image_format, read_input_bytes, single_output, write_output_bytes
 
 
@@ -117,8 +118,8 @@ def rate_options(f):
     """The rate settings shared by compress commands."""
     f = click.option("--max", "max_size", is_flag=True, help="Treat --bpp/--size as a ceiling: never above it.")(f)
     f = click.option("--size", type=click.IntRange(min=1), default=None, help="Target size of the whole stream in bytes (±2%).")(f)
-    f = click.option("--bpp", type=click.FloatRange(min=0, min_open=True), default=None, help="Target bits per pixel of the whole stream (±2%).")(f)
-    f = click.option("-q", "--quality", type=click.FloatRange(0, 100), default=None, help="Fixed quality, 0 (smallest) to 100 (best); default 75.")(f)
+    f = click.option("--bpp", type=FiniteFloatRange(min=0, min_open=True), default=None, help="Target bits per pixel of the whole stream (±2%).")(f)
+    f = click.option("-q", "--quality", type=FiniteFloatRange(0, 100), default=None, help="Fixed quality, 0 (smallest) to 100 (best); default 75.")(f)
     f = click.option("-e", "--effort", type=click.IntRange(0, 3), default=0, show_default=True,
                      help="Encoder effort: above 0, the pixel layer's latent is refined for the image "
                           "(smaller streams at the same quality; much slower encoding).")(f)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import InvalidInputError
+from .params import FiniteFloatRange
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 
@@ -20,19 +21,20 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
               help="Registered architecture to create when starting from scratch.")
 @click.option("--resume-from", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Start from this checkpoint (e.g. the shipped one) when the run folder has none.")
-@click.option("--hours", type=float, default=None, help="Stop after this many hours of training in this call.")
-@click.option("--iterations", type=int, default=None, help="Stop at this total iteration count.")
-@click.option("--crop", type=int, default=128, show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate (after warm-up).")
-@click.option("--lr-final", type=float, default=1e-4, show_default=True,
+@click.option("--hours", type=FiniteFloatRange(min=0), default=None, help="Stop after this many hours of training in this call.")
+@click.option("--iterations", type=click.IntRange(min=0), default=None, help="Stop at this total iteration count.")
+@click.option("--crop", type=click.IntRange(min=64), default=128, show_default=True,
+              help="Side of the square training crops, a multiple of 64 (the model's stride).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=5e-4, show_default=True, help="Peak learning rate (after warm-up).")
+@click.option("--lr-final", type=FiniteFloatRange(min=0, min_open=True), default=1e-4, show_default=True,
               help="Learning rate the cosine decay ends at.")
-@click.option("--lr-decay-iterations", type=int, default=150_000, show_default=True,
+@click.option("--lr-decay-iterations", type=click.IntRange(min=1), default=150_000, show_default=True,
               help="Total iteration (counted from 0, not from the resume point) at which the cosine reaches "
                    "--lr-final; a value just above a resumed run's count anneals it.")
-@click.option("--threads", type=int, default=0, help="torch threads (0 = torch's default).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="torch threads (0 = torch's default).")
 @click.option("--device", default="cpu", show_default=True, help="torch device that trains, e.g. cuda.")
-@click.option("--checkpoint-minutes", type=float, default=8.0, show_default=True,
+@click.option("--checkpoint-minutes", type=FiniteFloatRange(min=0, min_open=True), default=8.0, show_default=True,
               help="Write last.safetensors at least this often.")
 @click.option("--semantic", default=None, help="Condition the entropy model on this tower's decoded layer-0 tokens.")
 @click.option("--conditioning-only", is_flag=True, help="Train only the --semantic tower's prior; everything else frozen.")
@@ -56,10 +58,8 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
     data = data or DEFAULT_DATA
     if not data.is_dir():
         raise InvalidInputError(f"training data folder {data} does not exist; pass --data DIR")
-    if not 0 < lr_final <= lr:
-        raise InvalidInputError(f"--lr-final must be in (0, --lr]; got {lr_final} with --lr {lr}")
-    if lr_decay_iterations < 1:
-        raise InvalidInputError(f"--lr-decay-iterations must be positive; got {lr_decay_iterations}")
+    if lr_final > lr:
+        raise InvalidInputError(f"--lr-final must not exceed --lr; got {lr_final} with --lr {lr}")
     registry = codec_models()
     if model_name not in registry:
         raise InvalidInputError(f"unknown model {model_name!r}; registered: {', '.join(registry)}")

@@ -133,6 +133,9 @@ def test_bad_quality_is_a_usage_error(runner, sample):
     assert r.exit_code == 2 and "quality" in r.output.lower()
     r = runner.invoke(main, ["compress", str(sample), "--effort", "4"])
     assert r.exit_code == 2 and "effort" in r.output.lower()
+    for option, value in (("-q", "nan"), ("--bpp", "inf"), ("--bpp", "nan")):
+        r = runner.invoke(main, ["compress", str(sample), option, value])
+        assert r.exit_code == 2 and f"{value} is not a finite number" in r.output
 
 
 def test_effort_from_the_shell(runner, test_codec, sample, tmp_path):
