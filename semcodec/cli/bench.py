@@ -26,6 +26,8 @@ def _usable_cpus() -> int:
 def _parse_settings(values: tuple[str, ...]) -> list[dict] | None:
     if not values:
         return None
+    from ..bench.runner import compress_image_keywords, unsupported_keywords
+
     out = []
     for v in values:
         try:
@@ -35,6 +37,10 @@ def _parse_settings(values: tuple[str, ...]) -> list[dict] | None:
         if not isinstance(d, dict):
             raise click.BadParameter(f"must be a JSON object of compress_image keywords, got {v!r}",
                                      param_hint="--setting")
+        unknown = unsupported_keywords(d)
+        if unknown:
+            raise click.BadParameter(f"compress_image has no keyword {', '.join(map(repr, unknown))} (in {v!r}); "
+                                     f"it takes {', '.join(compress_image_keywords())}", param_hint="--setting")
         out.append(d)
     return out
 
@@ -65,8 +71,8 @@ def _command_line(images_dir: Path, params: dict) -> str:
 @click.option("--quick", is_flag=True, help="4 images, 4 rate points per codec, 2 speed images: a few minutes.")
 @click.option("--model", default="semcodec-ms192", show_default=True, help="Codec model of the semcodec curves.")
 @click.option("--semantic", default="tiny", show_default=True,
-              help="Semantic tower for token fidelity (and a semcodec curve with that semantic layer once "
-                   "compress_image supports it); 'none' skips tokens. 'tiny' is offline and NOT semantic.")
+              help="Semantic tower for token fidelity and the semcodec curve with that semantic layer; "
+                   "'none' skips both. 'tiny' is offline and NOT semantic.")
 @click.option("--baselines", default=DEFAULT_BASELINES, show_default=True,
               help="Comma-separated: jpeg420, jpeg444, webp, avif, jxl, compressai (zoo weights already in the "
                    "torch hub cache only); 'none' for semcodec alone.")

@@ -146,6 +146,8 @@ def test_cli_errors(runner, tmp_path, monkeypatch, small_images):
     assert r.exit_code == 2 and "unknown jpeg, png" in r.output
     r = runner.invoke(bench, [str(small_images), "--setting", "{quality: 5}"])
     assert r.exit_code == 2 and "not JSON" in r.output
+    r = runner.invoke(bench, [str(small_images), "--setting", '{"qualty": 5}'])
+    assert r.exit_code == 2 and "compress_image has no keyword 'qualty'" in r.output and "it takes quality" in r.output
     empty = tmp_path / "empty"
     empty.mkdir()
     r = runner.invoke(bench, [str(empty)])
