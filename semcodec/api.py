@@ -275,7 +275,8 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
     met within ±2 %, or never exceeded with ``max_size=True``.
 
     Args:
-        image: a path, encoded image bytes, a PIL image or an (H, W, 3) uint8 array.
+        image: a path, encoded image bytes, a binary file object, a PIL image or an
+            (H, W), (H, W, 3) or (H, W, 4) uint8 array.
             Grayscale, 16-bit, transparent and EXIF-rotated images are converted as
             described in :mod:`semcodec.imageio`.
         quality: 0 (smallest) to 100 (best); default 75.

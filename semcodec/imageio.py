@@ -29,9 +29,17 @@ MAX_SIDE = 16384
 
 
 def open_image(source) -> Image.Image:
-    """Open ``source`` (path, bytes or PIL image) as a PIL image, with clear errors for non-images."""
+    """Open ``source`` (path, bytes, binary file object or PIL image) as a PIL image, with clear
+    errors for non-images."""
     if isinstance(source, Image.Image):
         return source
+    if hasattr(source, "read"):                    # a file object: open(path, "rb"), io.BytesIO, …
+        source = source.read()
+        if isinstance(source, str):
+            raise InvalidInputError("the file object is in text mode; open the image with mode 'rb'")
+    if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+        raise InvalidInputError(f"cannot read an image from a {type(source).__name__}; pass a path, bytes, "
+                                f"a binary file object, a PIL image or an (H, W[, 3 or 4]) uint8 array")
     name = str(source) if isinstance(source, (str, os.PathLike)) else "input"
     try:
         with warnings.catch_warnings():
@@ -106,7 +114,7 @@ _MODE_NAMES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-
 
 
 def load_rgb(source, notes: list[str] | None = None) -> np.ndarray:
-    """Read any image Pillow understands (path, bytes, PIL image or array) as (H, W, 3) uint8;
+    """Read any image Pillow understands (path, bytes, file object, PIL image or array) as (H, W, 3) uint8;
     what the conversion changed goes to ``notes`` (see :func:`to_rgb8`)."""
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or not (source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (3, 4))):

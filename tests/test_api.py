@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import semcodec
@@ -106,6 +107,13 @@ def test_input_kinds_are_converted(test_codec):
     assert "animated image (2 frames): only the first frame is coded" in result.notes
 
 
+def test_file_objects_are_read_like_their_bytes(test_codec):
+    expected = semcodec.compress(SAMPLE, model=test_codec, semantic=False)
+    with open(SAMPLE, "rb") as f:
+        assert semcodec.compress(f, model=test_codec, semantic=False) == expected
+    assert semcodec.compress(io.BytesIO(SAMPLE.read_bytes()), model=test_codec, semantic=False) == expected
+
+
 def test_exif_rotation_is_applied(test_codec):
     im = Image.open(SAMPLE).convert("RGB")
     exif = Image.Exif()
@@ -125,6 +133,11 @@ def test_bad_inputs(test_codec, tmp_path):
         semcodec.compress(b"hello world", model=test_codec)
     with pytest.raises(InvalidInputError, match="quality"):
         semcodec.compress(SAMPLE, quality=101, model=test_codec)
+    for wrong in (None, 5, torch.zeros(3, 8, 8)):
+        with pytest.raises(InvalidInputError, match="cannot read an image from a"):
+            semcodec.compress(wrong, model=test_codec)
+    with open(SAMPLE, "r", encoding="latin-1") as text_file, pytest.raises(InvalidInputError, match="text mode"):
+        semcodec.compress(text_file, model=test_codec)
     for bpp in (0.0, float("inf"), float("nan")):
         with pytest.raises(InvalidInputError, match="bpp must be a positive finite number"):
             semcodec.compress(SAMPLE, bpp=bpp, model=test_codec)
