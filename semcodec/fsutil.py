@@ -1,6 +1,9 @@
-"""Atomic file writes: a temporary file in the destination folder, then a rename.
+"""File system helpers: capped whole-file reads, and atomic writes.
 
-A reader never sees a partial file, and an error or Ctrl-C leaves nothing behind.
+Reads are capped, so that a pipe or a device (``/dev/zero``) that never ends is an
+error, not an exhausted memory. Writes go to a temporary file in the destination
+folder, then a rename: a reader never sees a partial file, and an error or Ctrl-C
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -9,6 +12,33 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+from .errors import InvalidInputError
+
+#: Largest input read into memory (streams and images).
+MAX_INPUT_BYTES = 1 << 30
+
+
+def read_capped(path: str | os.PathLike, limit: int = MAX_INPUT_BYTES) -> bytes:
+    """The whole content of a file, pipe (e.g. bash's ``<(…)``) or device, at most ``limit`` bytes,
+    with a clear :class:`InvalidInputError` for missing, unreadable or oversized inputs."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise InvalidInputError(f"{p} is a directory, not a file")
+        if p.is_file() and p.stat().st_size > limit:
+            raise InvalidInputError(f"{p} is {p.stat().st_size} bytes; the limit is {limit}")
+        with open(p, "rb") as f:
+            data = f.read(limit + 1)      # pipes and devices report no size: read one byte past the limit
+    except FileNotFoundError:
+        raise InvalidInputError(f"{p}: no such file") from None
+    except PermissionError:
+        raise InvalidInputError(f"{p}: permission denied") from None
+    except OSError as e:
+        raise InvalidInputError(f"{p}: cannot read ({e.strerror or e})") from None
+    if len(data) > limit:
+        raise InvalidInputError(f"{p} holds more than {limit} bytes, the limit")
+    return data
 
 
 def default_file_mode() -> int:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInputError
+from .fsutil import read_capped
 
 #: Largest accepted image (pixels); the container caps each side at 16384.
 MAX_PIXELS = 1 << 28
@@ -40,26 +41,26 @@ def open_image(source) -> Image.Image:
     if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
         raise InvalidInputError(f"cannot read an image from a {type(source).__name__}; pass a path, bytes, "
                                 f"a binary file object, a PIL image or an (H, W[, 3 or 4]) uint8 array")
-    name = str(source) if isinstance(source, (str, os.PathLike)) else "input"
+    name = "input"
+    if isinstance(source, (str, os.PathLike)):
+        name, path = str(source), Path(source)
+        if not path.exists():
+            raise InvalidInputError(f"{path}: no such file")
+        if path.is_dir():
+            raise InvalidInputError(f"{path} is a directory, not an image")
+        if not path.is_file():      # a pipe (bash's <(…)) or a device: Pillow seeks, so read it whole first
+            source = read_capped(path)
+        elif path.stat().st_size == 0:
+            source = b""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise InvalidInputError(f"{name} is empty (0 bytes), not an image")
+        source = io.BytesIO(bytes(source))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if isinstance(source, (bytes, bytearray, memoryview)):
-                if len(source) == 0:
-                    raise InvalidInputError("input is empty (0 bytes), not an image")
-                im = Image.open(io.BytesIO(bytes(source)))
-            else:
-                p = Path(source)
-                if not p.exists():
-                    raise InvalidInputError(f"{p}: no such file")
-                if p.is_dir():
-                    raise InvalidInputError(f"{p} is a directory, not an image")
-                if p.stat().st_size == 0:
-                    raise InvalidInputError(f"{p} is empty (0 bytes), not an image")
-                im = Image.open(p)
+            im = Image.open(source)
             im.load()
-    except InvalidInputError:
-        raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InvalidInputError(f"{name} is not an image Pillow can read ({e.__class__.__name__})") from None
     except (OSError, SyntaxError, ValueError) as e:

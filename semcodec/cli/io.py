@@ -7,34 +7,16 @@ import os
 import sys
 from pathlib import Path
 
-from ..fsutil import atomic_write
+from ..fsutil import MAX_INPUT_BYTES, atomic_write, read_capped
 from ..errors import InvalidInputError
 
-#: Largest input file read into memory (streams and images).
-MAX_INPUT_BYTES = 1 << 30
-
-
 def read_input_bytes(path: str | os.PathLike) -> bytes:
-    """Read a whole input file, or stdin for '-', with a clear error for missing or oversized files."""
-    if str(path) == "-":
-        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
-    else:
-        p = Path(path)
-        try:
-            if p.is_dir():
-                raise InvalidInputError(f"{p} is a directory, not a file")
-            size = p.stat().st_size
-            if size > MAX_INPUT_BYTES:
-                raise InvalidInputError(f"{p} is {size} bytes; the limit is {MAX_INPUT_BYTES}")
-            data = p.read_bytes()
-        except FileNotFoundError:
-            raise InvalidInputError(f"{p}: no such file") from None
-        except PermissionError:
-            raise InvalidInputError(f"{p}: permission denied") from None
-        except OSError as e:
-            raise InvalidInputError(f"{p}: cannot read ({e.strerror or e})") from None
+    """Read a whole input file, pipe or stdin for '-', with a clear error for missing or oversized inputs."""
+    if str(path) != "-":
+        return read_capped(path)
+    data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
     if len(data) > MAX_INPUT_BYTES:
-        raise InvalidInputError(f"input exceeds {MAX_INPUT_BYTES} bytes")
+        raise InvalidInputError(f"standard input holds more than {MAX_INPUT_BYTES} bytes, the limit")
     return data
 
 

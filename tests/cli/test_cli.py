@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import threading
 
 import pytest
 from helpers import SAMPLE
 from PIL import Image
 
 from semcodec.cli.main import main
+from semcodec.errors import InvalidInputError
+from semcodec.fsutil import read_capped
 
 
 @pytest.fixture
@@ -53,6 +58,32 @@ def test_stdin_stdout(runner, test_codec, sample):
     stream = r.stdout_bytes
     r = runner.invoke(main, ["decompress", "-", "-o", "-"], input=stream)
     assert r.exit_code == 0 and r.stdout_bytes.startswith(b"\x89PNG")
+
+
+@contextlib.contextmanager
+def _pipe_path(content: bytes):
+    """A path naming the read end of a pipe that holds ``content`` (what bash's <(…) gives)."""
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write_end, content), os.close(write_end)))
+    writer.start()
+    try:
+        yield f"/proc/self/fd/{read_end}"
+    finally:
+        writer.join()
+        os.close(read_end)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
+def test_pipes_as_input_paths(runner, test_codec, sample, tmp_path):
+    with _pipe_path(sample.read_bytes()) as path:
+        r = runner.invoke(main, ["compress", path, "-o", str(tmp_path / "p.smc"), "--model", test_codec])
+    assert r.exit_code == 0, r.output
+    with _pipe_path((tmp_path / "p.smc").read_bytes()) as path:
+        r = runner.invoke(main, ["decompress", path, "-o", str(tmp_path / "p.png")])
+    assert r.exit_code == 0 and Image.open(tmp_path / "p.png").size == Image.open(sample).size
+    # A pipe or device that never ends is refused at the input cap instead of filling memory.
+    with _pipe_path(b"x" * 100) as path, pytest.raises(InvalidInputError, match="holds more than 64 bytes"):
+        read_capped(path, limit=64)
 
 
 def test_info_text_and_json(runner, test_codec, sample, tmp_path):
