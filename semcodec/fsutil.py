@@ -51,10 +51,18 @@ def default_file_mode() -> int:
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Create ``path`` atomically: ``write(tmp_path)`` fills a temporary file that is then renamed.
 
+    A symlink is followed: the file it names is replaced and the link kept. A path that names
+    something other than a regular file (``/dev/null``, a pipe such as bash's ``>(…)``) cannot be
+    replaced by a rename and must not be: ``write`` writes into it directly.
+
     Raises:
         OSError: the folder does not exist or is not writable (nothing is left behind).
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        write(str(path))
+        return
+    path = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent if str(path.parent) else ".")
     os.close(fd)
     try:

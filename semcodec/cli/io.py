@@ -47,7 +47,14 @@ def check_writable(path: str | os.PathLike, force: bool) -> None:
         raise InvalidInputError("refusing to write binary data to a terminal; give -o FILE or redirect stdout")
     if str(path) != "-" and Path(path).is_dir():
         raise InvalidInputError(f"{path} is a folder; give a file name")
-    if str(path) != "-" and Path(path).exists() and not force:
+    if str(path) != "-":
+        refuse_overwrite(path, force)
+
+
+def refuse_overwrite(path: str | os.PathLike, force: bool) -> None:
+    """Refuse to replace an existing file without ``force``. A device or a pipe (``-o /dev/null``,
+    bash's ``>(…)``) is written into, not replaced, and needs no ``force``."""
+    if not force and Path(path).is_file():
         raise InvalidInputError(f"{path} exists; use --force to overwrite it")
 
 
@@ -88,8 +95,7 @@ def write_output_bytes(path: str | os.PathLike, data: bytes, force: bool = False
         sys.stdout.buffer.flush()
         return
     p = Path(path)
-    if p.exists() and not force:
-        raise InvalidInputError(f"{p} exists; use --force to overwrite it")
+    refuse_overwrite(p, force)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:

@@ -86,6 +86,28 @@ def test_pipes_as_input_paths(runner, test_codec, sample, tmp_path):
         read_capped(path, limit=64)
 
 
+def test_outputs_through_symlinks_and_into_pipes(runner, test_codec, sample, tmp_path):
+    stream = tmp_path / "s.smc"
+    assert runner.invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec]).exit_code == 0
+    # A symlink is followed: its target is replaced (with --force), the link stays.
+    target, link = tmp_path / "target.png", tmp_path / "link.png"
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    assert runner.invoke(main, ["decompress", str(stream), "-o", str(link)]).exit_code != 0
+    assert runner.invoke(main, ["decompress", str(stream), "-o", str(link), "-f"]).exit_code == 0
+    assert link.is_symlink() and Image.open(target).size == Image.open(sample).size
+    # A pipe (like /dev/null or bash's >(…)) is written into, not replaced by a rename, and needs no --force.
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    r = runner.invoke(main, ["decompress", str(stream), "-o", str(fifo)])
+    reader.join(timeout=60)
+    assert r.exit_code == 0, r.output
+    assert received[0].startswith(b"\x89PNG") and fifo.is_fifo()
+
+
 def test_info_text_and_json(runner, test_codec, sample, tmp_path):
     stream = tmp_path / "s.smc"
     assert runner.invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec]).exit_code == 0
