@@ -122,10 +122,13 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     if semantic_bytes is not None and semantic_bytes <= 0:
         raise InvalidInputError(f"the semantic budget must be positive, got {semantic_bytes} bytes")
 
-    tower_name = _choose_semantic(semantic, semantic_weights, semantic_only, notes)
+    if semantic_only and size is not None and semantic_bytes is not None:
+        raise InvalidInputError("a --semantic-only stream is layer 0 alone: budget it with --size/--bpp or "
+                                "--semantic-bytes, not both")
+    tower_name = _choose_semantic(semantic, semantic_weights, semantic_only, semantic_bytes, notes)
     layer0 = None
     if tower_name is not None:
-        whole_stream = semantic_only and size is not None and semantic_bytes is None
+        whole_stream = semantic_only and size is not None
         layer0 = _encode_semantic(pixels, tower_name, semantic_weights,
                                   max_bytes=size if whole_stream else semantic_bytes, whole_stream=whole_stream)
     if semantic_only:
@@ -202,19 +205,23 @@ def _header(width: int, height: int, layer0: _Layer0 | None, codec: LoadedCodec 
                   preprocessing=layer0.preprocessing if layer0 else "", width=width, height=height, layers=layers)
 
 
-def _choose_semantic(semantic, weights, semantic_only: bool, notes: list[str]) -> str | None:
-    """Which tower codes layer 0: an explicit one, the default when present here, or none (with a note)."""
+def _choose_semantic(semantic, weights, semantic_only: bool, semantic_bytes: int | None,
+                     notes: list[str]) -> str | None:
+    """Which tower codes layer 0: an explicit one, the default when present here, or none (with a note).
+
+    Weights, ``semantic_only`` or a layer-0 budget ask for layer 0: then the default tower
+    is used, and an error (not a note) says why when it cannot be."""
     from .models.semantic import DEFAULT_SEMANTIC_MODEL, weights_path
     from .semantic_coder import find_calibration
 
     if semantic is False:
-        if semantic_only:
-            raise InvalidInputError("--semantic-only needs a semantic tower")
+        if semantic_only or semantic_bytes is not None:
+            raise InvalidInputError("--semantic-only and --semantic-bytes need a semantic tower")
         return None
     if semantic not in (None, True):
         return str(semantic)
     name = DEFAULT_SEMANTIC_MODEL
-    if weights is not None or semantic_only:
+    if weights is not None or semantic_only or semantic_bytes is not None:
         return name
     have_weights = have_calibration = False
     try:

@@ -254,6 +254,9 @@ def test_semantic_only_and_budgets(runner, test_codec, sample, tmp_path):
     assert 0.9 * 700 <= only.stat().st_size <= 700   # layer 0 alone: the target is a ceiling (discrete knobs)
     r = runner.invoke(main, ["decompress", str(only), "-o", str(tmp_path / "x.png")])
     assert r.exit_code == 3 and "no pixel layer" in r.stderr
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path / "two.smc"), "--semantic", "tiny",
+                             "--semantic-only", "--size", "700", "--semantic-bytes", "300"])
+    assert r.exit_code == 2 and "not both" in r.stderr and not (tmp_path / "two.smc").exists()
     budget = tmp_path / "budget.smc"
     r = runner.invoke(main, ["compress", str(sample), "-o", str(budget), "--model", test_codec, "--semantic", "tiny",
                              "--semantic-bytes", "300"])
@@ -275,6 +278,10 @@ def test_explicit_unavailable_tower_is_an_error(runner, test_codec, sample, tmp_
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path / "p.smc"), "--model", test_codec,
                              "--semantic", "clip-l14-336"])
+    assert r.exit_code == 4 and "clip-l14-336" in r.stderr and not (tmp_path / "p.smc").exists()
+    # A layer-0 budget asks for layer 0 as --semantic does: the unavailable default tower is an error, not a note.
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path / "p.smc"), "--model", test_codec,
+                             "--semantic-bytes", "100"])
     assert r.exit_code == 4 and "clip-l14-336" in r.stderr and not (tmp_path / "p.smc").exists()
 
 
