@@ -10,6 +10,7 @@ from pathlib import Path
 from ..fsutil import MAX_INPUT_BYTES, atomic_write, read_capped
 from ..errors import InvalidInputError
 
+
 def read_input_bytes(path: str | os.PathLike) -> bytes:
     """Read a whole input file, pipe or stdin for '-', with a clear error for missing or oversized inputs."""
     if str(path) != "-":

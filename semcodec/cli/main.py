@@ -20,8 +20,8 @@ from ..batch import IMAGE_SUFFIXES, STREAM_SUFFIXES, expand_inputs, plan_outputs
 from ..errors import InvalidInputError, SemcodecError
 from ..version import __version__
 from .jobs import compress_file, decompress_file
-from .params import FiniteFloatRange
 from .io import check_writable, encode_image, image_format, read_input_bytes, single_output, write_output_bytes
+from .params import FiniteFloatRange
 
 
 class SemcodecGroup(click.Group):
