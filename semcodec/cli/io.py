@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..batch import IMAGE_SUFFIXES
 from ..fsutil import MAX_INPUT_BYTES, atomic_write, read_capped
 from ..errors import InvalidInputError
 
@@ -57,6 +58,23 @@ def refuse_overwrite(path: str | os.PathLike, force: bool) -> None:
     bash's ``>(…)``) is written into, not replaced, and needs no ``force``."""
     if not force and Path(path).is_file():
         raise InvalidInputError(f"{path} exists; use --force to overwrite it")
+
+
+def check_stream_name(path: str | os.PathLike) -> None:
+    """Refuse to write a semcodec stream under an image's name (``-o x.png``), which would promise
+    an image that no viewer can open."""
+    suffix = Path(str(path)).suffix.lower() if str(path) != "-" else ""
+    if suffix in IMAGE_SUFFIXES:
+        raise InvalidInputError(f"{path} would hold a semcodec stream, not a {suffix} image; name it .smc "
+                                f"(decompress writes images)")
+
+
+def check_tokens_name(path: str | os.PathLike) -> None:
+    """Refuse a tokens output name whose suffix promises another format (``-o x.npy``, ``x.pt``):
+    tokens are written as safetensors."""
+    suffix = Path(str(path)).suffix.lower() if str(path) != "-" else ""
+    if suffix not in ("", ".safetensors"):
+        raise InvalidInputError(f"tokens are written as safetensors; name the output .safetensors, not {suffix!r}")
 
 
 #: Lossless output image formats by file suffix; a name without a suffix (and stdout) is PNG.

@@ -20,7 +20,7 @@ from ..batch import IMAGE_SUFFIXES, STREAM_SUFFIXES, expand_inputs, plan_outputs
 from ..errors import InvalidInputError, SemcodecError
 from ..version import __version__
 from .jobs import compress_file, decompress_file
-from .io import check_writable, encode_image, image_format, read_input_bytes, single_output, write_output_bytes
+from .io import check_stream_name, check_writable, encode_image, image_format, read_input_bytes, single_output, write_output_bytes
 from .params import FiniteFloatRange
 
 
@@ -173,6 +173,7 @@ def compress(inputs, output, quality, effort, bpp, size, max_size, model, semant
         return
     image = inputs[0]
     out = single_output(image, output, ".smc")
+    check_stream_name(out)
     check_writable(out, force)
     source = read_input_bytes(image) if image == "-" else image
     result = api.compress_image(source, **options)

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import InvalidInputError
-from .io import check_writable, read_input_bytes, single_output, write_output_bytes
+from .io import check_tokens_name, check_writable, read_input_bytes, single_output, write_output_bytes
 
 #: Image files ``calibrate`` reads from ``--images`` (searched recursively).
 CALIBRATION_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"})
@@ -117,6 +117,7 @@ def tokens(inputs: tuple[str, ...], output: str | None, calibration: Path | None
         return
     stream = inputs[0]
     output = single_output(stream, output, ".tokens.safetensors")
+    check_tokens_name(output)
     check_writable(output, force)
     result = decode_tokens(read_input_bytes(stream), calibration=calibration)
     write_output_bytes(output, result.to_bytes(), force=force)

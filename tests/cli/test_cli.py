@@ -164,8 +164,8 @@ def test_unwritable_output(runner, test_codec, sample, tmp_path):
 
 
 def test_output_names_and_folders(runner, test_codec, sample, tmp_path):
-    """A lossy/unknown image suffix fails up front with one line and writes nothing; a folder as -o of one
-    input receives the output under its default name (as with cp)."""
+    """A lossy/unknown image suffix (or a misleading stream/tokens suffix) fails up front with one line and
+    writes nothing; a folder as -o of one input receives the output under its default name (as with cp)."""
     folder = tmp_path / "streams"
     folder.mkdir()
     r = runner.invoke(main, ["compress", str(sample), "-o", str(folder), "--model", test_codec])
@@ -179,6 +179,11 @@ def test_output_names_and_folders(runner, test_codec, sample, tmp_path):
     assert not (tmp_path / "out.jpg").exists()
     r = runner.invoke(main, ["decompress", str(stream), "-o", str(tmp_path / "out.tiff")])
     assert r.exit_code == 0 and Image.open(tmp_path / "out.tiff").format == "TIFF"
+    # A stream named like an image, or tokens named like another array format, would mislead: refused up front.
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path / "photo.png"), "--model", test_codec])
+    assert r.exit_code == 2 and "name it .smc" in r.stderr and not (tmp_path / "photo.png").exists()
+    r = runner.invoke(main, ["tokens", str(stream), "-o", str(tmp_path / "t.npy")])
+    assert r.exit_code == 2 and "written as safetensors" in r.stderr and not (tmp_path / "t.npy").exists()
 
 
 def test_bad_quality_is_a_usage_error(runner, sample):
