@@ -74,13 +74,15 @@ def expand_inputs(inputs: Iterable[str], suffixes: frozenset[str]) -> list[tuple
     inputs, the bare file name otherwise.
 
     Raises:
-        InvalidInputError: an input matches nothing.
+        InvalidInputError: an input (file, folder or pattern) matches nothing.
     """
     found: list[tuple[Path, Path]] = []
     for spec in inputs:
         p = Path(spec)
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
+            if not files:
+                raise InvalidInputError(f"{spec}: no {' '.join(sorted(suffixes))} files in this folder")
             found += [(f, f.relative_to(p)) for f in files]
         elif p.exists():
             found.append((p, Path(p.name)))

@@ -82,8 +82,6 @@ def run_batch_command(inputs, output, suffix, suffixes, work, jobs, progress, de
     engine = "ray" if ray_address else engine
     if engine == "local" and not shards:
         items = plan_outputs(expand_inputs(inputs, suffixes), out_dir, suffix)
-        if not items:
-            raise InvalidInputError("no input files found")
         outcomes = run_batch(items, work, jobs=jobs or 1, progress=progress, description=description)
     else:
         from ..distributed import require, run_distributed
@@ -93,8 +91,6 @@ def run_batch_command(inputs, output, suffix, suffixes, work, jobs, progress, de
         if shards:
             require("pyarrow")
         pairs = expand_inputs(inputs, suffixes)
-        if not pairs:
-            raise InvalidInputError("no input files found")
         outcomes = run_distributed(pairs, out_dir, suffix, work, engine=engine, address=ray_address, jobs=jobs,
                                    shards=shards, shard_kind=shard_kind, shard_row=shard_row, force=force,
                                    progress=progress, description=description)

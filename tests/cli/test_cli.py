@@ -216,6 +216,9 @@ def test_batch_folder_with_a_bad_file(runner, test_codec, tmp_path):
     r = runner.invoke(main, ["decompress", str(tmp_path / "out"), "-o", str(tmp_path / "dec"), "--no-progress"])
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "dec" / "sub" / "b.png").exists()
+    # A folder with nothing to do is named in the error (streams are not images).
+    r = runner.invoke(main, ["compress", str(tmp_path / "out"), "-o", str(tmp_path / "x"), "--no-progress"])
+    assert r.exit_code == 2 and f"{tmp_path / 'out'}: no .avif .bmp" in r.stderr and "files in this folder" in r.stderr
 
 
 def test_batch_with_jobs_and_glob(runner, test_codec, tmp_path):
