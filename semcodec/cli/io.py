@@ -60,10 +60,15 @@ def refuse_overwrite(path: str | os.PathLike, force: bool) -> None:
         raise InvalidInputError(f"{path} exists; use --force to overwrite it")
 
 
+def _suffix(path: str | os.PathLike) -> str:
+    """The lower-case suffix of an output name ('' for stdout and names without one)."""
+    return Path(str(path)).suffix.lower() if str(path) != "-" else ""
+
+
 def check_stream_name(path: str | os.PathLike) -> None:
     """Refuse to write a semcodec stream under an image's name (``-o x.png``), which would promise
     an image that no viewer can open."""
-    suffix = Path(str(path)).suffix.lower() if str(path) != "-" else ""
+    suffix = _suffix(path)
     if suffix in IMAGE_SUFFIXES:
         raise InvalidInputError(f"{path} would hold a semcodec stream, not a {suffix} image; name it .smc "
                                 f"(decompress writes images)")
@@ -72,7 +77,7 @@ def check_stream_name(path: str | os.PathLike) -> None:
 def check_tokens_name(path: str | os.PathLike) -> None:
     """Refuse a tokens output name whose suffix promises another format (``-o x.npy``, ``x.pt``):
     tokens are written as safetensors."""
-    suffix = Path(str(path)).suffix.lower() if str(path) != "-" else ""
+    suffix = _suffix(path)
     if suffix not in ("", ".safetensors"):
         raise InvalidInputError(f"tokens are written as safetensors; name the output .safetensors, not {suffix!r}")
 
@@ -88,7 +93,7 @@ def image_format(path: str | os.PathLike) -> str:
         InvalidInputError: the suffix names another format (e.g. .jpg: decoded pixels are
             not re-encoded lossily behind the user's back).
     """
-    suffix = Path(str(path)).suffix.lower() if str(path) != "-" else ""
+    suffix = _suffix(path)
     if suffix and suffix not in _IMAGE_FORMATS:
         raise InvalidInputError(f"cannot write decoded pixels as {suffix!r}: they are written losslessly as "
                                 f"{', '.join(_IMAGE_FORMATS)} (chosen by the output's suffix)")
