@@ -542,6 +542,24 @@ def results_markdown(result: BenchResult, meta: dict, summary: list[dict], bd_ro
     return "\n".join(lines) + "\n"
 
 
+def results_section(readme: Path) -> tuple[int, int]:
+    """Offsets of :data:`README_BEGIN` and :data:`README_END` in the README (checked before a
+    benchmark runs, so that a README without them fails at once, not after the run).
+
+    Raises:
+        ValueError: the README lacks the markers or cannot be read.
+    """
+    try:
+        text = Path(readme).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {readme}: {e}") from None
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"{readme} has no results section; add the lines {README_BEGIN} and {README_END} "
+                         "where the results should go")
+    return begin, end
+
+
 def update_readme(readme: Path, outdir: Path) -> Path:
     """Replaces the README's results section with ``outdir/results.md``.
 
@@ -554,10 +572,7 @@ def update_readme(readme: Path, outdir: Path) -> Path:
     """
     readme, outdir = Path(readme), Path(outdir)
     text = readme.read_text()
-    begin, end = text.find(README_BEGIN), text.find(README_END)
-    if begin < 0 or end < begin:
-        raise ValueError(f"{readme} has no results section; add the lines {README_BEGIN} and {README_END} "
-                         "where the results should go")
+    begin, end = results_section(readme)
     results = (outdir / "results.md").read_text()
     rel = Path(os.path.relpath(outdir.resolve(), readme.resolve().parent))
     results = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"![{m[1]}]({(rel / m[2]).as_posix()})", results)

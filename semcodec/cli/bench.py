@@ -111,8 +111,14 @@ def bench(ctx, images_dir, output, quick, model, semantic, baselines, threads, l
     settings = _parse_settings(setting)
 
     from ..bench.baselines import BASELINE_NAMES
-    from ..bench.report import PUBLISHED_RD, run_metadata, update_readme as rewrite_readme, write_report
+    from ..bench.report import PUBLISHED_RD, results_section, run_metadata, update_readme as rewrite_readme, write_report
     from ..bench.runner import BenchConfig, list_images, run_bench
+
+    if update_readme is not None:
+        try:
+            results_section(update_readme)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--update-readme") from None
 
     unknown = [n for n in names if n not in BASELINE_NAMES]
     if unknown:

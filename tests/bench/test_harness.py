@@ -148,6 +148,10 @@ def test_cli_errors(runner, tmp_path, monkeypatch, small_images):
     assert r.exit_code == 2 and "not JSON" in r.output
     r = runner.invoke(bench, [str(small_images), "--setting", '{"qualty": 5}'])
     assert r.exit_code == 2 and "compress_image has no keyword 'qualty'" in r.output and "it takes quality" in r.output
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("# no results section\n")
+    r = runner.invoke(bench, [str(small_images), "--update-readme", str(plain), "-o", str(tmp_path / "never")])
+    assert r.exit_code == 2 and "has no results section" in r.output and not (tmp_path / "never").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
     r = runner.invoke(bench, [str(empty)])
