@@ -26,8 +26,8 @@ def read_capped(path: str | os.PathLike, limit: int = MAX_INPUT_BYTES) -> bytes:
     try:
         if p.is_dir():
             raise InvalidInputError(f"{p} is a directory, not a file")
-        if p.is_file() and p.stat().st_size > limit:
-            raise InvalidInputError(f"{p} is {p.stat().st_size} bytes; the limit is {limit}")
+        if p.is_file() and (size := p.stat().st_size) > limit:
+            raise InvalidInputError(f"{p} is {size} bytes; the limit is {limit}")
         with open(p, "rb") as f:
             data = f.read(limit + 1)      # pipes and devices report no size: read one byte past the limit
     except FileNotFoundError:

@@ -542,9 +542,9 @@ def results_markdown(result: BenchResult, meta: dict, summary: list[dict], bd_ro
     return "\n".join(lines) + "\n"
 
 
-def results_section(readme: Path) -> tuple[int, int]:
-    """Offsets of :data:`README_BEGIN` and :data:`README_END` in the README (checked before a
-    benchmark runs, so that a README without them fails at once, not after the run).
+def results_section(readme: Path) -> tuple[str, int, int]:
+    """The README's text and the offsets of :data:`README_BEGIN` and :data:`README_END` in it
+    (checked before a benchmark runs, so that a README without them fails at once, not after the run).
 
     Raises:
         ValueError: the README lacks the markers or cannot be read.
@@ -557,7 +557,7 @@ def results_section(readme: Path) -> tuple[int, int]:
     if begin < 0 or end < begin:
         raise ValueError(f"{readme} has no results section; add the lines {README_BEGIN} and {README_END} "
                          "where the results should go")
-    return begin, end
+    return text, begin, end
 
 
 def update_readme(readme: Path, outdir: Path) -> Path:
@@ -568,11 +568,10 @@ def update_readme(readme: Path, outdir: Path) -> Path:
 
     Raises:
         FileNotFoundError: no ``results.md`` in ``outdir``.
-        ValueError: the README lacks the markers.
+        ValueError: the README lacks the markers or cannot be read.
     """
     readme, outdir = Path(readme), Path(outdir)
-    text = readme.read_text()
-    begin, end = results_section(readme)
+    text, begin, end = results_section(readme)
     results = (outdir / "results.md").read_text()
     rel = Path(os.path.relpath(outdir.resolve(), readme.resolve().parent))
     results = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"![{m[1]}]({(rel / m[2]).as_posix()})", results)

@@ -47,9 +47,9 @@ def check_writable(path: str | os.PathLike, force: bool) -> None:
     or would write binary data to a terminal."""
     if str(path) == "-" and sys.stdout.isatty():
         raise InvalidInputError("refusing to write binary data to a terminal; give -o FILE or redirect stdout")
-    if str(path) != "-" and Path(path).is_dir():
-        raise InvalidInputError(f"{path} is a folder; give a file name")
     if str(path) != "-":
+        if Path(path).is_dir():
+            raise InvalidInputError(f"{path} is a folder; give a file name")
         refuse_overwrite(path, force)
 
 
