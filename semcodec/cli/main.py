@@ -49,17 +49,40 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("stream", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("streams", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def info(stream: str, as_json: bool) -> None:
-    """Print the header of a semcodec STREAM and the size of each layer ('-' reads stdin)."""
+def info(streams: tuple[str, ...], as_json: bool) -> None:
+    """Print the header of each semcodec stream and the size of each layer.
+
+    STREAMS are files, folders (their .smc files, recursively) or glob patterns; '-' reads stdin.
+    With several streams, each report is headed by its path (a JSON list with --json), a stream
+    that cannot be read is reported on stderr, and the exit status is 1 if any failed.
+    """
     from ..api import inspect
 
-    report = inspect(read_input_bytes(stream))
+    if not is_batch(streams):
+        report = inspect(read_input_bytes(streams[0]))
+        click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.describe())
+        return
+    if "-" in streams:
+        raise InvalidInputError("'-' (stdin) cannot be combined with other inputs")
+    rows, failed = [], 0
+    for path, _ in expand_inputs(streams, STREAM_SUFFIXES):
+        try:
+            report = inspect(read_input_bytes(path))
+        except SemcodecError as e:
+            failed += 1
+            click.echo(f"semcodec: error: {path}: {e}", err=True)
+            continue
+        if as_json:
+            rows.append({"path": str(path)} | report.to_dict())
+        else:
+            click.echo(("\n" if rows else "") + f"==> {path} <==\n{report.describe()}")
+            rows.append(path)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        click.echo(report.describe())
+        click.echo(json.dumps(rows, indent=2))
+    if failed:
+        sys.exit(1)
 
 
 def is_batch(inputs: tuple[str, ...]) -> bool:

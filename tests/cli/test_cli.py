@@ -119,6 +119,28 @@ def test_info_text_and_json(runner, test_codec, sample, tmp_path):
     assert info["width"], info["height"] == Image.open(sample).size
 
 
+def test_info_several_streams_folders_and_failures(runner, test_codec, sample, tmp_path):
+    good = tmp_path / "a" / "s.smc"
+    good.parent.mkdir()
+    assert runner.invoke(main, ["compress", str(sample), "-o", str(good), "--model", test_codec]).exit_code == 0
+    (tmp_path / "a" / "deep").mkdir()
+    nested = tmp_path / "a" / "deep" / "t.smc"
+    nested.write_bytes(good.read_bytes())
+    bad = tmp_path / "bad.smc"
+    bad.write_bytes(good.read_bytes()[:-5])                     # truncated
+    r = runner.invoke(main, ["info", str(tmp_path / "a"), str(bad)])
+    assert r.exit_code == 1
+    assert f"==> {good} <==" in r.stdout and f"==> {nested} <==" in r.stdout
+    assert r.stdout.count("layer 1 (pixels)") == 2
+    assert str(bad) in r.stderr and "Traceback" not in r.output
+    r = runner.invoke(main, ["info", "--json", str(good), str(nested)])
+    rows = json.loads(r.stdout)
+    assert r.exit_code == 0 and [row["path"] for row in rows] == [str(good), str(nested)]
+    assert rows[0]["total_bytes"] == good.stat().st_size
+    r = runner.invoke(main, ["info", str(good), "-"])
+    assert r.exit_code != 0 and "stdin" in r.output
+
+
 def test_models_lists_registry(runner):
     r = runner.invoke(main, ["models", "--json"])
     assert r.exit_code == 0
