@@ -197,3 +197,5 @@ def test_calibrate_cli(tmp_path):
     r = CliRunner().invoke(group, ["calibrate", "--semantic", "tiny", "--images", str(tmp_path / "none"), "-o",
                                    str(tmp_path / "x.safetensors")])
     assert r.exit_code == 2 and "not a folder" in r.output
+    r = CliRunner().invoke(group, args[:-3] + ["-o", str(tmp_path / "cal.png"), "--no-progress"])
+    assert r.exit_code == 2 and "name it .safetensors, not '.png'" in r.output and not (tmp_path / "cal.png").exists()

@@ -219,7 +219,9 @@ def test_train_cli_passes_the_lr_schedule_to_the_recipe_and_refuses_bad_ones(pho
                          (["--batch-size", "0"], "'--batch-size': 0 is not in the range x>=1"),
                          (["--crop", "100"], "the crop side must be a multiple of 64"),
                          (["--crop", "0"], "'--crop': 0 is not in the range x>=64"),
-                         (["--lr-decay-iterations", "0"], "'--lr-decay-iterations': 0 is not in the range x>=1")):
+                         (["--lr-decay-iterations", "0"], "'--lr-decay-iterations': 0 is not in the range x>=1"),
+                         (["--export-to", str(tmp_path / "model.pt")], "name it .safetensors, not '.pt'"),
+                         (["--export-to", str(tmp_path / "no" / "m.safetensors")], f"folder {tmp_path / 'no'} does not exist")):
         result = CliRunner().invoke(main, args + ["--run-dir", str(tmp_path / "bad")] + bad)
         assert result.exit_code != 0 and message in result.output
         assert not (tmp_path / "bad").exists()

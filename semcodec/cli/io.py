@@ -74,12 +74,12 @@ def check_stream_name(path: str | os.PathLike) -> None:
                                 f"(decompress writes images)")
 
 
-def check_tokens_name(path: str | os.PathLike) -> None:
-    """Refuse a tokens output name whose suffix promises another format (``-o x.npy``, ``x.pt``):
-    tokens are written as safetensors."""
+def check_safetensors_name(path: str | os.PathLike, what: str) -> None:
+    """Refuse an output name whose suffix promises another format (``-o x.npy``, ``x.pt``, ``x.png``)
+    for ``what`` (tokens, a calibration, a checkpoint), which is written as safetensors."""
     suffix = _suffix(path)
     if suffix not in ("", ".safetensors"):
-        raise InvalidInputError(f"tokens are written as safetensors; name the output .safetensors, not {suffix!r}")
+        raise InvalidInputError(f"{path} would hold {what} in safetensors format; name it .safetensors, not {suffix!r}")
 
 
 #: Lossless output image formats by file suffix; a name without a suffix (and stdout) is PNG.

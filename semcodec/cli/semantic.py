@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import InvalidInputError
-from .io import check_tokens_name, check_writable, read_input_bytes, single_output, write_output_bytes
+from .io import check_safetensors_name, check_writable, read_input_bytes, single_output, write_output_bytes
 
 #: Image files ``calibrate`` reads from ``--images`` (searched recursively).
 CALIBRATION_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"})
@@ -55,6 +55,7 @@ def calibrate(semantic: str, semantic_weights: Path | None, images: Path, output
     from ..semantic_coder import calibrate as run_calibration
 
     output = output.expanduser()
+    check_safetensors_name(output, "a calibration")
     check_writable(output, force)
     if not output.parent.exists():
         raise InvalidInputError(f"cannot write {output}: folder {output.parent} does not exist")
@@ -117,7 +118,7 @@ def tokens(inputs: tuple[str, ...], output: str | None, calibration: Path | None
         return
     stream = inputs[0]
     output = single_output(stream, output, ".tokens.safetensors")
-    check_tokens_name(output)
+    check_safetensors_name(output, "tokens")
     check_writable(output, force)
     result = decode_tokens(read_input_bytes(stream), calibration=calibration)
     write_output_bytes(output, result.to_bytes(), force=force)
