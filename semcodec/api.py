@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +25,7 @@ import torch
 from PIL import Image
 
 from .bitstream.container import (
+    MAGIC,
     RESIDUAL_LAYER,
     SEMANTIC_LAYER,
     Chunk,
@@ -33,6 +36,7 @@ from .bitstream.container import (
 )
 from .checkpoints import file_digest, load_residual_checkpoint
 from .errors import InvalidInputError, MissingLayerError, ModelMismatchError, RateControlError, SemcodecError
+from .fsutil import read_capped
 from .imageio import load_rgb
 from .models.registry import DEFAULT_CODEC_MODEL, require_checkpoint
 from .ratecontrol import RateCurve, search_rate
@@ -109,6 +113,9 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     """Compress an image and report how (see :func:`compress` for the arguments)."""
     if sum(t is not None for t in (quality, bpp, size)) > 1:
         raise InvalidInputError("give at most one of quality, bpp and size")
+    quality, bpp = _number(quality, "quality"), _number(bpp, "bpp")
+    size, semantic_bytes = _number(size, "size", whole=True), _number(semantic_bytes, "semantic_bytes", whole=True)
+    effort = _number(effort, "effort", whole=True)
     steps = _refinement_steps(effort)
     notes: list[str] = []                                        # things the user should know, one line each
     pixels = load_rgb(image, notes)                              # (H, W, 3) uint8
@@ -179,6 +186,20 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
         found = search_rate(encoder_for(y), size, *rate_range, q_start=found.q, slope=slope, never_above=max_size)
         trials += len(found.trials)
     return CompressResult(found.data, width, height, found.q, trials, tuple(notes))
+
+
+def _number(value, name: str, whole: bool = False):
+    """``value`` checked to be a real number (an ``int`` for ``whole``), or None; a string, a bool or
+    a fractional byte count is an :class:`InvalidInputError`, not a ``TypeError`` deep inside."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidInputError(f"{name} must be a number, not {type(value).__name__} {value!r}")
+    if whole:
+        if not (math.isfinite(value) and value == int(value)):
+            raise InvalidInputError(f"{name} must be a whole number, got {value}")
+        return int(value)
+    return value
 
 
 def _refinement_steps(effort: int) -> int:
@@ -313,8 +334,29 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
                           semantic_bytes=semantic_bytes, effort=effort).data
 
 
-def decode_tokens(data: bytes):
-    """Decode layer 0 of a stream into MLLM-ready tokens (no pixels, no vision transformer).
+def _stream_data(source) -> bytes | bytearray | memoryview:
+    """The bytes of a stream given as bytes-like data, a path (``str`` or ``os.PathLike``) or a binary
+    file object; the decoders call it, so each takes any of these.
+
+    Raises:
+        InvalidInputError: a missing or unreadable file, a text-mode file object, or a ``str`` that
+            holds a stream's content rather than a path (the file was read in text mode).
+    """
+    if hasattr(source, "read"):                        # open(path, "rb"), io.BytesIO, sys.stdin.buffer, …
+        source = source.read()
+        if isinstance(source, str):
+            raise InvalidInputError("the file object is in text mode; open the stream with mode 'rb'")
+        return source
+    if isinstance(source, str) and ("\x00" in source or MAGIC[1:4].decode("ascii") in source[:8]):
+        raise InvalidInputError("a semcodec stream is bytes, not str (open the file in binary mode, 'rb')")
+    if isinstance(source, (str, os.PathLike)):
+        return read_capped(source)
+    return source
+
+
+def decode_tokens(data):
+    """Decode layer 0 of a stream (bytes, a path or a binary file object) into MLLM-ready tokens
+    (no pixels, no vision transformer).
 
     Returns:
         :class:`semcodec.semantic_coder.Tokens`: ``tokens (N, D)``, ``positions`` of the coded
@@ -325,18 +367,20 @@ def decode_tokens(data: bytes):
     """
     from .semantic_coder import decode_tokens as _decode_tokens
 
-    return _decode_tokens(data)
+    return _decode_tokens(_stream_data(data))
 
 
 # --------------------------------------------------------------------------- decompress
-def decompress(data: bytes) -> Image.Image:
-    """Decode the pixel layer of a semcodec stream into an RGB PIL image.
+def decompress(data) -> Image.Image:
+    """Decode the pixel layer of a semcodec stream (bytes, a path or a binary file object) into an
+    RGB PIL image.
 
     Raises:
         MissingLayerError: the stream has no pixel layer (semantic-only).
         ModelMismatchError: the stream needs another checkpoint than the one installed.
         StreamError: the stream is truncated or corrupt.
     """
+    data = _stream_data(data)
     container = read_container(data)
     h = container.header
     payload = container.layer(RESIDUAL_LAYER)
@@ -414,8 +458,10 @@ class StreamInfo:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def inspect(data: bytes) -> StreamInfo:
-    """Parse and validate a stream's container and report its header and layer sizes."""
+def inspect(data) -> StreamInfo:
+    """Parse and validate a stream's container (bytes, a path or a binary file object) and report its
+    header and layer sizes."""
+    data = _stream_data(data)
     c = read_container(data)
     h = c.header
     return StreamInfo(

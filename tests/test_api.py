@@ -114,6 +114,25 @@ def test_file_objects_are_read_like_their_bytes(test_codec):
     assert semcodec.compress(io.BytesIO(SAMPLE.read_bytes()), model=test_codec, semantic=False) == expected
 
 
+def test_decoders_take_paths_and_binary_files(test_codec, tmp_path):
+    data = semcodec.compress(SAMPLE, quality=50, model=test_codec, semantic="tiny")
+    stream = tmp_path / "s.smc"
+    stream.write_bytes(data)
+    expected = semcodec.decompress(data).tobytes()
+    assert semcodec.decompress(str(stream)).tobytes() == expected
+    assert semcodec.decompress(stream).tobytes() == expected
+    with open(stream, "rb") as f:
+        assert semcodec.decompress(f).tobytes() == expected
+    assert semcodec.inspect(stream) == semcodec.inspect(data)
+    assert torch.equal(semcodec.decode_tokens(str(stream)).tokens, semcodec.decode_tokens(data).tokens)
+    with pytest.raises(InvalidInputError, match="no such file"):
+        semcodec.decompress(tmp_path / "missing.smc")
+    with open(stream, encoding="latin-1") as f, pytest.raises(InvalidInputError, match="text mode"):
+        semcodec.inspect(f)
+    with pytest.raises(InvalidInputError, match="binary mode"):      # a stream's content read as text
+        semcodec.decompress(data.decode("latin-1"))
+
+
 def test_exif_rotation_is_applied(test_codec):
     im = Image.open(SAMPLE).convert("RGB")
     exif = Image.Exif()
@@ -141,6 +160,13 @@ def test_bad_inputs(test_codec, tmp_path):
     for bpp in (0.0, float("inf"), float("nan")):
         with pytest.raises(InvalidInputError, match="bpp must be a positive finite number"):
             semcodec.compress(SAMPLE, bpp=bpp, model=test_codec)
+    for setting, message in (({"quality": "60"}, "quality must be a number, not str"),
+                             ({"bpp": "0.3"}, "bpp must be a number, not str"),
+                             ({"size": 5000.5}, "size must be a whole number"),
+                             ({"effort": True}, "effort must be a number, not bool"),
+                             ({"semantic_bytes": "300"}, "semantic_bytes must be a number")):
+        with pytest.raises(InvalidInputError, match=message):
+            semcodec.compress(SAMPLE, model=test_codec, **setting)
     with pytest.raises(ModelNotAvailableError):
         semcodec.compress(SAMPLE, model="no-such-model")
 
