@@ -347,7 +347,7 @@ def _stream_data(source) -> bytes | bytearray | memoryview:
         if isinstance(source, str):
             raise InvalidInputError("the file object is in text mode; open the stream with mode 'rb'")
         return source
-    if isinstance(source, str) and ("\x00" in source or MAGIC[1:4].decode("ascii") in source[:8]):
+    if isinstance(source, str) and (source.startswith(MAGIC[:4].decode("latin-1")) or "\x00" in source):
         raise InvalidInputError("a semcodec stream is bytes, not str (open the file in binary mode, 'rb')")
     if isinstance(source, (str, os.PathLike)):
         return read_capped(source)

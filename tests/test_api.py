@@ -114,11 +114,14 @@ def test_file_objects_are_read_like_their_bytes(test_codec):
     assert semcodec.compress(io.BytesIO(SAMPLE.read_bytes()), model=test_codec, semantic=False) == expected
 
 
-def test_decoders_take_paths_and_binary_files(test_codec, tmp_path):
+def test_decoders_take_paths_and_binary_files(test_codec, tmp_path, monkeypatch):
     data = semcodec.compress(SAMPLE, quality=50, model=test_codec, semantic="tiny")
     stream = tmp_path / "s.smc"
     stream.write_bytes(data)
     expected = semcodec.decompress(data).tobytes()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "SMC_0001.smc").write_bytes(data)       # a name with the magic's letters is still a path
+    assert semcodec.inspect("SMC_0001.smc").total_bytes == len(data)
     assert semcodec.decompress(str(stream)).tobytes() == expected
     assert semcodec.decompress(stream).tobytes() == expected
     with open(stream, "rb") as f:

@@ -66,7 +66,7 @@ def info(streams: tuple[str, ...], as_json: bool) -> None:
         return
     if "-" in streams:
         raise InvalidInputError("'-' (stdin) cannot be combined with other inputs")
-    rows, failed = [], 0
+    reports, failed = [], 0
     for path, _ in expand_inputs(streams, STREAM_SUFFIXES):
         try:
             report = inspect(read_input_bytes(path))
@@ -74,13 +74,11 @@ def info(streams: tuple[str, ...], as_json: bool) -> None:
             failed += 1
             click.echo(f"semcodec: error: {path}: {e}", err=True)
             continue
-        if as_json:
-            rows.append({"path": str(path)} | report.to_dict())
-        else:
-            click.echo(("\n" if rows else "") + f"==> {path} <==\n{report.describe()}")
-            rows.append(path)
+        if not as_json:                                   # a blank line between reports, as head(1) does
+            click.echo(("\n" if reports else "") + f"==> {path} <==\n{report.describe()}")
+        reports.append({"path": str(path)} | report.to_dict())
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(reports, indent=2))
     if failed:
         sys.exit(1)
 
