@@ -53,6 +53,12 @@ def check_writable(path: str | os.PathLike, force: bool) -> None:
         refuse_overwrite(path, force)
 
 
+def check_output_folder(path: str | os.PathLike) -> None:
+    """Fail before any work (training, calibration) when an output's folder does not exist."""
+    if str(path) != "-" and not Path(path).parent.exists():
+        raise InvalidInputError(f"cannot write {path}: folder {Path(path).parent} does not exist")
+
+
 def refuse_overwrite(path: str | os.PathLike, force: bool) -> None:
     """Refuse to replace an existing file without ``force``. A device or a pipe (``-o /dev/null``,
     bash's ``>(…)``) is written into, not replaced, and needs no ``force``."""

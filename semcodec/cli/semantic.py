@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import InvalidInputError
-from .io import check_safetensors_name, check_writable, read_input_bytes, single_output, write_output_bytes
+from .io import check_output_folder, check_safetensors_name, check_writable, read_input_bytes, single_output, write_output_bytes
 
 #: Image files ``calibrate`` reads from ``--images`` (searched recursively).
 CALIBRATION_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"})
@@ -57,8 +57,7 @@ def calibrate(semantic: str, semantic_weights: Path | None, images: Path, output
     output = output.expanduser()
     check_safetensors_name(output, "a calibration")
     check_writable(output, force)
-    if not output.parent.exists():
-        raise InvalidInputError(f"cannot write {output}: folder {output.parent} does not exist")
+    check_output_folder(output)
     files = _image_files(images.expanduser())
     tower = load_tower(semantic, weights=semantic_weights)
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import InvalidInputError
-from .io import check_safetensors_name
+from .io import check_output_folder, check_safetensors_name
 from .params import FiniteFloatRange
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
@@ -61,8 +61,7 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
         raise InvalidInputError(f"training data folder {data} does not exist; pass --data DIR")
     if export_to:
         check_safetensors_name(export_to, "a codec checkpoint")
-        if not export_to.parent.exists():       # found now, not after hours of training
-            raise InvalidInputError(f"cannot write {export_to}: folder {export_to.parent} does not exist")
+        check_output_folder(export_to)          # found now, not after hours of training
     if lr_final > lr:
         raise InvalidInputError(f"--lr-final must not exceed --lr; got {lr_final} with --lr {lr}")
     registry = codec_models()
