@@ -38,7 +38,7 @@ from .checkpoints import file_digest, load_residual_checkpoint
 from .errors import InvalidInputError, MissingLayerError, ModelMismatchError, RateControlError, SemcodecError
 from .fsutil import read_capped
 from .imageio import load_rgb
-from .models.registry import DEFAULT_CODEC_MODEL, require_checkpoint
+from .models.registry import DEFAULT_CODEC_MODEL, earlier_checkpoints, require_checkpoint
 from .ratecontrol import RateCurve, search_rate
 from .models.residual import SemanticCondition
 from .residual_coder import EFFORT_STEPS, ResidualCoder, image_to_tensor, residual_is_conditioned, tensor_to_image
@@ -63,15 +63,25 @@ class LoadedCodec:
     rate_curve: RateCurve
 
 
-@lru_cache(maxsize=4)
 def load_codec(name: str = DEFAULT_CODEC_MODEL) -> LoadedCodec:
-    """Load a registered codec model (cached per process).
+    """Load a registered codec model's current checkpoint (cached per process and file; see
+    :func:`clear_codec_cache`).
 
     Raises:
         ModelNotAvailableError: its checkpoint is not on this machine.
         ModelError: the checkpoint is malformed.
     """
-    path = require_checkpoint(name)
+    return _load_codec_file(name, require_checkpoint(name))
+
+
+def clear_codec_cache() -> None:
+    """Forget the loaded codecs (after checkpoint files or ``$SEMCODEC_CHECKPOINTS`` changed)."""
+    _load_codec_file.cache_clear()
+
+
+@lru_cache(maxsize=4)
+def _load_codec_file(name: str, path: Path) -> LoadedCodec:
+    """The codec in checkpoint file ``path`` of model ``name``."""
     model, meta = load_residual_checkpoint(path)
     q_min, q_max = model.config.quality_range
     # Without a measured curve: log-linear from 0.1 bpp at q_min to 1.5 bpp at the top trained level.
@@ -79,6 +89,26 @@ def load_codec(name: str = DEFAULT_CODEC_MODEL) -> LoadedCodec:
     curve = RateCurve.from_metadata(json.loads(meta["rate_curve"]) if "rate_curve" in meta else default)
     return LoadedCodec(name=name, checkpoint=path, digest8=file_digest(path)[:8], coder=ResidualCoder(model),
                        rate_curve=curve)
+
+
+def codec_for_stream(name: str, digest8: bytes) -> LoadedCodec:
+    """The codec whose checkpoint wrote a stream: the current checkpoint of ``name``, or an earlier one
+    kept beside it as ``<name>-<anything>.safetensors`` (see :func:`~semcodec.models.registry.earlier_checkpoints`).
+
+    Raises:
+        ModelNotAvailableError: no checkpoint of ``name`` is on this machine.
+        ModelMismatchError: none of them has the checkpoint hash ``digest8`` the stream names.
+    """
+    codec = load_codec(name)
+    if codec.digest8 == digest8:
+        return codec
+    for path in earlier_checkpoints(name):
+        if file_digest(path)[:8] == digest8:
+            return _load_codec_file(name, path)
+    raise ModelMismatchError(
+        f"the stream was made with {name} checkpoint {digest8.hex()}, but {codec.checkpoint} is {codec.digest8.hex()}; "
+        f"to decode it, put the checkpoint that wrote it (from that semcodec release) beside this one as "
+        f"{codec.checkpoint.parent / f'{name}-{digest8.hex()}.safetensors'}")
 
 
 def quality_to_rate(quality: float, quality_range: tuple[float, float]) -> float:
@@ -390,10 +420,7 @@ def decompress(data) -> Image.Image:
     if h.width * h.height > MAX_PIXEL_LAYER_PIXELS:
         raise InvalidInputError(f"the stream's pixel layer is {h.width}x{h.height}, beyond the "
                                 f"{MAX_PIXEL_LAYER_PIXELS // 10**6} megapixels this decoder holds in memory")
-    codec = load_codec(h.codec_model)
-    if codec.digest8 != h.codec_checkpoint:
-        raise ModelMismatchError(f"the stream was made with {h.codec_model} checkpoint {h.codec_checkpoint.hex()}, "
-                                 f"but {codec.checkpoint} is {codec.digest8.hex()}")
+    codec = codec_for_stream(h.codec_model, h.codec_checkpoint)
     condition = None
     if residual_is_conditioned(payload):
         from .semantic_coder import decode_tokens as _decode_tokens

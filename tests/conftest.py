@@ -13,11 +13,11 @@ from helpers import KODAK, TEST_DATA, TEST_MODEL
 def test_codec(monkeypatch):
     """Make the tiny fixed-seed test codec (tests/data/checkpoints) loadable; returns its name."""
     monkeypatch.setenv("SEMCODEC_CHECKPOINTS", str(TEST_DATA / "checkpoints"))
-    from semcodec.api import load_codec
+    from semcodec.api import clear_codec_cache
 
-    load_codec.cache_clear()
+    clear_codec_cache()
     yield TEST_MODEL
-    load_codec.cache_clear()
+    clear_codec_cache()
 
 
 @pytest.fixture

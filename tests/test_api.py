@@ -190,6 +190,35 @@ def test_stream_errors(test_codec):
         semcodec.decompress(write_container(Container(other, c.chunks)))
 
 
+def test_streams_of_an_earlier_checkpoint_decode_while_it_is_kept(test_codec, tmp_path, monkeypatch):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from semcodec.api import clear_codec_cache
+    from semcodec.checkpoints import file_digest
+
+    shipped = TEST_DATA / "checkpoints" / f"{test_codec}.safetensors"
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    current = folder / shipped.name
+    current.write_bytes(shipped.read_bytes())
+    monkeypatch.setenv("SEMCODEC_CHECKPOINTS", str(folder))
+    clear_codec_cache()
+    data = semcodec.compress(SAMPLE, quality=50, model=test_codec, semantic=False)
+    expected = semcodec.decompress(data).tobytes()
+    # A new release replaces the checkpoint (here: same weights, another file); the old one is kept beside it.
+    kept = current.rename(folder / f"{test_codec}-previous.safetensors")
+    meta = safe_open(str(kept), "pt").metadata() | {"release": "next"}
+    save_file(load_file(str(kept)), str(current), metadata=meta)
+    clear_codec_cache()
+    assert semcodec.decompress(data).tobytes() == expected
+    kept.unlink()
+    clear_codec_cache()
+    wanted = file_digest(shipped)[:8].hex()
+    with pytest.raises(ModelMismatchError, match=f"beside this one as .*{test_codec}-{wanted}.safetensors"):
+        semcodec.decompress(data)
+
+
 @pytest.mark.parametrize("rate", [0x7FFF, 0x8000])   # i16: q ≈ +8 and q = -8, both outside -4..3
 def test_payload_damage_behind_a_valid_crc_is_detected(test_codec, rate):
     """Damage inside RES1 with a recomputed CRC must still raise a SemcodecError, never garbage silently."""

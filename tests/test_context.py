@@ -127,7 +127,7 @@ def test_context_only_is_refused_where_it_cannot_apply(photos, tmp_path):
 def test_a_context_stream_refuses_a_model_that_computes_other_parameters(test_codec, monkeypatch):
     """The digest covers the non-anchors' corrected scales too."""
     data = semcodec.compress(SAMPLE, quality=60, model=CTX_MODEL, semantic=False)
-    from semcodec.api import load_codec
+    from semcodec.api import clear_codec_cache, load_codec
 
     coder = load_codec(CTX_MODEL).coder
     with torch.no_grad():
@@ -136,7 +136,7 @@ def test_a_context_stream_refuses_a_model_that_computes_other_parameters(test_co
         with pytest.raises(ModelMismatchError):
             semcodec.decompress(data)
     finally:
-        load_codec.cache_clear()
+        clear_codec_cache()
 
 
 def test_train_cli_adds_the_context_and_refuses_an_unknown_one(photos, tmp_path):

@@ -62,6 +62,13 @@ def find_checkpoint(name: str) -> Path | None:
     return None
 
 
+def earlier_checkpoints(name: str) -> list[Path]:
+    """Other checkpoints of model ``name`` kept beside the current one (``<name>-<anything>.safetensors``
+    in the checkpoint folders, e.g. ``semcodec-ms192-3bb5aabd.safetensors``): a decoder looks among them
+    for the checkpoint that wrote a stream when the current one did not."""
+    return [p for folder in checkpoint_dirs() for p in sorted(folder.glob(f"{name}-*.safetensors")) if p.is_file()]
+
+
 def require_checkpoint(name: str) -> Path:
     """Like :func:`find_checkpoint` but raises a helpful error when the file is absent."""
     p = find_checkpoint(name)
