@@ -36,7 +36,7 @@ from .bitstream.container import (
 )
 from .checkpoints import file_digest, load_residual_checkpoint
 from .errors import InvalidInputError, MissingLayerError, ModelMismatchError, RateControlError, SemcodecError
-from .fsutil import read_capped
+from .fsutil import read_capped, read_file_object
 from .imageio import load_rgb
 from .models.registry import DEFAULT_CODEC_MODEL, earlier_checkpoints, require_checkpoint
 from .ratecontrol import RateCurve, search_rate
@@ -77,6 +77,19 @@ def load_codec(name: str = DEFAULT_CODEC_MODEL) -> LoadedCodec:
 def clear_codec_cache() -> None:
     """Forget the loaded codecs (after checkpoint files or ``$SEMCODEC_CHECKPOINTS`` changed)."""
     _load_codec_file.cache_clear()
+    _digest8.cache_clear()
+
+
+def _checkpoint_digest8(path: Path) -> bytes:
+    """The first 8 bytes of a checkpoint file's sha256 (what streams record), hashed once per version
+    of the file: decoding many streams of an earlier checkpoint does not re-hash the candidates."""
+    st = path.stat()
+    return _digest8(path, st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=16)
+def _digest8(path: Path, mtime_ns: int, size: int) -> bytes:
+    return file_digest(path)[:8]
 
 
 @lru_cache(maxsize=4)
@@ -87,7 +100,7 @@ def _load_codec_file(name: str, path: Path) -> LoadedCodec:
     # Without a measured curve: log-linear from 0.1 bpp at q_min to 1.5 bpp at the top trained level.
     default = [(q_min, 0.1), (q_max, 1.5)] if q_max > q_min else [(q_min, 0.5)]
     curve = RateCurve.from_metadata(json.loads(meta["rate_curve"]) if "rate_curve" in meta else default)
-    return LoadedCodec(name=name, checkpoint=path, digest8=file_digest(path)[:8], coder=ResidualCoder(model),
+    return LoadedCodec(name=name, checkpoint=path, digest8=_checkpoint_digest8(path), coder=ResidualCoder(model),
                        rate_curve=curve)
 
 
@@ -103,7 +116,7 @@ def codec_for_stream(name: str, digest8: bytes) -> LoadedCodec:
     if codec.digest8 == digest8:
         return codec
     for path in earlier_checkpoints(name):
-        if file_digest(path)[:8] == digest8:
+        if _checkpoint_digest8(path) == digest8:
             return _load_codec_file(name, path)
     raise ModelMismatchError(
         f"the stream was made with {name} checkpoint {digest8.hex()}, but {codec.checkpoint} is {codec.digest8.hex()}; "
@@ -373,10 +386,7 @@ def _stream_data(source) -> bytes | bytearray | memoryview:
             holds a stream's content rather than a path (the file was read in text mode).
     """
     if hasattr(source, "read"):                        # open(path, "rb"), io.BytesIO, sys.stdin.buffer, …
-        source = source.read()
-        if isinstance(source, str):
-            raise InvalidInputError("the file object is in text mode; open the stream with mode 'rb'")
-        return source
+        return read_file_object(source, "stream")
     if isinstance(source, str) and (source.startswith(MAGIC[:4].decode("latin-1")) or "\x00" in source):
         raise InvalidInputError("a semcodec stream is bytes, not str (open the file in binary mode, 'rb')")
     if isinstance(source, (str, os.PathLike)):

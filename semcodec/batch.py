@@ -13,7 +13,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Sequence
 
 from .errors import InvalidInputError, SemcodecError
 
@@ -67,15 +67,17 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-def expand_inputs(inputs: Iterable[str], suffixes: frozenset[str]) -> list[tuple[Path, Path]]:
+def expand_inputs(inputs: Sequence[str], suffixes: frozenset[str]) -> list[tuple[Path, Path]]:
     """Expand files, folders (recursively) and glob patterns into ``(file, relative path)`` pairs.
 
     The relative path is what output trees mirror: relative to the folder for folder
     inputs, the bare file name otherwise.
 
     Raises:
-        InvalidInputError: an input (file, folder or pattern) matches nothing.
+        InvalidInputError: an input (file, folder or pattern) matches nothing, or '-' (stdin) is among them.
     """
+    if "-" in inputs:
+        raise InvalidInputError("'-' (stdin) cannot be combined with other inputs")
     found: list[tuple[Path, Path]] = []
     for spec in inputs:
         p = Path(spec)

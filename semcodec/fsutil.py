@@ -41,6 +41,15 @@ def read_capped(path: str | os.PathLike, limit: int = MAX_INPUT_BYTES) -> bytes:
     return data
 
 
+def read_file_object(f, what: str) -> bytes:
+    """The content of a binary file object (``open(path, "rb")``, ``io.BytesIO``, ``sys.stdin.buffer``);
+    a text-mode one is an :class:`InvalidInputError` that says how to open ``what`` instead."""
+    data = f.read()
+    if isinstance(data, str):
+        raise InvalidInputError(f"the file object is in text mode; open the {what} with mode 'rb'")
+    return data
+
+
 def default_file_mode() -> int:
     """Permissions of a new file under the current umask (mkstemp alone would create it 0600)."""
     umask = os.umask(0)

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInputError
-from .fsutil import read_capped
+from .fsutil import read_capped, read_file_object
 
 #: Largest accepted image (pixels); the container caps each side at 16384.
 MAX_PIXELS = 1 << 28
@@ -35,9 +35,7 @@ def open_image(source) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if hasattr(source, "read"):                    # a file object: open(path, "rb"), io.BytesIO, …
-        source = source.read()
-        if isinstance(source, str):
-            raise InvalidInputError("the file object is in text mode; open the image with mode 'rb'")
+        source = read_file_object(source, "image")
     if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
         raise InvalidInputError(f"cannot read an image from a {type(source).__name__}; pass a path, bytes, "
                                 f"a binary file object, a PIL image or an (H, W[, 3 or 4]) uint8 array")

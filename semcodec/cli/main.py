@@ -64,8 +64,6 @@ def info(streams: tuple[str, ...], as_json: bool) -> None:
         report = inspect(read_input_bytes(streams[0]))
         click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.describe())
         return
-    if "-" in streams:
-        raise InvalidInputError("'-' (stdin) cannot be combined with other inputs")
     reports, failed = [], 0
     for path, _ in expand_inputs(streams, STREAM_SUFFIXES):
         try:
@@ -95,8 +93,6 @@ def run_batch_command(inputs, output, suffix, suffixes, work, jobs, progress, de
 
     ``--engine ray`` (or ``--shards``) goes through :mod:`semcodec.distributed`: resumable, on Ray workers.
     """
-    if "-" in inputs:
-        raise InvalidInputError("'-' (stdin) cannot be combined with other inputs")
     out_dir = Path(output) if output else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"with several inputs, -o must be a folder; {out_dir} is a file")
