@@ -71,7 +71,8 @@ def expand_inputs(inputs: Sequence[str], suffixes: frozenset[str]) -> list[tuple
     """Expand files, folders (recursively) and glob patterns into ``(file, relative path)`` pairs.
 
     The relative path is what output trees mirror: relative to the folder for folder
-    inputs, the bare file name otherwise.
+    inputs, the bare file name otherwise. A file named more than once (``photos`` and
+    ``photos/a.jpg``, or ``a.jpg`` and ``./a.jpg``) is taken once, where it first appears.
 
     Raises:
         InvalidInputError: an input (file, folder or pattern) matches nothing, or '-' (stdin) is among them.
@@ -95,7 +96,14 @@ def expand_inputs(inputs: Sequence[str], suffixes: frozenset[str]) -> list[tuple
             found += [(m, Path(m.name)) for m in matches]
         else:
             raise InvalidInputError(f"{spec}: no such file or folder")
-    return found
+    seen: set[str] = set()
+    unique = []
+    for file, rel in found:
+        key = os.path.abspath(file)    # not resolve(): two links to one file are two inputs
+        if key not in seen:
+            seen.add(key)
+            unique.append((file, rel))
+    return unique
 
 
 def plan_outputs(pairs: list[tuple[Path, Path]], output_dir: Path | None, suffix: str) -> list[BatchItem]:

@@ -315,6 +315,17 @@ def test_explicit_unavailable_tower_is_an_error(runner, test_codec, sample, tmp_
     assert r.exit_code == 4 and "clip-l14-336" in r.stderr and not (tmp_path / "p.smc").exists()
 
 
+def test_batch_takes_a_file_named_twice_once(runner, test_codec, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(SAMPLE, folder / "a.jpg")
+    out = tmp_path / "out"
+    r = runner.invoke(main, ["compress", str(folder), str(folder / "a.jpg"), str(folder / "*.jpg"), "-o", str(out),
+                             "--model", test_codec, "--no-progress"])
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.smc"] and "1 files" in r.stderr
+
+
 def test_batch_keeps_extensions_when_names_clash(runner, test_codec, tmp_path):
     Image.open(SAMPLE).save(tmp_path / "photo.png")
     shutil.copy(SAMPLE, tmp_path / "photo.jpg")
