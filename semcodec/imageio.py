@@ -7,7 +7,10 @@ What happens to each kind of input (also in the README):
   images are scaled to 8 bits.
 * Transparency (RGBA, LA, PA, palette with transparency) is composited over
   white; the alpha channel is not coded.
-* CMYK, YCbCr, palette and other modes are converted to RGB by Pillow.
+* An embedded ICC colour profile other than sRGB (Display P3, Adobe RGB, a CMYK
+  press profile, …) is applied: the pixels are converted to sRGB by LittleCMS, so
+  that colours look the same after decoding (the decoded image is sRGB).
+* CMYK without a profile, YCbCr, palette and other modes are converted to RGB by Pillow.
 * Animated images: the first frame is coded.
 """
 
@@ -91,6 +94,7 @@ def to_rgb8(im: Image.Image, notes: list[str] | None = None) -> np.ndarray:
                      "with equal channels")
         a = np.clip(np.floor(a / scale * 255 + 0.5), 0, 255).astype(np.uint8)
         return np.repeat(a[:, :, None], 3, axis=2)
+    icc_profile = im.info.get("icc_profile")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -98,7 +102,9 @@ def to_rgb8(im: Image.Image, notes: list[str] | None = None) -> np.ndarray:
         notes.append(f"{what}: composited over white and coded as RGB (the alpha channel is not coded)")
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, rgba)
+        im = Image.alpha_composite(background, rgba).convert("RGB")
+    if icc_profile and im.mode in ("RGB", "CMYK"):
+        im = _profile_to_srgb(im, icc_profile, notes)
     if im.mode in ("L", "1"):
         notes.append("grayscale: coded as RGB with equal channels")
     elif im.mode == "CMYK":
@@ -106,6 +112,31 @@ def to_rgb8(im: Image.Image, notes: list[str] | None = None) -> np.ndarray:
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8).copy()
+
+
+def _profile_to_srgb(im: Image.Image, icc_profile: bytes, notes: list[str]) -> Image.Image:
+    """Convert an RGB or CMYK image from its embedded ICC profile to sRGB (an sRGB profile is left as is)."""
+    try:
+        from PIL import ImageCms       # LittleCMS: in Pillow's wheels, optional in source builds
+    except ImportError:
+        notes.append("ICC colour profile ignored (this Pillow has no LittleCMS): the pixels are coded as sRGB")
+        return im
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+        name = ImageCms.getProfileDescription(profile).strip() or "unnamed"
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        notes.append("unreadable ICC colour profile ignored: the pixels are coded as sRGB")
+        return im
+    if "srgb" in name.lower():
+        return im
+    try:
+        srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+        converted = ImageCms.profileToProfile(im, profile, srgb, outputMode="RGB")
+    except ImageCms.PyCMSError as e:
+        notes.append(f"ICC colour profile {name!r} could not be applied ({e}): the pixels are coded as sRGB")
+        return im
+    notes.append(f"ICC colour profile {name!r}: converted to sRGB (colours outside sRGB are clipped)")
+    return converted
 
 
 #: How a note names a Pillow mode with more than 8 bits per sample.

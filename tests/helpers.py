@@ -40,3 +40,40 @@ def pixels_digest_in_another_process(stream: Path) -> str:
     out = subprocess.run([sys.executable, "-c", code, str(stream)], env=env, capture_output=True, text=True,
                          check=True, timeout=300)
     return out.stdout.strip()
+
+
+def rgb_icc_profile(red_xyz, green_xyz, blue_xyz, description: str, gamma: float = 2.2) -> bytes:
+    """A minimal ICC v2 display profile (matrix/TRC) with the given D50 colorants and a pure gamma curve.
+
+    Pillow can only create sRGB, LAB and XYZ profiles, so the tests build other RGB colour
+    spaces byte by byte (ICC.1:2001-04, sections 6 and 6.5).
+    """
+    import struct
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(v) -> bytes:
+        return b"XYZ " + bytes(4) + b"".join(s15(c) for c in v)
+
+    ascii_text = description.encode("ascii") + b"\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(ascii_text)) + ascii_text + bytes(4 + 4 + 2 + 1 + 67)
+    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256)) + bytes(2)
+    tags = [(b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"rXYZ", xyz(red_xyz)),
+            (b"gXYZ", xyz(green_xyz)), (b"bXYZ", xyz(blue_xyz)), (b"rTRC", curve), (b"gTRC", curve),
+            (b"bTRC", curve), (b"cprt", b"text" + bytes(4) + b"none\0")]
+    table, data = b"", b""
+    offset = 128 + 4 + 12 * len(tags)
+    for signature, body in tags:
+        body += bytes(-len(body) % 4)                           # tags start on 4-byte boundaries
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + bytes(4) + bytes((2, 0x10, 0, 0)) + b"mntrRGB XYZ " + bytes(12) + b"acsp"
+              + bytes(24) + bytes(4) + xyz((0.9642, 1.0, 0.8249))[8:] + bytes(4) + bytes(16) + bytes(28))
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+#: sRGB's colorants adapted to D50, as in the standard sRGB ICC profile.
+SRGB_RED_XYZ, SRGB_GREEN_XYZ, SRGB_BLUE_XYZ = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)

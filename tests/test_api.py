@@ -23,7 +23,8 @@ from semcodec.errors import (
     TruncatedStreamError,
 )
 
-from helpers import REPO, SAMPLE, TEST_DATA, pixels_digest, pixels_digest_in_another_process, psnr
+from helpers import (REPO, SAMPLE, SRGB_BLUE_XYZ, SRGB_GREEN_XYZ, SRGB_RED_XYZ, TEST_DATA, pixels_digest,
+                     pixels_digest_in_another_process, psnr, rgb_icc_profile)
 
 GOLDEN_STREAM = TEST_DATA / "golden" / "sample-semcodec-test-q50.smc"
 GOLDEN_PIXELS = TEST_DATA / "golden" / "sample-semcodec-test-q50.sha256"
@@ -93,8 +94,10 @@ def test_input_kinds_are_converted(test_codec):
     rgba = rgb.convert("RGBA")
     rgba.putalpha(128)
     g16 = Image.fromarray((np.asarray(gray).astype(np.uint16) * 257)).convert("I;16")
+    wide_gamut = rgb_icc_profile(SRGB_GREEN_XYZ, SRGB_RED_XYZ, SRGB_BLUE_XYZ, "Swapped RG")
     cases = {"grayscale:": _encode(gray, "PNG"), "transparency:": _encode(rgba, "PNG"),
-             "16-bit grayscale:": _encode(g16, "PNG"), None: _encode(rgb, "WEBP")}
+             "16-bit grayscale:": _encode(g16, "PNG"), None: _encode(rgb, "WEBP"),
+             "ICC colour profile 'Swapped RG'": _encode(rgb, "JPEG", icc_profile=wide_gamut)}
     for note, source in cases.items():
         result = semcodec.compress_image(source, model=test_codec, semantic=False)
         assert semcodec.decompress(result.data).size == rgb.size

@@ -1,0 +1,64 @@
+"""Reading images: colour profiles are applied, so the coded pixels are sRGB."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from helpers import SRGB_BLUE_XYZ, SRGB_GREEN_XYZ, SRGB_RED_XYZ, rgb_icc_profile
+from PIL import Image, ImageCms
+
+from semcodec.imageio import load_rgb
+
+#: red, green, blue, mid grey and a dark orange, as one row of pixels
+PIXELS = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [128, 128, 128], [180, 90, 20]]], np.uint8)
+
+
+def _saved(pixels: np.ndarray, fmt: str = "PNG", mode: str = "RGB", **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_a_non_srgb_profile_is_converted_to_srgb():
+    # A colour space whose red is sRGB's green and whose green is sRGB's red: sRGB values swap.
+    swapped = rgb_icc_profile(SRGB_GREEN_XYZ, SRGB_RED_XYZ, SRGB_BLUE_XYZ, "Swapped RG", gamma=2.2)
+    notes: list[str] = []
+    pixels = load_rgb(_saved(PIXELS, icc_profile=swapped), notes).astype(int)
+    np.testing.assert_array_equal(pixels[0, :3], [[0, 255, 0], [255, 0, 0], [0, 0, 255]])
+    assert abs(pixels[0, 3] - 128).max() <= 2                  # gamma 2.2 is close to sRGB's curve
+    assert notes == ["ICC colour profile 'Swapped RG': converted to sRGB (colours outside sRGB are clipped)"]
+
+
+def test_srgb_tagged_and_untagged_images_are_left_as_they_are():
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for data in (_saved(PIXELS, icc_profile=srgb), _saved(PIXELS)):
+        notes: list[str] = []
+        np.testing.assert_array_equal(load_rgb(data, notes), PIXELS)
+        assert notes == []
+
+
+def test_a_profile_is_applied_after_compositing_transparency():
+    rgba = np.concatenate([PIXELS, np.full((1, 5, 1), 255, np.uint8)], axis=2)
+    rgba[0, 4, 3] = 0                                           # one transparent pixel: white after compositing
+    swapped = rgb_icc_profile(SRGB_GREEN_XYZ, SRGB_RED_XYZ, SRGB_BLUE_XYZ, "Swapped RG")
+    notes: list[str] = []
+    pixels = load_rgb(_saved(rgba, mode="RGBA", icc_profile=swapped), notes)
+    np.testing.assert_array_equal(pixels[0, [0, 1, 4]], [[0, 255, 0], [255, 0, 0], [255, 255, 255]])
+    assert [n.split(":")[0] for n in notes] == ["transparency", "ICC colour profile 'Swapped RG'"]
+
+
+def test_an_unreadable_profile_is_ignored_with_a_note():
+    notes: list[str] = []
+    np.testing.assert_array_equal(load_rgb(_saved(PIXELS, icc_profile=b"not a profile" * 20), notes), PIXELS)
+    assert notes == ["unreadable ICC colour profile ignored: the pixels are coded as sRGB"]
+
+
+def test_a_profile_of_the_wrong_colour_space_is_ignored_with_a_note():
+    # An RGB profile on a CMYK image cannot be applied: Pillow's plain conversion is used instead.
+    swapped = rgb_icc_profile(SRGB_GREEN_XYZ, SRGB_RED_XYZ, SRGB_BLUE_XYZ, "Swapped RG")
+    notes: list[str] = []
+    pixels = load_rgb(_saved(PIXELS, fmt="JPEG", mode="CMYK", icc_profile=swapped, quality=100), notes)
+    assert pixels.shape == (1, 5, 3)
+    assert notes[0].startswith("ICC colour profile 'Swapped RG' could not be applied")
+    assert notes[1] == "CMYK: converted to RGB by Pillow (no colour management)"
