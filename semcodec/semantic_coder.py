@@ -445,7 +445,9 @@ def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int =
     Raises:
         InvalidInputError: fewer than 2 readable images.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from .imageio import load_rgb
 
     spec = tower.spec
     paths = sorted(Path(p) for p in image_paths)
@@ -470,11 +472,9 @@ def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int =
         batch, names = [], []
         for p in paths[i:i + batch_size]:
             try:
-                with Image.open(p) as im:
-                    im.load()
-                    batch.append(im.convert("RGB"))
+                batch.append(Image.fromarray(load_rgb(p)))             # as the encoder reads it
                 names.append(p)
-            except (UnidentifiedImageError, OSError, ValueError):
+            except InvalidInputError:
                 skipped.append(p.name)
         if batch:
             t = tower.tokens(batch, batch_size=batch_size).double().numpy()  # (B, N, D)

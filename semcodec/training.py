@@ -28,6 +28,7 @@ from PIL import Image
 
 from .checkpoints import CDF_BUFFERS, load_residual_checkpoint, save_residual_checkpoint
 from .errors import InvalidInputError, TrainingDivergedError
+from .imageio import load_rgb
 from .models.residual import ResidualCodec, ResidualConfig, SemanticCondition
 from .residual_coder import ALIGN
 
@@ -81,8 +82,7 @@ def load_training_images(folder: str | Path, min_side: int) -> list[torch.Tensor
         raise InvalidInputError("refusing to train on Kodak: it is the evaluation set")
     images = []
     for p in paths:
-        with Image.open(p) as im:
-            a = np.asarray(im.convert("RGB"))
+        a = load_rgb(p)                                           # (H, W, 3) uint8, as the encoder reads it
         if min(a.shape[:2]) >= min_side:
             images.append(torch.from_numpy(a.copy()).permute(2, 0, 1))
     if not images:
