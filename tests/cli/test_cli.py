@@ -323,7 +323,7 @@ def test_batch_takes_a_file_named_twice_once(runner, test_codec, tmp_path):
     r = runner.invoke(main, ["compress", str(folder), str(folder / "a.jpg"), str(folder / "*.jpg"), "-o", str(out),
                              "--model", test_codec, "--no-progress"])
     assert r.exit_code == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["a.smc"] and "1 files" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.smc"] and "1 file, 1 ok, 0 failed" in r.stderr
 
 
 def test_batch_keeps_extensions_when_names_clash(runner, test_codec, tmp_path):
