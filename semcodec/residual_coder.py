@@ -51,6 +51,13 @@ SCALE_TABLE = ScaleTable.geometric(min=SCALE_MIN, max=256.0, count=64)
 Y_SYMBOL_RANGE = (-4096, 4096)
 #: Fixed-point denominator of the rate knob in the payload.
 RATE_ONE = 4096
+#: ``g_a`` and ``g_s`` run tile by tile on an image of more than TILE latents (1024 px) a side, so that
+#: their peak memory stays near that of a 1024² image whatever the image size. Neighbouring tiles
+#: overlap by TILE_MARGIN latents (64 px), twice the transforms' receptive field (an output depends on
+#: inputs up to 2 latents away): each tile's kept part is computed from the very inputs that the
+#: whole-image transform would use.
+TILE = 64
+TILE_MARGIN = 4
 #: Latent refinement steps of each encoder effort level (0 = the plain analysis transform).
 EFFORT_STEPS = (0, 10, 25, 50)
 #: Adam step size of the latent refinement.
@@ -144,7 +151,7 @@ class ResidualCoder:
     @torch.no_grad()
     def analyze(self, x: torch.Tensor) -> torch.Tensor:
         """``g_a`` of an image. x: (1, 3, H, W) in [0, 1] → y (1, M, Hp/16, Wp/16) before gains."""
-        return _run_channels_last(self.model.g_a, pad_to_alignment(x))
+        return _run_tiled(self.model.g_a, pad_to_alignment(x), pixels_per_input=16, pixels_per_output=1)
 
     def refine(self, x: torch.Tensor, y: torch.Tensor, q: float, steps: int,
                semantic: SemanticCondition | None = None) -> torch.Tensor:
@@ -265,7 +272,8 @@ class ResidualCoder:
             y_sym[part] = dec.decode_gaussian(scale_index[part], SCALE_TABLE, lo=lo, hi=hi)
         dec.finish()
         y_hat = torch.from_numpy(y_sym).float() + means                    # (1, M, h, w)
-        x_hat = _run_channels_last(self.model.g_s, y_hat * gains["y_inv"])  # (1, 3, Hp, Wp)
+        x_hat = _run_tiled(self.model.g_s, y_hat * gains["y_inv"],           # (1, 3, Hp, Wp)
+                           pixels_per_input=1, pixels_per_output=16)
         return x_hat[:, :, :height, :width].clamp_(0, 1)
 
     # ------------------------------------------------------------------ shared
@@ -338,6 +346,42 @@ def padded_size(width: int, height: int) -> tuple[int, int]:
 def _run_channels_last(transform: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``transform(x)`` computed in channels-last layout (see :class:`ResidualCoder`), returned contiguous."""
     return transform(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
+def _run_tiled(transform: torch.nn.Module, x: torch.Tensor, pixels_per_input: int,
+               pixels_per_output: int) -> torch.Tensor:
+    """``transform(x)`` computed over overlapping tiles of the latent grid (see :data:`TILE`).
+
+    Args:
+        transform: ``g_a`` (x (1, 3, Hp, Wp) → (1, M, Hp/16, Wp/16)) or ``g_s`` (the reverse).
+        x: the input; one latent covers ``pixels_per_input`` of its rows and columns.
+        pixels_per_input, pixels_per_output: 16 and 1 for ``g_a``, 1 and 16 for ``g_s``.
+
+    Returns:
+        The output, equal to ``transform(x)`` up to the floating-point rounding of the convolutions.
+    """
+    h, w = x.shape[-2] // pixels_per_input, x.shape[-1] // pixels_per_input
+    if h <= TILE and w <= TILE:
+        return _run_channels_last(transform, x)
+    pi, po = pixels_per_input, pixels_per_output
+    out = None
+    for r0, r1 in _tile_spans(h):
+        a0, a1 = max(r0 - TILE_MARGIN, 0), min(r1 + TILE_MARGIN, h)            # with the margin
+        for c0, c1 in _tile_spans(w):
+            b0, b1 = max(c0 - TILE_MARGIN, 0), min(c1 + TILE_MARGIN, w)
+            tile = _run_channels_last(transform, x[:, :, a0 * pi:a1 * pi, b0 * pi:b1 * pi])
+            if out is None:
+                out = tile.new_empty((1, tile.shape[1], h * po, w * po))
+            out[:, :, r0 * po:r1 * po, c0 * po:c1 * po] = \
+                tile[:, :, (r0 - a0) * po:(r1 - a0) * po, (c0 - b0) * po:(c1 - b0) * po]
+    return out
+
+
+def _tile_spans(n: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of the tiles of ``n`` latents: as few as fit TILE, of (near) equal length."""
+    count = -(-n // TILE)
+    edges = [i * n // count for i in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def pad_to_alignment(x: torch.Tensor) -> torch.Tensor:
