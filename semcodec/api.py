@@ -45,8 +45,12 @@ from .residual_coder import EFFORT_STEPS, ResidualCoder, image_to_tensor, residu
 
 #: Quality used when neither a quality nor a rate target is given.
 DEFAULT_QUALITY = 75.0
-#: Largest image the pixel layer codes: its activations (~10 GB at this size) must fit in memory.
-MAX_PIXEL_LAYER_PIXELS = 36_000_000
+#: Largest image the pixel layer codes (every camera's photos, up to 61 megapixels): encoding and decoding
+#: need about 0.2 GiB per megapixel (13 GiB at this size), which must fit in memory.
+MAX_PIXEL_LAYER_PIXELS = 64_000_000
+#: Largest image whose latent the encoder refines (effort > 0): refinement backpropagates through the
+#: whole-image transforms, about 1 GiB per megapixel on top of the plain encode.
+MAX_REFINED_PIXELS = 8_000_000
 #: Rate index of layer 0 when no semantic budget is given (see semcodec.semantic_coder).
 DEFAULT_SEMANTIC_RATE = 48
 
@@ -192,8 +196,12 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
 
     if width * height > MAX_PIXEL_LAYER_PIXELS:
         raise InvalidInputError(f"the pixel layer codes images of up to {MAX_PIXEL_LAYER_PIXELS // 10**6} megapixels "
-                                f"(its transforms run on the whole image at once); this one is {width}x{height}. "
+                                f"(about 0.2 GiB of memory each); this one is {width}x{height}. "
                                 "Downscale it, or use --semantic-only")
+    if steps and width * height > MAX_REFINED_PIXELS:
+        notes.append(f"effort {effort}: the latent is refined only for images of up to "
+                     f"{MAX_REFINED_PIXELS // 10**6} megapixels (about 1 GiB of memory each); coded at effort 0")
+        steps = 0
     codec = load_codec(model)
     header = _header(width, height, layer0, codec)
     chunks_before = (Chunk(SEMANTIC_LAYER, layer0.payload),) if layer0 else ()

@@ -297,6 +297,13 @@ def test_effort_refines_the_latent_for_its_rd_cost(test_codec, monkeypatch):
     assert abs(len(r.data) - 700) <= 14 and semcodec.decompress(r.data).size == (r.width, r.height)
     with pytest.raises(InvalidInputError, match="effort"):
         semcodec.compress(SAMPLE, model=test_codec, effort=7)
+    # Above the refinement's memory cap the encoder says so and codes at effort 0.
+    import semcodec.api as api
+
+    monkeypatch.setattr(api, "MAX_REFINED_PIXELS", 1000)
+    r = compress_image(SAMPLE, quality=95, model=test_codec, effort=1)
+    assert r.data == semcodec.compress(SAMPLE, quality=95, model=test_codec)
+    assert any(n.startswith("effort 1: the latent is refined only for images of up to") for n in r.notes)
 
 
 def test_large_images_run_the_transforms_tile_by_tile(test_codec, monkeypatch):
