@@ -135,7 +135,8 @@ def rate_options(f):
     f = click.option("-q", "--quality", type=FiniteFloatRange(0, 100), default=None, help="Fixed quality, 0 (smallest) to 100 (best); default 75.")(f)
     f = click.option("-e", "--effort", type=click.IntRange(0, 3), default=0, show_default=True,
                      help="Encoder effort: above 0, the pixel layer's latent is refined for the image "
-                          "(smaller streams at the same quality; much slower encoding; images of up to 8 megapixels).")(f)
+                          "(smaller streams at the same quality; much slower encoding; images of up to "
+                          "8 megapixels).")(f)
     return f
 
 
