@@ -58,7 +58,8 @@ class BatchSummary:
     skipped: int = 0
 
     def describe(self) -> str:
-        lines = [f"{self.files} file{'s' if self.files != 1 else ''}, {self.files - len(self.failed)} ok, {len(self.failed)} failed; "
+        files = f"{self.files} file" + ("s" if self.files != 1 else "")
+        lines = [f"{files}, {self.files - len(self.failed)} ok, {len(self.failed)} failed; "
                  f"{self.bytes_in} bytes in, {self.bytes_out} bytes out"
                  + (f", mean {self.mean_bpp:.4f} bpp" if self.mean_bpp is not None else "")
                  + (f"; {self.skipped} already done (kept)" if self.skipped else "")]

@@ -84,7 +84,7 @@ def load_training_images(folder: str | Path, min_side: int) -> list[torch.Tensor
     for p in paths:
         a = load_rgb(p)                                           # (H, W, 3) uint8, as the encoder reads it
         if min(a.shape[:2]) >= min_side:
-            images.append(torch.from_numpy(a.copy()).permute(2, 0, 1))
+            images.append(torch.from_numpy(a).permute(2, 0, 1))
     if not images:
         raise InvalidInputError(f"no training images of at least {min_side}px found in {folder}")
     return images
