@@ -107,10 +107,18 @@ def image_format(path: str | os.PathLike) -> str:
 
 
 def encode_image(image, path: str | os.PathLike) -> bytes:
-    """Encode a decoded PIL image losslessly in the format its output name asks for (PNG by default)."""
+    """Encode a decoded PIL image losslessly in the format its output name asks for (PNG by default).
+
+    Raises:
+        InvalidInputError: the format cannot hold this image (e.g. WebP beyond 16383 px a side).
+    """
     fmt = image_format(path)
     buf = io.BytesIO()
-    image.save(buf, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    try:
+        image.save(buf, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    except (ValueError, OSError) as e:             # e.g. WebP holds at most 16383 px a side
+        raise InvalidInputError(f"cannot write the decoded {image.width}x{image.height} image as {fmt} ({e}); "
+                                f"choose another format, e.g. .png") from None
     return buf.getvalue()
 
 

@@ -201,6 +201,13 @@ def test_output_names_and_folders(runner, test_codec, sample, tmp_path):
     assert not (tmp_path / "out.jpg").exists()
     r = runner.invoke(main, ["decompress", str(stream), "-o", str(tmp_path / "out.tiff")])
     assert r.exit_code == 0 and Image.open(tmp_path / "out.tiff").format == "TIFF"
+    # A format that cannot hold the image (WebP: at most 16383 px a side) is an error, not a traceback.
+    Image.new("RGB", (16384, 1), (90, 120, 200)).save(tmp_path / "line.png")
+    r = runner.invoke(main, ["compress", str(tmp_path / "line.png"), "--model", test_codec, "-q", "10"])
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(main, ["decompress", str(tmp_path / "line.smc"), "-o", str(tmp_path / "line.webp")])
+    assert r.exit_code == 2 and "cannot write the decoded 16384x1 image as WEBP" in r.stderr
+    assert not (tmp_path / "line.webp").exists()
     # A stream named like an image, or tokens named like another array format, would mislead: refused up front.
     r = runner.invoke(main, ["compress", str(sample), "-o", str(tmp_path / "photo.png"), "--model", test_codec])
     assert r.exit_code == 2 and "name it .smc" in r.stderr and not (tmp_path / "photo.png").exists()
