@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from .errors import InvalidInputError, SemcodecError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm",
-                            ".pnm", ".avif", ".jxl", ".jp2", ".tga", ".ico"})
+                            ".pnm", ".avif", ".heic", ".heif", ".jxl", ".jp2", ".tga", ".ico"})
 STREAM_SUFFIXES = frozenset({".smc"})
 
 

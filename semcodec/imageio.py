@@ -16,6 +16,8 @@ What happens to each kind of input (also in the README):
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import os
 import warnings
@@ -32,11 +34,24 @@ MAX_PIXELS = 1 << 28
 MAX_SIDE = 16384
 
 
+@functools.cache
+def register_photo_formats() -> None:
+    """Teach Pillow the photo formats it does not read by itself: HEIC/HEIF (phone cameras; pillow-heif)
+    and JPEG XL (pillow-jxl-plugin). Both are dependencies; a missing one only loses its format."""
+    with contextlib.suppress(ImportError):
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+    with contextlib.suppress(ImportError):
+        import pillow_jxl  # noqa: F401  (registers JPEG XL with Pillow on import)
+
+
 def open_image(source) -> Image.Image:
     """Open ``source`` (path, bytes, binary file object or PIL image) as a PIL image, with clear
     errors for non-images."""
     if isinstance(source, Image.Image):
         return source
+    register_photo_formats()
     if hasattr(source, "read"):                    # a file object: open(path, "rb"), io.BytesIO, …
         source = read_file_object(source, "image")
     if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):

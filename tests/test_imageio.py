@@ -1,11 +1,11 @@
-"""Reading images: colour profiles are applied, so the coded pixels are sRGB."""
+"""Reading images: photo formats beyond Pillow's own, and colour profiles applied so that the coded pixels are sRGB."""
 
 from __future__ import annotations
 
 import io
 
 import numpy as np
-from helpers import SRGB_BLUE_XYZ, SRGB_GREEN_XYZ, SRGB_RED_XYZ, rgb_icc_profile
+from helpers import SAMPLE, SRGB_BLUE_XYZ, SRGB_GREEN_XYZ, SRGB_RED_XYZ, psnr, rgb_icc_profile
 from PIL import Image, ImageCms
 
 from semcodec.imageio import load_rgb
@@ -62,3 +62,18 @@ def test_a_profile_of_the_wrong_colour_space_is_ignored_with_a_note():
     assert pixels.shape == (1, 5, 3)
     assert notes[0].startswith("ICC colour profile 'Swapped RG' could not be applied")
     assert notes[1] == "CMYK: converted to RGB by Pillow (no colour management)"
+
+
+def test_phone_and_jpeg_xl_photos_are_read(tmp_path):
+    """HEIC (pillow-heif) and JPEG XL (pillow-jxl-plugin) are registered with Pillow by semcodec itself."""
+    from semcodec.batch import IMAGE_SUFFIXES
+    from semcodec.imageio import register_photo_formats
+
+    register_photo_formats()                                   # to write the test files with Pillow
+    original = np.asarray(Image.open(SAMPLE).convert("RGB"))
+    for suffix in (".heic", ".jxl"):
+        path = tmp_path / f"photo{suffix}"
+        Image.fromarray(original).save(path, quality=95)
+        pixels = load_rgb(path)
+        assert pixels.shape == original.shape and psnr(pixels, original) > 30, suffix
+        assert suffix in IMAGE_SUFFIXES                        # folder walks pick them up

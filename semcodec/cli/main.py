@@ -162,7 +162,7 @@ def rate_options(f):
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 def compress(inputs, output, quality, effort, bpp, size, max_size, model, semantic, no_semantic, semantic_weights, semantic_only,
              semantic_bytes, jobs, engine, ray_address, shards, progress, force) -> None:
-    """Compress images (any format Pillow reads) into semcodec streams.
+    """Compress images (any format Pillow reads, HEIC and JPEG XL too) into semcodec streams.
 
     INPUTS are image files, folders (searched recursively) or glob patterns; '-' reads one
     image from stdin. Give at most one of -q/--quality, --bpp and --size.
