@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 
 from .errors import InvalidInputError, SemcodecError
 
+#: Suffixes of the image files that a folder contributes (compress inputs, and the training, calibration and
+#: benchmark folders): the formats semcodec.imageio reads.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm",
                             ".pnm", ".avif", ".heic", ".heif", ".jxl", ".jp2", ".tga", ".ico"})
 STREAM_SUFFIXES = frozenset({".smc"})

@@ -27,12 +27,12 @@ import torch
 from PIL import Image
 
 from .checkpoints import CDF_BUFFERS, load_residual_checkpoint, save_residual_checkpoint
+from .batch import IMAGE_SUFFIXES
 from .errors import InvalidInputError, TrainingDivergedError
 from .imageio import load_rgb
 from .models.residual import ResidualCodec, ResidualConfig, SemanticCondition
 from .residual_coder import ALIGN
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 #: Training stops (without writing the diverged weights) after this many skipped updates in a row.
 MAX_SKIPPED_IN_A_ROW = 100
 

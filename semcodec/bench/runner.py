@@ -48,6 +48,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from ..batch import IMAGE_SUFFIXES
 from .baselines import Baseline, select_baselines, set_decoder_threads
 from .metrics import ms_ssim, psnr, token_fidelity
 
@@ -56,8 +57,6 @@ __all__ = ["COLUMNS", "SPEED_COLUMNS", "BenchConfig", "BenchResult", "PeakMemory
 
 #: Keys of compress_image kwargs that set the rate (the sweep); the other keys name the curve.
 RATE_KEYS = ("quality", "bpp", "size", "max_size")
-#: Image file suffixes the harness reads.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 #: semcodec quality sweeps (0–100); the default quality (75) is what the speed section uses.
 SEMCODEC_QUALITIES = (0, 20, 40, 60, 80, 100)
 SEMCODEC_QUICK_QUALITIES = (0, 33, 67, 100)

@@ -78,7 +78,7 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
                         log=lambda m: click.echo(m, err=True))
     if export_to:
         from ..imageio import load_rgb
-        from ..training import IMAGE_SUFFIXES
+        from ..batch import IMAGE_SUFFIXES
 
         # A few training photos (never the evaluation set) give the model's size curve for rate control.
         photos = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[::37][:8]
