@@ -19,11 +19,12 @@ import argparse
 import statistics
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from semcodec.api import _semantic_models, load_codec, semantic_condition
 from semcodec.bench.metrics import psnr
+from semcodec.bench.runner import list_images
+from semcodec.imageio import load_rgb
 from semcodec.residual_coder import image_to_tensor, tensor_to_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +46,8 @@ def main() -> None:
     tower, coder0 = _semantic_models(args.semantic, None)
     baseline = load_codec(args.baseline_model) if args.baseline_model else None
     rows = []
-    for path in sorted(args.images.glob("*.png"))[: args.limit]:
-        pixels = np.asarray(Image.open(path).convert("RGB"))
+    for path in list_images(args.images, args.limit):
+        pixels = load_rgb(path)                                   # (H, W, 3) uint8
         h, w = pixels.shape[:2]
         payload0 = coder0.encode(tower.tokens([Image.fromarray(pixels)])[0], LAYER0_RATE, image_size=(w, h))
         decoded = coder0.decode(payload0, image_size=(w, h))

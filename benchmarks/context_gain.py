@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from semcodec.bench.runner import list_images
 from semcodec.checkpoints import load_residual_checkpoint
 from semcodec.imageio import load_rgb
 from semcodec.residual_coder import ResidualCoder, image_to_tensor
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=REPO.parent / "shared" / "data" / "kodak")
     parser.add_argument("--every", type=int, default=1, help="use every n-th image")
     args = parser.parse_args()
-    paths = sorted(args.images.glob("*.png"))[:: args.every]
+    paths = list_images(args.images)[:: args.every]
     coders = [ResidualCoder(load_residual_checkpoint(p)[0]) for p in (args.base, args.other)]
     total = np.zeros((2, len(KNOBS)))
     with torch.no_grad():

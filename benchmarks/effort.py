@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 import semcodec
 from semcodec.bench.bdrate import bd_rate
 from semcodec.bench.metrics import psnr
+from semcodec.bench.runner import list_images
+from semcodec.imageio import load_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,10 +37,10 @@ def main() -> None:
     args = parser.parse_args()
     efforts = [int(e) for e in args.efforts.split(",")]
     qualities = [float(q) for q in args.qualities.split(",")]
-    paths = sorted(args.images.glob("*.png"))[: args.limit]
+    paths = list_images(args.images, args.limit)
     if not paths:
         raise SystemExit(f"no PNG images in {args.images}")
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    images = [load_rgb(p) for p in paths]
 
     curves: dict[int, tuple[list[float], list[float]]] = {}
     times: dict[int, list[float]] = {}

@@ -22,7 +22,9 @@ from PIL import Image
 
 from semcodec.bench.bdrate import bd_rate
 from semcodec.bench.metrics import psnr
+from semcodec.bench.runner import list_images
 from semcodec.checkpoints import freeze_for_shipping, load_residual_checkpoint
+from semcodec.imageio import load_rgb
 from semcodec.residual_coder import ResidualCoder, image_to_tensor, tensor_to_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,8 +67,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=6)
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args()
-    paths = sorted(args.images.glob("*.png"))[: args.limit]
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    paths = list_images(args.images, args.limit)
+    images = [load_rgb(p) for p in paths]
     jr, jq = jpeg_points(images)
     rows = []
     snapshots = []

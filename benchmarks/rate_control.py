@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from semcodec.api import compress_image, load_codec
+from semcodec.bench.runner import list_images
 from semcodec.errors import RateControlError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     targets = [float(t) for t in args.targets.split(",")]
-    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    images = list_images(args.images)
     images = images[: args.limit] if args.limit else images
     load_codec(args.model)  # warm
     rows = []

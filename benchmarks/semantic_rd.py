@@ -50,6 +50,7 @@ import semcodec._compat  # noqa: E402,F401  (before torchvision / open_clip)
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from semcodec.bench.runner import list_images  # noqa: E402
 from semcodec.models.semantic import list_semantic_models, load_tower  # noqa: E402
 from semcodec.semantic_coder import decode_tokens, find_calibration, load_calibration, semantic_only_stream  # noqa: E402
 
@@ -239,7 +240,7 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    images = sorted(args.kodak.glob("*.png"))
+    images = list_images(args.kodak)
     if args.limit:
         images = images[:args.limit]
     if not images:
