@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from semcodec.batch import IMAGE_SUFFIXES
+from semcodec.batch import IMAGE_SUFFIXES, files_in
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [("local", 1), ("local", 2), ("ray", 1), ("ray", 2)]
@@ -77,7 +77,7 @@ def main() -> None:
                         help="codec model (semcodec-test with SEMCODEC_CHECKPOINTS=tests/data/checkpoints is the tiny one)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = files_in(args.images, IMAGE_SUFFIXES)
     if len(images) < 2 * args.count:
         raise SystemExit(f"{args.images} holds {len(images)} images; --count {args.count} needs {2 * args.count}")
     rows = []

@@ -70,6 +70,12 @@ class BatchSummary:
         return "\n".join(lines)
 
 
+def files_in(folder: str | os.PathLike, suffixes: frozenset[str], recursive: bool = False) -> list[Path]:
+    """The files of ``folder`` (and of its subfolders when ``recursive``) with one of ``suffixes``, sorted."""
+    found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in suffixes)
+
+
 def expand_inputs(inputs: Sequence[str], suffixes: frozenset[str]) -> list[tuple[Path, Path]]:
     """Expand files, folders (recursively) and glob patterns into ``(file, relative path)`` pairs.
 
@@ -86,7 +92,7 @@ def expand_inputs(inputs: Sequence[str], suffixes: frozenset[str]) -> list[tuple
     for spec in inputs:
         p = Path(spec)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
+            files = files_in(p, suffixes, recursive=True)
             if not files:
                 raise InvalidInputError(f"{spec}: no {' '.join(sorted(suffixes))} files in this folder")
             found += [(f, f.relative_to(p)) for f in files]

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from .checkpoints import CDF_BUFFERS, load_residual_checkpoint, save_residual_checkpoint
-from .batch import IMAGE_SUFFIXES
+from .batch import IMAGE_SUFFIXES, files_in
 from .errors import InvalidInputError, TrainingDivergedError
 from .imageio import load_rgb
 from .models.residual import ResidualCodec, ResidualConfig, SemanticCondition
@@ -77,7 +77,7 @@ class TrainSettings:
 
 def load_training_images(folder: str | Path, min_side: int) -> list[torch.Tensor]:
     """Decode every image of ``folder`` once into memory as (3, H, W) uint8 tensors."""
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = files_in(folder, IMAGE_SUFFIXES)
     if "kodak" in str(Path(folder).resolve()).lower():
         raise InvalidInputError("refusing to train on Kodak: it is the evaluation set")
     images = []

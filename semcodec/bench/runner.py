@@ -48,7 +48,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from ..batch import IMAGE_SUFFIXES
+from ..batch import IMAGE_SUFFIXES, files_in
 from .baselines import Baseline, select_baselines, set_decoder_threads
 from .metrics import ms_ssim, psnr, token_fidelity
 
@@ -278,7 +278,7 @@ def _token_tensor(decoded):
 
 def list_images(folder: Path, limit: int | None = None, quick: bool = False, quick_count: int = 4) -> list[Path]:
     """Image files of a folder, sorted; ``quick`` keeps ``quick_count`` evenly spaced ones."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = files_in(folder, IMAGE_SUFFIXES)
     if quick and len(files) > quick_count:
         n = len(files)
         files = [files[round(i * (n - 1) / (quick_count - 1))] for i in range(quick_count)]

@@ -13,16 +13,15 @@ from pathlib import Path
 
 import click
 
-from ..batch import IMAGE_SUFFIXES
+from ..batch import IMAGE_SUFFIXES, files_in
 from ..errors import InvalidInputError
 from .io import check_output_folder, check_safetensors_name, check_writable, read_input_bytes, single_output, write_output_bytes
-
 
 
 def _image_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise InvalidInputError(f"--images {folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = files_in(folder, IMAGE_SUFFIXES, recursive=True)
     if len(files) < 2:
         raise InvalidInputError(f"{folder} holds {len(files)} image file(s); calibration needs at least 2 "
                                 "(a few hundred varied photos are recommended)")

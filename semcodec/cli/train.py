@@ -78,9 +78,9 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
                         log=lambda m: click.echo(m, err=True))
     if export_to:
         from ..imageio import load_rgb
-        from ..batch import IMAGE_SUFFIXES
+        from ..batch import IMAGE_SUFFIXES, files_in
 
         # A few training photos (never the evaluation set) give the model's size curve for rate control.
-        photos = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[::37][:8]
+        photos = files_in(data, IMAGE_SUFFIXES)[::37][:8]
         freeze_for_shipping(last, export_to, model_name, rate_images=[load_rgb(p) for p in photos])
         click.echo(f"exported {export_to}", err=True)
