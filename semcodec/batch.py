@@ -186,8 +186,23 @@ def summarize(outcomes: list[BatchOutcome]) -> BatchSummary:
     return BatchSummary(files=len(outcomes), failed=[o for o in outcomes if not o.ok],
                         bytes_in=sum(o.bytes_in for o in ok), bytes_out=sum(o.bytes_out for o in ok),
                         mean_bpp=sum(bpps) / len(bpps) if bpps else None,
-                        notes=tuple(dict.fromkeys(n for o in outcomes for n in o.notes)),
-                        skipped=sum(o.skipped for o in ok))
+                        notes=_notes_naming_files(ok), skipped=sum(o.skipped for o in ok))
+
+
+def _notes_naming_files(outcomes: list[BatchOutcome], shown: int = 3) -> tuple[str, ...]:
+    """Each distinct note once; a note that only some of the files got names them (the first ``shown``)."""
+    files_of: dict[str, list[Path]] = {}
+    for o in outcomes:
+        for note in o.notes:
+            files_of.setdefault(note, []).append(o.item.source)
+    lines = []
+    for note, files in files_of.items():
+        if len(files) == len(outcomes):
+            lines.append(note)
+            continue
+        names = ", ".join(str(f) for f in files[:shown]) + (f" and {len(files) - shown} more" if len(files) > shown else "")
+        lines.append(f"{names}: {note}")
+    return tuple(lines)
 
 
 def failure(item: BatchItem, error: SemcodecError) -> BatchOutcome:

@@ -92,7 +92,9 @@ def to_rgb8(im: Image.Image, notes: list[str] | None = None) -> np.ndarray:
     """
     notes = [] if notes is None else notes
     frames = getattr(im, "n_frames", 1)
-    if frames > 1:
+    if frames > 1 and im.format in ("TIFF", "MPO"):     # pages of a document, views of a stereo photo
+        notes.append(f"multi-image file ({frames} images): only the first is coded")
+    elif frames > 1:
         notes.append(f"animated image ({frames} frames): only the first frame is coded")
     try:
         im = ImageOps.exif_transpose(im) or im

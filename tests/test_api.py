@@ -108,6 +108,10 @@ def test_input_kinds_are_converted(test_codec):
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
     result = semcodec.compress_image(gif.getvalue(), model=test_codec, semantic=False)
     assert "animated image (2 frames): only the first frame is coded" in result.notes
+    tiff = io.BytesIO()
+    frames[0].save(tiff, format="TIFF", save_all=True, append_images=frames[1:])
+    result = semcodec.compress_image(tiff.getvalue(), model=test_codec, semantic=False)
+    assert "multi-image file (2 images): only the first is coded" in result.notes
 
 
 def test_file_objects_are_read_like_their_bytes(test_codec):

@@ -238,10 +238,13 @@ def test_batch_folder_with_a_bad_file(runner, test_codec, tmp_path):
     shutil.copy(SAMPLE, src / "a.jpg")
     shutil.copy(SAMPLE, src / "sub" / "b.jpg")
     (src / "sub" / "broken.png").write_bytes(b"not an image")
+    Image.open(SAMPLE).convert("L").save(src / "gray.png")
     r = runner.invoke(main, ["compress", str(src), "-o", str(tmp_path / "out"), "--model", test_codec, "--no-progress"])
     assert r.exit_code == 1
     assert (tmp_path / "out" / "a.smc").exists() and (tmp_path / "out" / "sub" / "b.smc").exists()
-    assert "3 files, 2 ok, 1 failed" in r.stderr and "broken.png" in r.stderr
+    assert "4 files, 3 ok, 1 failed" in r.stderr and "broken.png" in r.stderr
+    # A note that only some files got names them.
+    assert f"note: {src / 'gray.png'}: grayscale: coded as RGB" in r.stderr
     r = runner.invoke(main, ["decompress", str(tmp_path / "out"), "-o", str(tmp_path / "dec"), "--no-progress"])
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "dec" / "sub" / "b.png").exists()
