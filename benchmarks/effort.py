@@ -53,7 +53,7 @@ def main() -> None:
                 data = semcodec.compress(im, quality=q, model=args.model, semantic=False, effort=effort)
                 seconds.append(time.perf_counter() - start)
                 bpp.append(len(data) * 8 / (im.shape[0] * im.shape[1]))
-                db.append(psnr(np.asarray(semcodec.decompress(data)), im))
+                db.append(psnr(semcodec.decompress(data), im))
             rates.append(float(np.mean(bpp)))
             quality.append(float(np.mean(db)))
             print(f"effort {effort} quality {q:g}: {rates[-1]:.4f} bpp, {quality[-1]:.2f} dB", flush=True)

@@ -37,7 +37,7 @@ from .bitstream.container import (
 from .checkpoints import file_digest, load_residual_checkpoint
 from .errors import InvalidInputError, MissingLayerError, ModelMismatchError, RateControlError, SemcodecError
 from .fsutil import read_capped, read_file_object
-from .imageio import load_rgb
+from .imageio import gray_from_rgb, is_gray, load_rgb
 from .models.registry import DEFAULT_CODEC_MODEL, earlier_checkpoints, require_checkpoint
 from .ratecontrol import RateCurve, search_rate
 from .models.residual import SemanticCondition
@@ -167,6 +167,7 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     notes: list[str] = []                                        # things the user should know, one line each
     pixels = load_rgb(image, notes)                              # (H, W, 3) uint8
     height, width = pixels.shape[:2]
+    gray = is_gray(pixels)                                       # decoded as one channel
     if bpp is not None:
         if not (bpp > 0 and math.isfinite(bpp)):
             raise InvalidInputError(f"bpp must be a positive finite number, got {bpp}")
@@ -188,7 +189,7 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     if semantic_only:
         if quality is not None:
             notes.append("--quality applies to the pixel layer and is ignored with --semantic-only")
-        header = _header(width, height, layer0, None)
+        header = _header(width, height, layer0, None, gray)
         data = write_container(Container(header, (Chunk(SEMANTIC_LAYER, layer0.payload),)))
         if size is not None and len(data) > size * (1 + 0.02) and not max_size:
             raise RateControlError(f"the smallest semantic-only stream is {len(data)} bytes; the target is {size}")
@@ -203,7 +204,7 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
                      f"{MAX_REFINED_PIXELS // 10**6} megapixels (about 1 GiB of memory each); coded at effort 0")
         steps = 0
     codec = load_codec(model)
-    header = _header(width, height, layer0, codec)
+    header = _header(width, height, layer0, codec, gray)
     chunks_before = (Chunk(SEMANTIC_LAYER, layer0.payload),) if layer0 else ()
     x = image_to_tensor(pixels)                                   # (1, 3, H, W)
     y = codec.coder.analyze(x)                                    # (1, M, Hp/16, Wp/16), reused by every trial
@@ -270,11 +271,12 @@ class _Layer0:
     payload: bytes
 
 
-def _header(width: int, height: int, layer0: _Layer0 | None, codec: LoadedCodec | None) -> Header:
+def _header(width: int, height: int, layer0: _Layer0 | None, codec: LoadedCodec | None, gray: bool) -> Header:
     layers = ((SEMANTIC_LAYER,) if layer0 else ()) + ((RESIDUAL_LAYER,) if codec else ())
     return Header(codec_model=codec.name if codec else "", codec_checkpoint=codec.digest8 if codec else bytes(8),
                   semantic_model=layer0.model if layer0 else "", calibration=layer0.calibration8 if layer0 else bytes(8),
-                  preprocessing=layer0.preprocessing if layer0 else "", width=width, height=height, layers=layers)
+                  preprocessing=layer0.preprocessing if layer0 else "", width=width, height=height, layers=layers,
+                  gray=gray)
 
 
 def _choose_semantic(semantic, weights, semantic_only: bool, semantic_bytes: int | None,
@@ -331,7 +333,8 @@ def _encode_semantic(pixels: np.ndarray, name: str, weights, max_bytes: int | No
     empty = _Layer0(cal.model, cal.hash8, cal.preprocessing_id, b"")
     height, width = pixels.shape[:2]
     if whole_stream:
-        overhead = len(write_container(Container(_header(width, height, empty, None), (Chunk(SEMANTIC_LAYER, b""),))))
+        header = _header(width, height, empty, None, gray=False)          # the flag does not change the size
+        overhead = len(write_container(Container(header, (Chunk(SEMANTIC_LAYER, b""),))))
         if max_bytes - overhead < 1:
             raise RateControlError(f"a semantic-only stream needs more than {overhead} bytes; the target is {max_bytes}")
         max_bytes -= overhead
@@ -420,8 +423,8 @@ def decode_tokens(data):
 
 # --------------------------------------------------------------------------- decompress
 def decompress(data) -> Image.Image:
-    """Decode the pixel layer of a semcodec stream (bytes, a path or a binary file object) into an
-    RGB PIL image.
+    """Decode the pixel layer of a semcodec stream (bytes, a path or a binary file object) into a PIL
+    image: RGB, or 8-bit grayscale (mode ``L``) for a gray image.
 
     Raises:
         MissingLayerError: the stream has no pixel layer (semantic-only).
@@ -446,7 +449,8 @@ def decompress(data) -> Image.Image:
         tokens = _decode_tokens(data)      # raises a clear error when layer 0 or its calibration is missing
         condition = semantic_condition(h.semantic_model, tokens.tokens, tokens.grid, h.width, h.height)
     x_hat = codec.coder.decode(payload, h.width, h.height, condition)
-    return Image.fromarray(tensor_to_image(x_hat), mode="RGB")
+    rgb = tensor_to_image(x_hat)                                  # (H, W, 3) uint8
+    return Image.fromarray(gray_from_rgb(rgb), mode="L") if h.gray else Image.fromarray(rgb, mode="RGB")
 
 
 def semantic_condition(model: str, tokens, grid, width: int, height: int) -> SemanticCondition:
@@ -479,6 +483,7 @@ class StreamInfo:
     entropy_coder: int
     layers: dict[str, int]          # chunk type → payload bytes, in stream order
     total_bytes: int
+    gray: bool = False              # the pixel layer decodes to one channel
 
     @property
     def bpp(self) -> float:
@@ -491,7 +496,7 @@ class StreamInfo:
         """Human-readable multi-line summary."""
         rows = [
             ("format", self.format_version),
-            ("image", f"{self.width}x{self.height}"),
+            ("image", f"{self.width}x{self.height}" + (", gray" if self.gray else "")),
             ("codec model", f"{self.codec_model or '-'}" + (f" (checkpoint {self.codec_checkpoint})" if self.codec_model else "")),
             ("semantic model", f"{self.semantic_model or '-'}" + (f" (calibration {self.calibration}, {self.preprocessing})" if self.semantic_model else "")),
             ("entropy coder", str(self.entropy_coder)),
@@ -514,5 +519,5 @@ def inspect(data) -> StreamInfo:
         codec_model=h.codec_model, codec_checkpoint=h.codec_checkpoint.hex() if h.codec_model else "",
         semantic_model=h.semantic_model, calibration=h.calibration.hex() if h.semantic_model else "",
         preprocessing=h.preprocessing, entropy_coder=h.entropy_coder,
-        layers={ch.type.decode("ascii"): len(ch.payload) for ch in c.chunks}, total_bytes=len(data),
+        layers={ch.type.decode("ascii"): len(ch.payload) for ch in c.chunks}, total_bytes=len(data), gray=h.gray,
     )

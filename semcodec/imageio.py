@@ -4,14 +4,15 @@ What happens to each kind of input (also in the README):
 
 * EXIF orientation is applied (the image is coded as it is displayed).
 * Grayscale (L, I;16, I, F) becomes RGB with equal channels; 16-bit and float
-  images are scaled to 8 bits.
+  images are scaled to 8 bits. A gray image (equal channels, :func:`is_gray`) is
+  flagged in the stream and decodes to one channel (:func:`gray_from_rgb`).
 * Transparency (RGBA, LA, PA, palette with transparency) is composited over
   white; the alpha channel is not coded.
 * An embedded ICC colour profile other than sRGB (Display P3, Adobe RGB, a CMYK
   press profile, …) is applied: the pixels are converted to sRGB by LittleCMS, so
   that colours look the same after decoding (the decoded image is sRGB).
 * CMYK without a profile, YCbCr, palette and other modes are converted to RGB by Pillow.
-* Animated images: the first frame is coded.
+* Animated images and multi-image files: the first frame is coded.
 """
 
 from __future__ import annotations
@@ -169,3 +170,14 @@ def load_rgb(source, notes: list[str] | None = None) -> np.ndarray:
                                     f"got shape {source.shape} dtype {source.dtype}")
         source = Image.fromarray(source)
     return to_rgb8(open_image(source), notes)
+
+
+def is_gray(pixels: np.ndarray) -> bool:
+    """Whether an (H, W, 3) uint8 image is gray: its three channels are equal."""
+    return bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]))
+
+
+def gray_from_rgb(rgb: np.ndarray) -> np.ndarray:
+    """The gray value of a decoded gray image, (H, W, 3) uint8 → (H, W) uint8: the rounded mean of its channels
+    (the codec does not keep them exactly equal; their mean is the better estimate)."""
+    return ((rgb.astype(np.uint16).sum(axis=2) + 1) // 3).astype(np.uint8)

@@ -1,3 +1,3 @@
 """The package version (semver). Bitstream and checkpoint versions live in their own modules."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

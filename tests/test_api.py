@@ -114,6 +114,35 @@ def test_input_kinds_are_converted(test_codec):
     assert "multi-image file (2 images): only the first is coded" in result.notes
 
 
+def test_a_gray_image_decodes_to_one_channel(test_codec):
+    gray = Image.open(SAMPLE).convert("L").resize((64, 48))
+    reference = np.asarray(gray).astype(float)
+    for source in (gray.convert("I;16"), gray.convert("LA"), gray.convert("RGB"), gray):   # however it comes
+        data = semcodec.compress(source, model=test_codec, semantic=False)
+        info = semcodec.inspect(data)
+        assert info.gray and info.format_version == "1.1" and "64x48, gray" in info.describe()
+        out = semcodec.decompress(data)
+        assert out.mode == "L" and out.size == gray.size
+    # What a 1.0 reader (no gray flag) decodes: RGB whose channels differ; the gray output is their mean.
+    container = read_container(data)
+    as_rgb = Container(Header(**{**container.header.__dict__, "gray": False}), container.chunks)
+    rgb = np.asarray(semcodec.decompress(write_container(as_rgb)))
+    assert rgb.shape == (48, 64, 3) and (rgb[..., 0] != rgb[..., 1]).any()
+    assert np.array_equal(np.asarray(out), (rgb.astype(int).sum(axis=2) + 1) // 3)
+    # With the shipped (trained) model the mean is closer to the original than any one channel.
+    gray = Image.open(SAMPLE).convert("L").resize((128, 96))
+    reference = np.asarray(gray).astype(float)
+    container = read_container(semcodec.compress(gray, model="semcodec-ms192", semantic=False))
+    out = np.asarray(semcodec.decompress(write_container(container)))
+    as_rgb = Container(Header(**{**container.header.__dict__, "gray": False}), container.chunks)
+    rgb = np.asarray(semcodec.decompress(write_container(as_rgb)))
+    mse_gray = ((out - reference) ** 2).mean()
+    assert all(mse_gray < ((rgb[..., c] - reference) ** 2).mean() for c in range(3))
+    # A colour image is neither flagged nor written as 1.1.
+    colour = semcodec.inspect(semcodec.compress(SAMPLE, model=test_codec, semantic=False))
+    assert not colour.gray and colour.format_version == "1.0"
+
+
 def test_file_objects_are_read_like_their_bytes(test_codec):
     expected = semcodec.compress(SAMPLE, model=test_codec, semantic=False)
     with open(SAMPLE, "rb") as f:

@@ -1,4 +1,4 @@
-"""The semcodec container: a versioned, layered, checksummed envelope (format v1).
+"""The semcodec container: a versioned, layered, checksummed envelope (format 1.1).
 
 A stream is a fixed preamble, a header that names everything a decoder needs
 (models, checkpoint and calibration hashes, image size, entropy coder, layer
@@ -48,6 +48,7 @@ from semcodec.errors import (
 __all__ = [
     "CONSTRICTION_RANGE_CODER",
     "FORMAT_VERSION",
+    "GRAY_FLAG",
     "LAYER_TYPES",
     "MAGIC",
     "MAX_CHUNKS",
@@ -68,8 +69,9 @@ __all__ = [
     "write_container",
 ]
 
-#: (major, minor) of the format this module writes. It reads every 1.x.
-FORMAT_VERSION = (1, 0)
+#: (major, minor): the newest format this module reads and writes. It reads every 1.x and writes
+#: the oldest minor that carries a container (1.0 unless the header uses something 1.1 added).
+FORMAT_VERSION = (1, 1)
 #: PNG-style signature: the high byte catches 7-bit transports, CR LF / LF catch
 #: line-ending conversion, 0x1A stops ``type`` on DOS.
 MAGIC = b"\x89SMC\r\n\x1a\n"
@@ -96,8 +98,11 @@ MAX_LAYERS = 8
 MAX_CHUNKS = 64
 MAX_CHUNK_PAYLOAD = 256 * 2**20
 
-# Flag bits defined by format 1.0: none.
-_KNOWN_FLAGS = 0x0000
+#: Flag bit 0 (format 1.1): the image is gray (its three channels were equal); a decoder of the
+#: pixel layer returns one channel. Advisory: a 1.0 reader ignores it and returns RGB.
+GRAY_FLAG = 0x0001
+# The flag bits each minor version defines.
+_KNOWN_FLAGS = {0: 0x0000, 1: GRAY_FLAG}
 _HASH_LENGTH = 8
 _NO_HASH = bytes(_HASH_LENGTH)
 
@@ -134,7 +139,7 @@ class Header:
     A header is checked on construction: a value format 1.x cannot carry raises
     :class:`~semcodec.errors.InvalidInputError`. What a newer minor version may
     extend (layer types, the fields of an absent layer) is checked more
-    strictly by :func:`write_container`, which writes format 1.0 only.
+    strictly by :func:`write_container`, which writes format 1.0 and 1.1 only.
 
     Attributes:
         codec_model: Registered name of the residual codec (ASCII ``[a-z0-9._-]``,
@@ -154,6 +159,8 @@ class Header:
             stored as a tuple.
         entropy_coder: Entropy coder id; 1 (:data:`CONSTRICTION_RANGE_CODER`)
             is the only one format 1 defines.
+        gray: The image is gray (its channels were equal): the pixel layer decodes
+            to one channel. Stored as :data:`GRAY_FLAG` in the preamble (format 1.1).
     """
 
     codec_model: str
@@ -165,6 +172,7 @@ class Header:
     height: int
     layers: tuple[bytes, ...]
     entropy_coder: int = CONSTRICTION_RANGE_CODER
+    gray: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
@@ -201,6 +209,8 @@ def _check_header(h: Header) -> None:
             raise InvalidInputError(f"image {field} {value!r} is outside 1..{MAX_DIMENSION}")
     if h.width * h.height > MAX_PIXELS:
         raise InvalidInputError(f"image of {h.width}x{h.height} pixels exceeds the limit of {MAX_PIXELS} pixels")
+    if not isinstance(h.gray, bool):
+        raise InvalidInputError(f"header field gray must be a bool, not {type(h.gray).__name__}")
     if h.entropy_coder != CONSTRICTION_RANGE_CODER or not _is_int(h.entropy_coder):
         # Format 1.x has one coder; a new coder changes how layers decode, so it needs format 2.
         raise InvalidInputError(f"entropy coder id {h.entropy_coder!r} is not defined in format 1 (known: 1)")
@@ -229,7 +239,8 @@ def _check_header(h: Header) -> None:
 
 
 def _format_1_0_violation(h: Header) -> str | None:
-    """Returns which rule of format 1.0 that a newer 1.x minor version may relax ``h`` breaks, if any.
+    """Returns which rule of format 1.0 (kept by 1.1) that a newer 1.x minor version may relax ``h``
+    breaks, if any.
 
     The writer enforces these rules; the reader enforces them on streams whose
     minor version is not newer than its own.
@@ -293,17 +304,20 @@ class Container:
     Attributes:
         header: The stream header.
         chunks: The layer chunks, in stream order (a list is stored as a tuple).
-        version: ``(major, minor)`` of the stream; what
-            :func:`write_container` writes is always :data:`FORMAT_VERSION`.
+        version: ``(major, minor)`` of the stream (what :func:`write_container`
+            writes). Default: the oldest version that carries the header, 1.0
+            unless it uses a 1.1 flag.
     """
 
     header: Header
     chunks: tuple[Chunk, ...]
-    version: tuple[int, int] = FORMAT_VERSION
+    version: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.header, Header):
             raise InvalidInputError(f"container header must be a Header, not {type(self.header).__name__}")
+        if self.version is None:
+            object.__setattr__(self, "version", _oldest_version(self.header))
         if isinstance(self.chunks, list):
             object.__setattr__(self, "chunks", tuple(self.chunks))
         if not isinstance(self.chunks, tuple) or not all(isinstance(c, Chunk) for c in self.chunks):
@@ -334,6 +348,12 @@ class Container:
         return None
 
 
+def _oldest_version(h: Header) -> tuple[int, int]:
+    """The oldest format version that carries header ``h``: writing it keeps streams without the newer
+    features byte-identical to what earlier releases wrote."""
+    return (1, 1) if h.gray else (1, 0)
+
+
 # --------------------------------------------------------------------------- writer
 
 
@@ -357,7 +377,7 @@ def _encode_header(h: Header) -> bytes:
 
 
 def write_container(container: Container) -> bytes:
-    """Serializes a container as a format 1.0 stream.
+    """Serializes a container as a format 1.x stream (its ``version``, 1.0 or 1.1).
 
     Args:
         container: The header and one chunk per listed layer, in the header's order.
@@ -367,18 +387,20 @@ def write_container(container: Container) -> bytes:
 
     Raises:
         InvalidInputError: The chunks do not match ``header.layers``, or the
-            header uses something format 1.0 does not define (an unknown layer
-            type, model fields set for an absent layer), or
-            ``container.version`` is not :data:`FORMAT_VERSION`.
+            header uses something format 1.1 does not define (an unknown layer
+            type, model fields set for an absent layer), or ``container.version``
+            is newer than :data:`FORMAT_VERSION` or older than the header needs.
     """
     if not isinstance(container, Container):
         raise InvalidInputError(f"write_container expects a Container, not {type(container).__name__}")
-    if container.version != FORMAT_VERSION:
-        # Rewriting a newer stream as 1.0 would silently drop what we do not understand.
-        major, minor = container.version
+    major, minor = container.version
+    oldest = _oldest_version(container.header)
+    if not oldest <= (major, minor) <= FORMAT_VERSION:
+        # Rewriting a newer stream as 1.1 would silently drop what we do not understand; an older
+        # version would drop the flags it lacks.
         raise InvalidInputError(
             f"cannot write format version {major}.{minor}; this semcodec writes "
-            f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]} only"
+            f"{oldest[0]}.{oldest[1]} to {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]} for this header"
         )
     header = container.header
     violation = _format_1_0_violation(header)
@@ -390,7 +412,8 @@ def write_container(container: Container) -> bytes:
             f"chunks {_format_types(types)} do not match the header's layers {_format_types(header.layers)}"
         )
     header_bytes = _encode_header(header)
-    out = bytearray(_PREAMBLE.pack(MAGIC, FORMAT_VERSION[0], FORMAT_VERSION[1], 0, len(header_bytes)))
+    flags = GRAY_FLAG if header.gray else 0
+    out = bytearray(_PREAMBLE.pack(MAGIC, major, minor, flags, len(header_bytes)))
     out += header_bytes
     out += _CRC.pack(zlib.crc32(out))
     for chunk in container.chunks:
@@ -503,7 +526,7 @@ def _read_header(view: memoryview) -> tuple[Header, tuple[int, int], int]:
     # A reader knows every flag and field up to its own minor version; beyond
     # that, a newer minor version may only add things an older reader can ignore.
     newer_minor = minor > FORMAT_VERSION[1]
-    if flags & ~_KNOWN_FLAGS and not newer_minor:
+    if flags & ~_KNOWN_FLAGS[min(minor, FORMAT_VERSION[1])] and not newer_minor:
         raise CorruptStreamError(f"corrupt header: reserved flag bits are set (flags = 0x{flags:04x})")
 
     cursor = _HeaderCursor(view[_PREAMBLE.size : header_end])
@@ -532,6 +555,7 @@ def _read_header(view: memoryview) -> tuple[Header, tuple[int, int], int]:
             height=height,
             layers=tuple(raw_layers[i : i + 4] for i in range(0, len(raw_layers), 4)),
             entropy_coder=entropy_coder,
+            gray=minor >= 1 and bool(flags & GRAY_FLAG),
         )
     except InvalidInputError as e:
         raise CorruptStreamError(f"corrupt header: {e}") from e

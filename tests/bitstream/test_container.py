@@ -98,7 +98,14 @@ def semantic_only() -> Container:
     return Container(header, (Chunk(SEM, b""),))
 
 
-GOLDEN_CASES = {"both_layers": both_layers, "pixels_only": pixels_only, "semantic_only": semantic_only}
+def gray_pixels() -> Container:
+    """Format 1.1: a gray image's pixel layer (flag bit 0)."""
+    header = Header(**{**pixels_only().header.__dict__, "width": 33, "height": 17, "gray": True})
+    return Container(header, (Chunk(RES, b"gray pixels"),))
+
+
+GOLDEN_CASES = {"both_layers": both_layers, "pixels_only": pixels_only, "semantic_only": semantic_only,
+                "gray_pixels": gray_pixels}
 
 
 # ------------------------------------------------ independent encoder (from the spec)
@@ -134,8 +141,13 @@ def frame(chunk_type: bytes, payload: bytes) -> bytes:
     return head + payload + struct.pack("<I", zlib.crc32(head + payload))
 
 
-def build(container: Container, *, version=(1, 0), flags=0, extra=b"", chunks=None) -> bytes:
-    """Encodes ``container`` per the spec; ``chunks`` ((type, payload) pairs) overrides its chunks."""
+def build(container: Container, *, version=None, flags=None, extra=b"", chunks=None) -> bytes:
+    """Encodes ``container`` per the spec; ``chunks`` ((type, payload) pairs) overrides its chunks, ``version``
+    and ``flags`` override the container's (version 1.0 and no flags, or 1.1 and bit 0 for a gray image)."""
+    if version is None:
+        version = (1, 1) if container.header.gray else (1, 0)
+    if flags is None:
+        flags = 0x0001 if container.header.gray else 0
     if chunks is None:
         chunks = [(c.type, c.payload) for c in container.chunks]
     out = seal_header(header_bytes(container.header, extra=extra), version=version, flags=flags)
@@ -380,25 +392,44 @@ def test_unknown_major_version():
 
 def test_newer_minor_version_extensions_are_ignored():
     container = both_layers()
-    data = build(container, version=(1, 3), flags=0x8001, extra=b"new fields of 1.3")
+    data = build(container, version=(1, 3), flags=0x8002, extra=b"new fields of 1.3")
     assert read_container(data) == Container(container.header, container.chunks, version=(1, 3))
-    # The same extensions in a 1.0 stream are damage.
-    with pytest.raises(CorruptStreamError, match="reserved flag"):
-        read_container(build(container, flags=0x0001))
-    with pytest.raises(CorruptStreamError, match="unexpected bytes"):
-        read_container(build(container, extra=b"\x00"))
+    # Bit 0 keeps its 1.1 meaning in later minors.
+    gray = Header(**{**container.header.__dict__, "gray": True})
+    assert read_container(build(container, version=(1, 3), flags=0x8003)).header == gray
+    # The same extensions in a 1.0 or 1.1 stream are damage; bit 0 is only defined from 1.1 on.
+    for version, flags in (((1, 0), 0x0001), ((1, 1), 0x0002), ((1, 0), 0x8000)):
+        with pytest.raises(CorruptStreamError, match="reserved flag"):
+            read_container(build(container, version=version, flags=flags))
+    for version in ((1, 0), (1, 1)):
+        with pytest.raises(CorruptStreamError, match="unexpected bytes"):
+            read_container(build(container, version=version, extra=b"\x00"))
+
+
+def test_the_oldest_version_that_carries_a_stream_is_written():
+    container = both_layers()
+    assert container.version == (1, 0) and write_container(container)[8:12] == bytes([1, 0, 0, 0])
+    gray = gray_pixels()
+    assert gray.version == (1, 1) and write_container(gray)[8:12] == bytes([1, 1, 1, 0])
+    # A 1.1 stream without the flag is valid and written as asked; a gray image cannot be 1.0.
+    as_1_1 = Container(container.header, container.chunks, version=(1, 1))
+    assert read_container(write_container(as_1_1)) == as_1_1
+    with pytest.raises(InvalidInputError, match="writes 1.1 to 1.1 for this header"):
+        write_container(Container(gray.header, gray.chunks, version=(1, 0)))
 
 
 def test_newer_minor_version_may_add_layer_types():
     header = Header(**{**both_layers().header.__dict__, "layers": (SEM, RES, b"SEM1")})
     chunks = [(SEM, b"a"), (RES, b"b"), (b"SEM1", b"c")]
-    container = read_container(build(Container(header, ()), version=(1, 1), chunks=chunks))
-    assert container.layer(b"SEM1") == b"c" and container.version == (1, 1)
-    prefix = build(Container(header, ()), version=(1, 1), chunks=chunks[:2])
+    container = read_container(build(Container(header, ()), version=(1, 2), chunks=chunks))
+    assert container.layer(b"SEM1") == b"c" and container.version == (1, 2)
+    prefix = build(Container(header, ()), version=(1, 2), chunks=chunks[:2])
     assert read_container_prefix(prefix, RES).chunks[1].payload == b"b"
     with pytest.raises(CorruptStreamError, match="not defined in format 1.0"):
         read_container(build(Container(header, ()), chunks=chunks))
-    with pytest.raises(InvalidInputError, match="writes 1.0 only"):
+    with pytest.raises(CorruptStreamError, match="not defined in format 1.0"):
+        read_container(build(Container(header, ()), version=(1, 1), chunks=chunks))
+    with pytest.raises(InvalidInputError, match="cannot write format version 1.2"):
         write_container(container)
 
 
@@ -612,7 +643,7 @@ def test_random_mutations_raise_only_semcodec_errors():
             assert str(e)
         else:
             outcomes["valid"] += 1
-            if container.version == FORMAT_VERSION:
+            if container.version <= FORMAT_VERSION:
                 assert read_container(write_container(container)) == container
         slowest = max(slowest, time.perf_counter() - started)
     assert slowest < 1.0
@@ -634,6 +665,7 @@ BAD_HEADER_FIELDS = [
     {"width": 16385},
     {"height": True},
     {"height": 3.0},
+    {"gray": 1},
     {"layers": (SEM, SEM)},
     {"layers": (RES, SEM)},
     {"layers": (b"sem0",)},
