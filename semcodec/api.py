@@ -333,7 +333,7 @@ def _encode_semantic(pixels: np.ndarray, name: str, weights, max_bytes: int | No
     empty = _Layer0(cal.model, cal.hash8, cal.preprocessing_id, b"")
     height, width = pixels.shape[:2]
     if whole_stream:
-        header = _header(width, height, empty, None, gray=False)          # the flag does not change the size
+        header = _header(width, height, empty, None, gray=False)      # the flag does not change the size
         overhead = len(write_container(Container(header, (Chunk(SEMANTIC_LAYER, b""),))))
         if max_bytes - overhead < 1:
             raise RateControlError(f"a semantic-only stream needs more than {overhead} bytes; the target is {max_bytes}")

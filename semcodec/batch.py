@@ -200,7 +200,8 @@ def _notes_naming_files(outcomes: list[BatchOutcome], shown: int = 3) -> tuple[s
         if len(files) == len(outcomes):
             lines.append(note)
             continue
-        names = ", ".join(str(f) for f in files[:shown]) + (f" and {len(files) - shown} more" if len(files) > shown else "")
+        more = f" and {len(files) - shown} more" if len(files) > shown else ""
+        names = ", ".join(str(f) for f in files[:shown]) + more
         lines.append(f"{names}: {note}")
     return tuple(lines)
 
