@@ -37,7 +37,7 @@ from .bitstream.container import (
 from .checkpoints import file_digest, load_residual_checkpoint
 from .errors import InvalidInputError, MissingLayerError, ModelMismatchError, RateControlError, SemcodecError
 from .fsutil import read_capped, read_file_object
-from .imageio import gray_from_rgb, is_gray, load_rgb
+from .imageio import GRAY_TOLERANCE, channel_spread, gray_from_rgb, load_rgb
 from .models.registry import DEFAULT_CODEC_MODEL, earlier_checkpoints, require_checkpoint
 from .ratecontrol import RateCurve, search_rate
 from .models.residual import SemanticCondition
@@ -167,7 +167,10 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     notes: list[str] = []                                        # things the user should know, one line each
     pixels = load_rgb(image, notes)                              # (H, W, 3) uint8
     height, width = pixels.shape[:2]
-    gray = is_gray(pixels)                                       # decoded as one channel
+    spread = channel_spread(pixels)
+    gray = spread <= GRAY_TOLERANCE                              # decoded as one channel
+    if gray and spread:
+        notes.append(f"nearly gray (its channels differ by at most {spread} level): decoded as grayscale")
     if bpp is not None:
         if not (bpp > 0 and math.isfinite(bpp)):
             raise InvalidInputError(f"bpp must be a positive finite number, got {bpp}")

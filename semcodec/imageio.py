@@ -4,8 +4,9 @@ What happens to each kind of input (also in the README):
 
 * EXIF orientation is applied (the image is coded as it is displayed).
 * Grayscale (L, I;16, I, F) becomes RGB with equal channels; 16-bit and float
-  images are scaled to 8 bits. A gray image (equal channels, :func:`is_gray`) is
-  flagged in the stream and decodes to one channel (:func:`gray_from_rgb`).
+  images are scaled to 8 bits. A gray image (channels equal to within
+  :data:`GRAY_TOLERANCE`, :func:`channel_spread`) is flagged in the stream and
+  decodes to one channel (:func:`gray_from_rgb`).
 * Transparency (RGBA, LA, PA, palette with transparency) is composited over
   white; the alpha channel is not coded.
 * An embedded ICC colour profile other than sRGB (Display P3, Adobe RGB, a CMYK
@@ -172,9 +173,15 @@ def load_rgb(source, notes: list[str] | None = None) -> np.ndarray:
     return to_rgb8(open_image(source), notes)
 
 
-def is_gray(pixels: np.ndarray) -> bool:
-    """Whether an (H, W, 3) uint8 image is gray: its three channels are equal."""
-    return bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]))
+#: The largest difference between the channels of an image that still counts as gray: lossy WebP or HEIC files
+#: of a black-and-white photo differ by one level here and there.
+GRAY_TOLERANCE = 1
+
+
+def channel_spread(pixels: np.ndarray) -> int:
+    """The largest difference between two channels of an (H, W, 3) uint8 image at any pixel (0: exactly gray)."""
+    r, g, b = (pixels[..., c] for c in range(3))
+    return max(int(np.abs(np.subtract(x, y, dtype=np.int16)).max(initial=0)) for x, y in ((r, g), (r, b), (g, b)))
 
 
 def gray_from_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -98,7 +98,7 @@ MAX_LAYERS = 8
 MAX_CHUNKS = 64
 MAX_CHUNK_PAYLOAD = 256 * 2**20
 
-#: Flag bit 0 (format 1.1): the image is gray (its three channels were equal); a decoder of the
+#: Flag bit 0 (format 1.1): the image is gray (its channels were equal, or nearly); a decoder of the
 #: pixel layer returns one channel. Advisory: a 1.0 reader ignores it and returns RGB.
 GRAY_FLAG = 0x0001
 # The flag bits each minor version defines.
@@ -159,7 +159,7 @@ class Header:
             stored as a tuple.
         entropy_coder: Entropy coder id; 1 (:data:`CONSTRICTION_RANGE_CODER`)
             is the only one format 1 defines.
-        gray: The image is gray (its channels were equal): the pixel layer decodes
+        gray: The image is gray (its channels were equal, or nearly): the pixel layer decodes
             to one channel. Stored as :data:`GRAY_FLAG` in the preamble (format 1.1).
     """
 
