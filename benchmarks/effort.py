@@ -39,7 +39,7 @@ def main() -> None:
     qualities = [float(q) for q in args.qualities.split(",")]
     paths = list_images(args.images, args.limit)
     if not paths:
-        raise SystemExit(f"no PNG images in {args.images}")
+        raise SystemExit(f"no images in {args.images}")
     images = [load_rgb(p) for p in paths]
 
     curves: dict[int, tuple[list[float], list[float]]] = {}

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoints import CDF_BUFFERS, load_residual_checkpoint, save_residual_checkpoint
 from .batch import IMAGE_SUFFIXES, files_in
+from .checkpoints import CDF_BUFFERS, load_residual_checkpoint, save_residual_checkpoint
 from .errors import InvalidInputError, TrainingDivergedError
 from .imageio import load_rgb
 from .models.residual import ResidualCodec, ResidualConfig, SemanticCondition

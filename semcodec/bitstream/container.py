@@ -555,7 +555,7 @@ def _read_header(view: memoryview) -> tuple[Header, tuple[int, int], int]:
             height=height,
             layers=tuple(raw_layers[i : i + 4] for i in range(0, len(raw_layers), 4)),
             entropy_coder=entropy_coder,
-            gray=minor >= 1 and bool(flags & GRAY_FLAG),
+            gray=bool(flags & GRAY_FLAG),          # a 1.0 stream with the bit set was refused above
         )
     except InvalidInputError as e:
         raise CorruptStreamError(f"corrupt header: {e}") from e
