@@ -23,7 +23,7 @@ from PIL import Image
 
 from semcodec.api import _semantic_models, load_codec, semantic_condition
 from semcodec.bench.metrics import psnr
-from semcodec.bench.runner import list_images
+from semcodec.bench.runner import list_images, run_script
 from semcodec.imageio import load_rgb
 from semcodec.residual_coder import image_to_tensor, tensor_to_image
 
@@ -78,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semcodec.bench.runner import list_images
+from semcodec.bench.runner import list_images, run_script
 from semcodec.checkpoints import load_residual_checkpoint
 from semcodec.imageio import load_rgb
 from semcodec.residual_coder import ResidualCoder, image_to_tensor
@@ -49,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

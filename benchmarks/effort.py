@@ -21,7 +21,7 @@ import torch
 import semcodec
 from semcodec.bench.bdrate import bd_rate
 from semcodec.bench.metrics import psnr
-from semcodec.bench.runner import list_images
+from semcodec.bench.runner import list_images, run_script
 from semcodec.imageio import load_rgb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

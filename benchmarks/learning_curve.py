@@ -22,7 +22,7 @@ from PIL import Image
 
 from semcodec.bench.bdrate import bd_rate
 from semcodec.bench.metrics import psnr
-from semcodec.bench.runner import list_images
+from semcodec.bench.runner import list_images, run_script
 from semcodec.checkpoints import freeze_for_shipping, load_residual_checkpoint
 from semcodec.imageio import load_rgb
 from semcodec.residual_coder import ResidualCoder, image_to_tensor, tensor_to_image
@@ -99,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from semcodec.api import compress_image, load_codec
-from semcodec.bench.runner import list_images
+from semcodec.bench.runner import list_images, run_script
 from semcodec.errors import RateControlError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

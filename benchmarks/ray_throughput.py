@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from semcodec.batch import IMAGE_SUFFIXES, files_in
+from semcodec.bench.runner import list_images, run_script
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [("local", 1), ("local", 2), ("ray", 1), ("ray", 2)]
@@ -77,7 +77,7 @@ def main() -> None:
                         help="codec model (semcodec-test with SEMCODEC_CHECKPOINTS=tests/data/checkpoints is the tiny one)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    images = files_in(args.images, IMAGE_SUFFIXES)
+    images = list_images(args.images)
     if len(images) < 2 * args.count:
         raise SystemExit(f"{args.images} holds {len(images)} images; --count {args.count} needs {2 * args.count}")
     rows = []
@@ -112,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

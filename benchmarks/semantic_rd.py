@@ -50,7 +50,7 @@ import semcodec._compat  # noqa: E402,F401  (before torchvision / open_clip)
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from semcodec.bench.runner import list_images  # noqa: E402
+from semcodec.bench.runner import list_images, run_script  # noqa: E402
 from semcodec.models.semantic import list_semantic_models, load_tower  # noqa: E402
 from semcodec.semantic_coder import decode_tokens, find_calibration, load_calibration, semantic_only_stream  # noqa: E402
 
@@ -274,4 +274,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -40,6 +40,7 @@ import json
 import math
 import random
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,11 +50,12 @@ import numpy as np
 from PIL import Image
 
 from ..batch import IMAGE_SUFFIXES, files_in
+from ..errors import InvalidInputError, SemcodecError
 from .baselines import Baseline, select_baselines, set_decoder_threads
 from .metrics import ms_ssim, psnr, token_fidelity
 
 __all__ = ["COLUMNS", "SPEED_COLUMNS", "BenchConfig", "BenchResult", "PeakMemory", "Setting", "curve_name",
-           "list_images", "run_bench", "semcodec_settings"]
+           "list_images", "run_bench", "run_script", "semcodec_settings"]
 
 #: Keys of compress_image kwargs that set the rate (the sweep); the other keys name the curve.
 RATE_KEYS = ("quality", "bpp", "size", "max_size")
@@ -277,12 +279,28 @@ def _token_tensor(decoded):
 
 
 def list_images(folder: Path, limit: int | None = None, quick: bool = False, quick_count: int = 4) -> list[Path]:
-    """Image files of a folder, sorted; ``quick`` keeps ``quick_count`` evenly spaced ones."""
+    """Image files of a folder, sorted; ``quick`` keeps ``quick_count`` evenly spaced ones.
+
+    Raises:
+        InvalidInputError: ``folder`` is not a folder.
+    """
+    if not Path(folder).is_dir():
+        raise InvalidInputError(f"image folder {folder} does not exist")
     files = files_in(folder, IMAGE_SUFFIXES)
     if quick and len(files) > quick_count:
         n = len(files)
         files = [files[round(i * (n - 1) / (quick_count - 1))] for i in range(quick_count)]
     return files[:limit] if limit else files
+
+
+def run_script(main: Callable[[], object]) -> None:
+    """Run a ``benchmarks/`` script's ``main``: a semcodec error (a missing image folder or model)
+    ends it with a one-line message and exit status 2 instead of a traceback."""
+    try:
+        main()
+    except SemcodecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 # --------------------------------------------------------------------------- run

@@ -14,7 +14,8 @@ from PIL import Image
 from semcodec.bench.baselines import compressai_weights, pillow_baselines, select_baselines
 from semcodec.bench.metrics import psnr
 from semcodec.bench.report import README_BEGIN, README_END, load_published, summarize, update_readme
-from semcodec.bench.runner import COLUMNS, PeakMemory, curve_name, list_images, unsupported_keywords
+from semcodec.bench.runner import COLUMNS, PeakMemory, curve_name, list_images, run_script, unsupported_keywords
+from semcodec.errors import InvalidInputError
 from semcodec.cli.bench import bench
 
 BASELINES = "jpeg420,jpeg444,webp,avif,jxl"
@@ -165,6 +166,8 @@ def test_helpers(tmp_path):
     assert [p.name for p in list_images(tmp_path)][:2] == ["im00.png", "im01.png"]
     assert [p.name for p in list_images(tmp_path, quick=True)] == ["im00.png", "im03.png", "im06.png", "im09.png"]
     assert len(list_images(tmp_path, limit=3)) == 3
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        list_images(tmp_path / "missing")
     assert curve_name({"quality": 50, "model": "m"}) == "m"
     assert curve_name({"quality": 50, "model": "m", "semantic": "tiny"}) == "m+semantic=tiny"
     assert curve_name({"quality": 50, "model": "m", "semantic": False}) == "m"
@@ -207,3 +210,13 @@ def test_compressai_zoo_weights_are_found_in_the_cache_only(tmp_path):
     data = zoo.encode(image, 1)
     decoded = zoo.decode(data, 1)
     assert decoded.size == image.size and decoded.mode == "RGB"
+
+
+def test_benchmark_scripts_end_on_semcodec_errors_with_a_message(tmp_path, capsys):
+    def main():
+        list_images(tmp_path / "missing")
+
+    with pytest.raises(SystemExit) as stopped:
+        run_script(main)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"error: image folder {tmp_path / 'missing'} does not exist\n"
