@@ -11,7 +11,7 @@ Public interface::
     semcodec.inspect(data) -> StreamInfo
 
 The API (and with it torch) is imported on first use, so that ``import semcodec``
-and ``semcodec --help`` stay fast.
+and ``semcodec --help`` stay fast; ``inspect`` never imports torch.
 """
 
 from .errors import SemcodecError
@@ -20,7 +20,9 @@ from .version import __version__
 __all__ = ["CompressResult", "SemcodecError", "StreamInfo", "__version__", "compress", "compress_image",
            "decode_tokens", "decompress", "inspect"]
 
-_API_NAMES = {"CompressResult", "StreamInfo", "compress", "compress_image", "decode_tokens", "decompress", "inspect"}
+_API_NAMES = {"CompressResult", "compress", "compress_image", "decode_tokens", "decompress"}
+#: Parsing a stream needs no torch: these come from the light module.
+_INFO_NAMES = {"StreamInfo", "inspect"}
 
 
 def __getattr__(name: str):
@@ -28,4 +30,8 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name in _INFO_NAMES:
+        from .bitstream import info
+
+        return getattr(info, name)
     raise AttributeError(f"module 'semcodec' has no attribute {name!r}")

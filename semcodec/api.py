@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,7 +24,6 @@ import torch
 from PIL import Image
 
 from .bitstream.container import (
-    MAGIC,
     RESIDUAL_LAYER,
     SEMANTIC_LAYER,
     Chunk,
@@ -34,9 +32,10 @@ from .bitstream.container import (
     read_container,
     write_container,
 )
-from .checkpoints import file_digest, load_residual_checkpoint
+from .bitstream.info import StreamInfo, inspect, stream_data  # noqa: F401 - StreamInfo and inspect are public API
+from .checkpoints import load_residual_checkpoint
 from .errors import InvalidInputError, MissingLayerError, ModelMismatchError, RateControlError, SemcodecError
-from .fsutil import read_capped, read_file_object
+from .fsutil import file_digest
 from .imageio import GRAY_TOLERANCE, channel_spread, gray_from_rgb, load_rgb
 from .models.registry import DEFAULT_CODEC_MODEL, earlier_checkpoints, require_checkpoint
 from .ratecontrol import RateCurve, search_rate
@@ -391,23 +390,6 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
                           semantic_bytes=semantic_bytes, effort=effort).data
 
 
-def _stream_data(source) -> bytes | bytearray | memoryview:
-    """The bytes of a stream given as bytes-like data, a path (``str`` or ``os.PathLike``) or a binary
-    file object; the decoders call it, so each takes any of these.
-
-    Raises:
-        InvalidInputError: a missing or unreadable file, a text-mode file object, or a ``str`` that
-            holds a stream's content rather than a path (the file was read in text mode).
-    """
-    if hasattr(source, "read"):                        # open(path, "rb"), io.BytesIO, sys.stdin.buffer, …
-        return read_file_object(source, "stream")
-    if isinstance(source, str) and (source.startswith(MAGIC[:4].decode("latin-1")) or "\x00" in source):
-        raise InvalidInputError("a semcodec stream is bytes, not str (open the file in binary mode, 'rb')")
-    if isinstance(source, (str, os.PathLike)):
-        return read_capped(source)
-    return source
-
-
 def decode_tokens(data):
     """Decode layer 0 of a stream (bytes, a path or a binary file object) into MLLM-ready tokens
     (no pixels, no vision transformer).
@@ -421,7 +403,7 @@ def decode_tokens(data):
     """
     from .semantic_coder import decode_tokens as _decode_tokens
 
-    return _decode_tokens(_stream_data(data))
+    return _decode_tokens(stream_data(data))
 
 
 # --------------------------------------------------------------------------- decompress
@@ -434,7 +416,7 @@ def decompress(data) -> Image.Image:
         ModelMismatchError: the stream needs another checkpoint than the one installed.
         StreamError: the stream is truncated or corrupt.
     """
-    data = _stream_data(data)
+    data = stream_data(data)
     container = read_container(data)
     h = container.header
     payload = container.layer(RESIDUAL_LAYER)
@@ -468,59 +450,3 @@ def semantic_condition(model: str, tokens, grid, width: int, height: int) -> Sem
     padded_w, padded_h = padded_size(width, height)
     return SemanticCondition(model=model, tokens=tokens[None].float(), grid=tuple(grid),
                              region=box_region(semantic_spec(model), width, height, 0, 0, padded_h, padded_w))
-
-
-# --------------------------------------------------------------------------- inspect
-@dataclass(frozen=True)
-class StreamInfo:
-    """What ``semcodec info`` prints: the header and the size of each layer."""
-
-    format_version: str
-    width: int
-    height: int
-    codec_model: str
-    codec_checkpoint: str
-    semantic_model: str
-    calibration: str
-    preprocessing: str
-    entropy_coder: int
-    layers: dict[str, int]          # chunk type → payload bytes, in stream order
-    total_bytes: int
-    gray: bool = False              # the pixel layer decodes to one channel
-
-    @property
-    def bpp(self) -> float:
-        return self.total_bytes * 8 / (self.width * self.height)
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"bpp": round(self.bpp, 6)}
-
-    def describe(self) -> str:
-        """Human-readable multi-line summary."""
-        rows = [
-            ("format", self.format_version),
-            ("image", f"{self.width}x{self.height}" + (", gray" if self.gray else "")),
-            ("codec model", f"{self.codec_model or '-'}" + (f" (checkpoint {self.codec_checkpoint})" if self.codec_model else "")),
-            ("semantic model", f"{self.semantic_model or '-'}" + (f" (calibration {self.calibration}, {self.preprocessing})" if self.semantic_model else "")),
-            ("entropy coder", str(self.entropy_coder)),
-        ]
-        names = {"SEM0": "layer 0 (semantic)", "RES1": "layer 1 (pixels)"}
-        rows += [(names.get(t, t), f"{n} bytes") for t, n in self.layers.items()]
-        rows.append(("total", f"{self.total_bytes} bytes, {self.bpp:.4f} bpp"))
-        width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def inspect(data) -> StreamInfo:
-    """Parse and validate a stream's container (bytes, a path or a binary file object) and report its
-    header and layer sizes."""
-    data = _stream_data(data)
-    c = read_container(data)
-    h = c.header
-    return StreamInfo(
-        format_version=f"{c.version[0]}.{c.version[1]}", width=h.width, height=h.height,
-        codec_model=h.codec_model, codec_checkpoint=h.codec_checkpoint.hex() if h.codec_model else "",
-        semantic_model=h.semantic_model, calibration=h.calibration.hex() if h.semantic_model else "",
-        preprocessing=h.preprocessing, entropy_coder=h.entropy_coder,
-        layers={ch.type.decode("ascii"): len(ch.payload) for ch in c.chunks}, total_bytes=len(data), gray=h.gray,
-    )

@@ -12,7 +12,6 @@ the decoder codes with, so every machine uses the very same integers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -31,15 +30,6 @@ CHECKPOINT_FORMAT_VERSION = "1"
 _OPTIMIZER_PREFIX = "optimizer/"
 #: The entropy bottleneck's frozen integer CDF tables (sized by the data; empty until frozen).
 CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
-
-
-def file_digest(path: str | Path) -> bytes:
-    """Full sha256 of a file (the stream header stores its first 8 bytes)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.digest()
 
 
 def save_residual_checkpoint(model: ResidualCodec, path: str | Path, metadata: dict | None = None,

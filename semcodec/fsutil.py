@@ -1,4 +1,4 @@
-"""File system helpers: capped whole-file reads, and atomic writes.
+"""File system helpers: capped whole-file reads, file digests, and atomic writes.
 
 Reads are capped, so that a pipe or a device (``/dev/zero``) that never ends is an
 error, not an exhausted memory. Writes go to a temporary file in the destination
@@ -8,6 +8,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -17,6 +18,15 @@ from .errors import InvalidInputError
 
 #: Largest input read into memory (streams and images).
 MAX_INPUT_BYTES = 1 << 30
+
+
+def file_digest(path: str | Path) -> bytes:
+    """Full sha256 of a file (the stream header stores its first 8 bytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
 
 
 def read_capped(path: str | os.PathLike, limit: int = MAX_INPUT_BYTES) -> bytes:

@@ -608,7 +608,7 @@ def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int =
 def _weights_digest(path) -> str:
     if not path or not Path(path).is_file():
         return ""
-    from .checkpoints import file_digest
+    from .fsutil import file_digest
 
     return file_digest(path).hex()
 
@@ -638,7 +638,7 @@ def _file_hash8(path: Path) -> bytes:
     st = path.stat()
     key = (str(path), st.st_mtime_ns, st.st_size)
     if key not in _HASH_CACHE:
-        from .checkpoints import file_digest
+        from .fsutil import file_digest
 
         _HASH_CACHE[key] = file_digest(path)[:8]
     return _HASH_CACHE[key]

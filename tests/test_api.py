@@ -239,7 +239,7 @@ def test_streams_of_an_earlier_checkpoint_decode_while_it_is_kept(test_codec, tm
     from safetensors.torch import load_file, save_file
 
     from semcodec.api import clear_codec_cache
-    from semcodec.checkpoints import file_digest
+    from semcodec.fsutil import file_digest
 
     shipped = TEST_DATA / "checkpoints" / f"{test_codec}.safetensors"
     folder = tmp_path / "checkpoints"

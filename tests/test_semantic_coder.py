@@ -311,7 +311,7 @@ def test_decode_tokens_from_stream(cal, tokens, tmp_path):
         decode_tokens(pixels_only)
 
 
-def test_decode_tokens_does_not_load_the_tower(cal, tokens, tmp_path):
+def test_decode_tokens_loads_neither_the_tower_nor_the_pixel_codec(cal, tokens, tmp_path):
     stream = semantic_only_stream(tokens[0], cal, 64, 64, rate=30)
     (tmp_path / "s.smc").write_bytes(stream)
     script = (
@@ -320,6 +320,7 @@ def test_decode_tokens_does_not_load_the_tower(cal, tokens, tmp_path):
         "t = decode_tokens(open(sys.argv[1], 'rb').read())\n"
         "assert t.tokens.shape == (196, 192)\n"
         "assert not any(m.startswith(('open_clip', 'semcodec.models.semantic')) for m in sys.modules), 'tower imported'\n"
+        "assert not any(m.startswith(('compressai', 'semcodec.models.residual')) for m in sys.modules), 'pixel codec imported'\n"
     )
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "s.smc")], cwd=ROOT, timeout=120, check=True)
 

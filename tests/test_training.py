@@ -142,7 +142,7 @@ def test_a_batch_with_a_non_finite_loss_is_skipped_not_applied(photos, tmp_path,
 
 def test_training_that_keeps_diverging_stops_and_keeps_the_last_finite_checkpoint(photos, tmp_path, monkeypatch):
     import semcodec.training as training
-    from semcodec.checkpoints import file_digest
+    from semcodec.fsutil import file_digest
     from semcodec.errors import TrainingDivergedError
 
     run = tmp_path / "run"

@@ -455,7 +455,7 @@ def environment(threads: int) -> dict:
 
 def run_metadata(config, images_dir: Path, command: str) -> dict:
     """What ``run.json`` records about a run: command, options, model checkpoint, environment, seed."""
-    from ..checkpoints import file_digest
+    from ..fsutil import file_digest
     from ..models.registry import require_checkpoint
 
     ckpt = require_checkpoint(config.model)

@@ -58,7 +58,7 @@ def info(streams: tuple[str, ...], as_json: bool) -> None:
     With several streams, each report is headed by its path (a JSON list with --json), a stream
     that cannot be read is reported on stderr, and the exit status is 1 if any failed.
     """
-    from ..api import inspect
+    from ..bitstream.info import inspect
 
     if not is_batch(streams):
         report = inspect(read_input_bytes(streams[0]))

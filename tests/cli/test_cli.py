@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -116,7 +118,23 @@ def test_info_text_and_json(runner, test_codec, sample, tmp_path):
     r = runner.invoke(main, ["info", "--json", str(stream)])
     info = json.loads(r.output)
     assert info["total_bytes"] == stream.stat().st_size and info["layers"]["RES1"] > 0
-    assert info["width"], info["height"] == Image.open(sample).size
+    assert (info["width"], info["height"]) == Image.open(sample).size
+
+
+def test_info_needs_no_torch(runner, test_codec, sample, tmp_path):
+    """Reading a container is header parsing: `semcodec info` starts at once, without torch or the models."""
+    stream = tmp_path / "s.smc"
+    assert runner.invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec]).exit_code == 0
+    script = ("import sys\n"
+              "from semcodec.cli.main import main\n"
+              "sys.argv = ['semcodec', 'info', sys.argv[1]]\n"
+              "try:\n"
+              "    main()\n"
+              "finally:\n"
+              "    assert 'torch' not in sys.modules, 'torch imported'\n")
+    r = subprocess.run([sys.executable, "-c", script, str(stream)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "layer 1 (pixels)" in r.stdout
 
 
 def test_info_several_streams_folders_and_failures(runner, test_codec, sample, tmp_path):
