@@ -285,7 +285,8 @@ def list_images(folder: Path, limit: int | None = None, quick: bool = False, qui
         InvalidInputError: ``folder`` is not a folder.
     """
     if not Path(folder).is_dir():
-        raise InvalidInputError(f"image folder {folder} does not exist")
+        raise InvalidInputError(f"{folder} is not a folder" if Path(folder).exists()
+                                else f"image folder {folder} does not exist")
     files = files_in(folder, IMAGE_SUFFIXES)
     if quick and len(files) > quick_count:
         n = len(files)
