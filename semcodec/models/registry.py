@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import ModelError, ModelNotAvailableError
-from .residual import ResidualConfig
+from .config import ResidualConfig
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"

@@ -18,7 +18,8 @@ Compression With Continuous Rate Adaptation" (CVPR 2021).
 The rate knob ``q`` is real-valued; ``0 … L-1`` are the ``L`` trained λ levels:
 ``gain(q) = gain[l]^(1-t) · gain[l+1]^t`` with ``l = floor(q)``, ``t = q - l``. Larger
 ``q`` means more bits. Outside the trained levels the same formula extrapolates
-the gains of the two nearest levels: below level 0 down to ``q = -RATE_EXTRAPOLATION_BELOW``
+the gains of the two nearest levels (the bounds are in :mod:`semcodec.models.config`):
+below level 0 down to ``q = -RATE_EXTRAPOLATION_BELOW``
 (coarser quantization along the trained direction, which extends the range to lower
 rates with a smooth RD curve), and above level ``L-1`` up to
 ``q = L-1 + RATE_EXTRAPOLATION_ABOVE`` (finer quantization than any trained level:
@@ -33,7 +34,7 @@ coding a real stream is in :mod:`semcodec.codec` over :mod:`semcodec.bitstream.e
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -41,6 +42,7 @@ from torch import nn
 from .. import _compat  # noqa: F401  (torchvision import shim; must precede compressai)
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 
+from .config import ResidualConfig
 from .transforms import (
     CheckerboardContext,
     SemanticPrior,
@@ -53,56 +55,6 @@ from .transforms import (
 
 #: Lower bound of σ, shared by training (GaussianConditional) and the coder's scale table.
 SCALE_MIN = 0.11
-#: How far below the lowest trained level (q = 0) the rate knob extrapolates the gains.
-RATE_EXTRAPOLATION_BELOW = 4.0
-#: How far above the highest trained level (q = L-1) the rate knob extrapolates the gains.
-RATE_EXTRAPOLATION_ABOVE = 2.0
-#: Spatial context models a config may name.
-CONTEXT_MODELS = ("none", "checkerboard")
-
-
-@dataclass(frozen=True)
-class ResidualConfig:
-    """Architecture of the residual codec (stored as JSON in every checkpoint)."""
-
-    N: int = 96
-    M: int = 128
-    #: λ of each gain level (distortion weight on MSE of [0, 255] pixels / 255²), ascending.
-    lambdas: tuple[float, ...] = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483)
-    #: Channels of the semantic prior's hidden layers.
-    prior_channels: int = 64
-    #: Spatial context of ``y``: "none" (hyperprior only) or "checkerboard" (two passes).
-    context: str = "none"
-
-    def __post_init__(self) -> None:
-        if self.context not in CONTEXT_MODELS:
-            raise ValueError(f"unknown context model {self.context!r}; known: {', '.join(CONTEXT_MODELS)}")
-
-    @property
-    def levels(self) -> int:
-        return len(self.lambdas)
-
-    @property
-    def rate_range(self) -> tuple[float, float]:
-        """``(q_min, q_max)`` of the continuous rate knob (see the module docstring)."""
-        if self.levels == 1:
-            return 0.0, 0.0
-        return -RATE_EXTRAPOLATION_BELOW, self.levels - 1 + RATE_EXTRAPOLATION_ABOVE
-
-    @property
-    def quality_range(self) -> tuple[float, float]:
-        """The part of the rate range that quality 0–100 spans: up to the highest trained level,
-        beyond which bits buy little (size targets may still go there)."""
-        return self.rate_range[0], float(self.levels - 1)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ResidualConfig":
-        d = dict(d)
-        d["lambdas"] = tuple(d["lambdas"])
-        return cls(**d)
 
 
 @dataclass
