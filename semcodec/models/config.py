@@ -39,7 +39,7 @@ class ResidualConfig:
 
     @property
     def rate_range(self) -> tuple[float, float]:
-        """``(q_min, q_max)`` of the continuous rate knob (see the module docstring)."""
+        """``(q_min, q_max)`` of the continuous rate knob (see :mod:`semcodec.models.residual`)."""
         if self.levels == 1:
             return 0.0, 0.0
         return -RATE_EXTRAPOLATION_BELOW, self.levels - 1 + RATE_EXTRAPOLATION_ABOVE
