@@ -68,6 +68,10 @@ class TrainSettings:
     condition_dropout: float = 0.5
     #: Layer-0 rate indices drawn uniformly for the simulated decoded tokens.
     semantic_rates: tuple[int, int] = (24, 96)
+    #: Decay the lr from ``lr`` to ``lr_final`` over this call's own budget (``max_hours`` / ``max_iterations``,
+    #: whichever ends first) instead of over ``lr_decay_iterations`` counted from iteration 0: a warm restart
+    #: that ends annealed however many iterations per second the machine runs.
+    anneal: bool = False
     #: torch device that trains ("cpu", "cuda", "cuda:1", ...); checkpoints are stored device-free.
     device: str = "cpu"
     #: Run the loss (forward and backward) through torch.compile: fused elementwise kernels, after a
@@ -187,23 +191,41 @@ def rd_loss(model: ResidualCodec, x: torch.Tensor, level: torch.Tensor,
     return {"loss": loss, "bpp": bpp.detach(), "mse": mse.detach()}
 
 
-def _lr_at(settings: TrainSettings, iteration: int, warmup_from: int = 0) -> float:
+def _lr_at(settings: TrainSettings, iteration: int, warmup_from: int = 0, budget_used: float | None = None) -> float:
     """Linear warm-up from ``warmup_from``, then cosine decay from ``lr`` to ``lr_final``.
 
-    The cosine runs over ``lr_decay_iterations`` counted from iteration 0.
+    The cosine runs over ``lr_decay_iterations`` counted from iteration 0, or, with
+    ``settings.anneal``, over this call's budget (``budget_used``: the fraction spent, see
+    :func:`_budget_used`).
 
     A run resumed without optimizer state warms up again from its resume point
     (``warmup_from``): fresh Adam moments would otherwise make the first steps
     full-size, sign-like updates of every weight at the decayed-to learning rate.
     """
     warmup = min((iteration - warmup_from + 1) / max(settings.warmup_iterations, 1), 1.0)
-    t = min(iteration / settings.lr_decay_iterations, 1.0)
+    t = budget_used if settings.anneal else iteration / settings.lr_decay_iterations
+    t = min(t, 1.0)
     return warmup * (settings.lr_final + 0.5 * (settings.lr - settings.lr_final) * (1 + math.cos(math.pi * t)))
+
+
+def _budget_used(settings: TrainSettings, iteration: int, hours: float, iterations_at_start: int,
+                 hours_at_start: float) -> float:
+    """Fraction of this call's budget spent: of ``max_hours`` or of the iterations up to ``max_iterations``,
+    whichever ends the call first (the larger fraction)."""
+    used = []
+    if settings.max_hours < TrainSettings.max_hours:
+        used.append((hours - hours_at_start) / settings.max_hours)
+    if settings.max_iterations < TrainSettings.max_iterations:
+        used.append((iteration - iterations_at_start) / max(settings.max_iterations - iterations_at_start, 1))
+    return max(used)
 
 
 def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_from: str | None = None,
           log=print) -> Path:
     """Train (or resume training) a residual codec; returns the path of the last checkpoint."""
+    unbounded = settings.max_hours >= TrainSettings.max_hours and settings.max_iterations >= TrainSettings.max_iterations
+    if settings.anneal and unbounded:
+        raise InvalidInputError("--anneal decays the learning rate over this call's budget: give --hours or --iterations")
     if settings.crop < ALIGN or settings.crop % ALIGN:
         raise InvalidInputError(f"the crop side must be a multiple of {ALIGN} (the model's stride); got {settings.crop}")
     device = _usable_device(settings.device)
@@ -314,7 +336,9 @@ def _train(settings: TrainSettings, config: ResidualConfig | None, resume_from: 
     try:
         while (state["iteration"] < settings.max_iterations and (state["hours"] - hours_at_start) < settings.max_hours
                and not stop.requested):
-            lr = _lr_at(settings, state["iteration"], warmup_from)
+            used = (_budget_used(settings, state["iteration"], state["hours"], iterations_at_start, hours_at_start)
+                    if settings.anneal else None)
+            lr = _lr_at(settings, state["iteration"], warmup_from, used)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, picks = random_batch(images, settings.batch_size, settings.crop, rng)

@@ -179,6 +179,43 @@ def test_resuming_without_optimizer_state_warms_the_learning_rate_up_again(photo
     assert any("warms up again" in m for m in messages)
 
 
+def test_anneal_decays_the_lr_over_the_calls_own_budget(photos, tmp_path):
+    from semcodec.checkpoints import save_residual_checkpoint
+    from semcodec.training import _budget_used, _lr_at
+
+    settings = TrainSettings(data=str(photos), run_dir=str(tmp_path / "run"), crop=64, batch_size=2, lr=1e-3,
+                             lr_final=1e-5, warmup_iterations=1, log_every=1, anneal=True)
+    with pytest.raises(InvalidInputError, match="give --hours or --iterations"):
+        train(settings, log=lambda m: None)
+    settings.max_hours = 2.0
+    assert _budget_used(settings, 700, 1.5, 500, 1.0) == pytest.approx(0.25)             # half an hour of two
+    settings.max_iterations = 600
+    assert _budget_used(settings, 550, 1.5, 500, 1.0) == pytest.approx(0.5)              # the iterations end first
+    assert _lr_at(settings, 10**6, budget_used=0.0) == pytest.approx(1e-3)
+    assert _lr_at(settings, 10**6, budget_used=0.5) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert _lr_at(settings, 10**6, budget_used=1.0) == pytest.approx(1e-5)
+    # A resumed run far past --lr-decay-iterations still starts at --lr and ends near --lr-final.
+    model, _ = load_residual_checkpoint(TEST_DATA / "checkpoints" / "semcodec-test.safetensors")
+    start = tmp_path / "weights.safetensors"
+    save_residual_checkpoint(model, start, metadata={"iterations": 200_000})
+    settings.max_hours, settings.max_iterations = TrainSettings.max_hours, 200_004
+    train(settings, resume_from=str(start), log=lambda m: None)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([_lr_at(settings, 10**6, budget_used=u) for u in (0, 0.25, 0.5, 0.75)])
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < 2e-4
+    assert json.loads(load_residual_checkpoint(tmp_path / "run" / "last.safetensors")[1]["recipe"])["anneal"] is True
+
+
+def test_train_cli_anneal_needs_a_budget(photos, tmp_path):
+    from click.testing import CliRunner
+
+    from semcodec.cli.main import main
+
+    result = CliRunner().invoke(main, ["train", "--data", str(photos), "--run-dir", str(tmp_path / "run"), "--anneal"])
+    assert result.exit_code != 0 and "--anneal decays the learning rate over this call's budget" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
 def test_train_refuses_a_device_torch_cannot_use(tmp_path):
     import torch
     from click.testing import CliRunner

@@ -33,6 +33,10 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 @click.option("--lr-decay-iterations", type=click.IntRange(min=1), default=150_000, show_default=True,
               help="Total iteration (counted from 0, not from the resume point) at which the cosine reaches "
                    "--lr-final; a value just above a resumed run's count anneals it.")
+@click.option("--anneal", is_flag=True,
+              help="Decay the lr from --lr to --lr-final over this call's --hours / --iterations (whichever ends "
+                   "first) instead of over --lr-decay-iterations: a warm restart that ends annealed whatever the "
+                   "machine's speed.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="torch threads (0 = torch's default).")
 @click.option("--device", default="cpu", show_default=True, help="torch device that trains, e.g. cuda.")
 @click.option("--checkpoint-minutes", type=FiniteFloatRange(min=0, min_open=True), default=8.0, show_default=True,
@@ -48,7 +52,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 @click.option("--export-to", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Afterwards, freeze the last checkpoint (fp16 + integer CDF tables) into this file.")
 def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch_size, lr, lr_final,
-          lr_decay_iterations, threads, device, checkpoint_minutes, semantic, conditioning_only, context, context_only,
+          lr_decay_iterations, anneal, threads, device, checkpoint_minutes, semantic, conditioning_only, context, context_only,
           compile_loss, export_to) -> None:
     """Train the residual codec with random crops and an RD loss over its λ levels (resumable)."""
     from ..checkpoints import freeze_for_shipping
@@ -68,7 +72,7 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
     if model_name not in registry:
         raise InvalidInputError(f"unknown model {model_name!r}; registered: {', '.join(registry)}")
     settings = TrainSettings(data=str(data), run_dir=str(run_dir), crop=crop, batch_size=batch_size, lr=lr,
-                             lr_final=lr_final, lr_decay_iterations=lr_decay_iterations,
+                             lr_final=lr_final, lr_decay_iterations=lr_decay_iterations, anneal=anneal,
                              threads=threads, device=device, checkpoint_minutes=checkpoint_minutes,
                              semantic=semantic, conditioning_only=conditioning_only,
                              context=context, context_only=context_only, compile=compile_loss,
