@@ -223,9 +223,11 @@ def _budget_used(settings: TrainSettings, iteration: int, hours: float, iteratio
 def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_from: str | None = None,
           log=print) -> Path:
     """Train (or resume training) a residual codec; returns the path of the last checkpoint."""
-    unbounded = settings.max_hours >= TrainSettings.max_hours and settings.max_iterations >= TrainSettings.max_iterations
+    unbounded = (settings.max_hours >= TrainSettings.max_hours
+                 and settings.max_iterations >= TrainSettings.max_iterations)
     if settings.anneal and unbounded:
-        raise InvalidInputError("--anneal decays the learning rate over this call's budget: give --hours or --iterations")
+        raise InvalidInputError("--anneal decays the learning rate over this call's budget: "
+                                "give --hours or --iterations")
     if settings.crop < ALIGN or settings.crop % ALIGN:
         raise InvalidInputError(f"the crop side must be a multiple of {ALIGN} (the model's stride); got {settings.crop}")
     device = _usable_device(settings.device)

@@ -60,8 +60,10 @@ class StreamInfo:
         rows = [
             ("format", self.format_version),
             ("image", f"{self.width}x{self.height}" + (", gray" if self.gray else "")),
-            ("codec model", f"{self.codec_model or '-'}" + (f" (checkpoint {self.codec_checkpoint})" if self.codec_model else "")),
-            ("semantic model", f"{self.semantic_model or '-'}" + (f" (calibration {self.calibration}, {self.preprocessing})" if self.semantic_model else "")),
+            ("codec model", f"{self.codec_model or '-'}"
+                            + (f" (checkpoint {self.codec_checkpoint})" if self.codec_model else "")),
+            ("semantic model", f"{self.semantic_model or '-'}"
+                               + (f" (calibration {self.calibration}, {self.preprocessing})" if self.semantic_model else "")),
             ("entropy coder", str(self.entropy_coder)),
         ]
         names = {"SEM0": "layer 0 (semantic)", "RES1": "layer 1 (pixels)"}

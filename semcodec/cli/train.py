@@ -52,8 +52,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 @click.option("--export-to", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Afterwards, freeze the last checkpoint (fp16 + integer CDF tables) into this file.")
 def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch_size, lr, lr_final,
-          lr_decay_iterations, anneal, threads, device, checkpoint_minutes, semantic, conditioning_only, context, context_only,
-          compile_loss, export_to) -> None:
+          lr_decay_iterations, anneal, threads, device, checkpoint_minutes, semantic, conditioning_only, context,
+          context_only, compile_loss, export_to) -> None:
     """Train the residual codec with random crops and an RD loss over its λ levels (resumable)."""
     from ..checkpoints import freeze_for_shipping
     from ..models.registry import codec_models
