@@ -70,8 +70,18 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-def files_in(folder: str | os.PathLike, suffixes: frozenset[str], recursive: bool = False) -> list[Path]:
-    """The files of ``folder`` (and of its subfolders when ``recursive``) with one of ``suffixes``, sorted."""
+def files_in(folder: str | os.PathLike, suffixes: frozenset[str], recursive: bool = False,
+             role: str = "folder") -> list[Path]:
+    """The files of ``folder`` (and of its subfolders when ``recursive``) with one of ``suffixes``, sorted.
+
+    ``role`` names the folder in the error (``"image folder"``, ``"--images"``).
+
+    Raises:
+        InvalidInputError: ``folder`` does not exist or is not a folder.
+    """
+    if not Path(folder).is_dir():
+        raise InvalidInputError(f"{role} {folder} is not a folder" if Path(folder).exists()
+                                else f"{role} {folder} does not exist")
     found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
     return sorted(p for p in found if p.is_file() and p.suffix.lower() in suffixes)
 

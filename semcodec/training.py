@@ -80,8 +80,12 @@ class TrainSettings:
 
 
 def load_training_images(folder: str | Path, min_side: int) -> list[torch.Tensor]:
-    """Decode every image of ``folder`` once into memory as (3, H, W) uint8 tensors."""
-    paths = files_in(folder, IMAGE_SUFFIXES)
+    """Decode every image of ``folder`` once into memory as (3, H, W) uint8 tensors.
+
+    Raises:
+        InvalidInputError: ``folder`` is missing, is the Kodak evaluation set, or holds no usable image.
+    """
+    paths = files_in(folder, IMAGE_SUFFIXES, role="training data folder")
     if "kodak" in str(Path(folder).resolve()).lower():
         raise InvalidInputError("refusing to train on Kodak: it is the evaluation set")
     images = []

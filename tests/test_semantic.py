@@ -196,6 +196,9 @@ def test_calibrate_cli(tmp_path):
     assert r.exit_code == 2 and "--force" in r.output
     r = CliRunner().invoke(group, ["calibrate", "--semantic", "tiny", "--images", str(tmp_path / "none"), "-o",
                                    str(tmp_path / "x.safetensors")])
-    assert r.exit_code == 2 and "not a folder" in r.output
+    assert r.exit_code == 2 and f"--images {tmp_path / 'none'} does not exist" in r.output
+    r = CliRunner().invoke(group, ["calibrate", "--semantic", "tiny", "--images", str(folder / "0.png"), "-o",
+                                   str(tmp_path / "x.safetensors")])
+    assert r.exit_code == 2 and "is a file" in r.output
     r = CliRunner().invoke(group, args[:-3] + ["-o", str(tmp_path / "cal.png"), "--no-progress"])
     assert r.exit_code == 2 and "name it .safetensors, not '.png'" in r.output and not (tmp_path / "cal.png").exists()

@@ -56,6 +56,14 @@ def test_refuses_kodak(tmp_path):
         train(TrainSettings(data=str(kodak), run_dir=str(tmp_path / "r")), log=lambda m: None)
 
 
+def test_training_data_that_is_not_a_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(InvalidInputError, match=f"training data folder {tmp_path / 'none'} does not exist"):
+        train(TrainSettings(data=str(tmp_path / "none"), run_dir=str(tmp_path / "r")), log=lambda m: None)
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(InvalidInputError, match="is not a folder"):
+        train(TrainSettings(data=str(tmp_path / "a.png"), run_dir=str(tmp_path / "r")), log=lambda m: None)
+
+
 def test_random_batch_reports_where_each_crop_came_from():
     import random
 

@@ -282,12 +282,9 @@ def list_images(folder: Path, limit: int | None = None, quick: bool = False, qui
     """Image files of a folder, sorted; ``quick`` keeps ``quick_count`` evenly spaced ones.
 
     Raises:
-        InvalidInputError: ``folder`` is not a folder.
+        InvalidInputError: ``folder`` does not exist or is not a folder.
     """
-    if not Path(folder).is_dir():
-        raise InvalidInputError(f"{folder} is not a folder" if Path(folder).exists()
-                                else f"image folder {folder} does not exist")
-    files = files_in(folder, IMAGE_SUFFIXES)
+    files = files_in(folder, IMAGE_SUFFIXES, role="image folder")
     if quick and len(files) > quick_count:
         n = len(files)
         files = [files[round(i * (n - 1) / (quick_count - 1))] for i in range(quick_count)]

@@ -19,9 +19,7 @@ from .io import check_output_folder, check_safetensors_name, check_writable, rea
 
 
 def _image_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise InvalidInputError(f"--images {folder} is not a folder")
-    files = files_in(folder, IMAGE_SUFFIXES, recursive=True)
+    files = files_in(folder, IMAGE_SUFFIXES, recursive=True, role="--images")
     if len(files) < 2:
         raise InvalidInputError(f"{folder} holds {len(files)} image file(s); calibration needs at least 2 "
                                 "(a few hundred varied photos are recommended)")
