@@ -35,7 +35,7 @@ from .bitstream.container import (
 from .bitstream.info import StreamInfo, inspect, stream_data  # noqa: F401 - StreamInfo and inspect are public API
 from .checkpoints import load_residual_checkpoint
 from .errors import InvalidInputError, MissingLayerError, ModelMismatchError, RateControlError, SemcodecError
-from .fsutil import file_digest
+from .fsutil import file_digest8
 from .imageio import GRAY_TOLERANCE, channel_spread, gray_from_rgb, load_rgb
 from .models.registry import DEFAULT_CODEC_MODEL, earlier_checkpoints, require_checkpoint
 from .ratecontrol import RateCurve, search_rate
@@ -80,19 +80,6 @@ def load_codec(name: str = DEFAULT_CODEC_MODEL) -> LoadedCodec:
 def clear_codec_cache() -> None:
     """Forget the loaded codecs (after checkpoint files or ``$SEMCODEC_CHECKPOINTS`` changed)."""
     _load_codec_file.cache_clear()
-    _digest8.cache_clear()
-
-
-def _checkpoint_digest8(path: Path) -> bytes:
-    """The first 8 bytes of a checkpoint file's sha256 (what streams record), hashed once per version
-    of the file: decoding many streams of an earlier checkpoint does not re-hash the candidates."""
-    st = path.stat()
-    return _digest8(path, st.st_mtime_ns, st.st_size)
-
-
-@lru_cache(maxsize=16)
-def _digest8(path: Path, mtime_ns: int, size: int) -> bytes:
-    return file_digest(path)[:8]
 
 
 @lru_cache(maxsize=4)
@@ -103,7 +90,7 @@ def _load_codec_file(name: str, path: Path) -> LoadedCodec:
     # Without a measured curve: log-linear from 0.1 bpp at q_min to 1.5 bpp at the top trained level.
     default = [(q_min, 0.1), (q_max, 1.5)] if q_max > q_min else [(q_min, 0.5)]
     curve = RateCurve.from_metadata(json.loads(meta["rate_curve"]) if "rate_curve" in meta else default)
-    return LoadedCodec(name=name, checkpoint=path, digest8=_checkpoint_digest8(path), coder=ResidualCoder(model),
+    return LoadedCodec(name=name, checkpoint=path, digest8=file_digest8(path), coder=ResidualCoder(model),
                        rate_curve=curve)
 
 
@@ -119,7 +106,7 @@ def codec_for_stream(name: str, digest8: bytes) -> LoadedCodec:
     if codec.digest8 == digest8:
         return codec
     for path in earlier_checkpoints(name):
-        if _checkpoint_digest8(path) == digest8:
+        if file_digest8(path) == digest8:
             return _load_codec_file(name, path)
     raise ModelMismatchError(
         f"the stream was made with {name} checkpoint {digest8.hex()}, but {codec.checkpoint} is {codec.digest8.hex()}; "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +28,19 @@ def file_digest(path: str | Path) -> bytes:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.digest()
+
+
+def file_digest8(path: str | Path) -> bytes:
+    """The first 8 bytes of a file's sha256 (what stream headers record for checkpoints and
+    calibrations), hashed once per version of the file (path, mtime, size): looking for the file
+    that many streams name does not re-hash the candidates."""
+    st = os.stat(path)
+    return _cached_digest8(str(path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=64)
+def _cached_digest8(path: str, mtime_ns: int, size: int) -> bytes:
+    return file_digest(path)[:8]
 
 
 def read_capped(path: str | os.PathLike, limit: int = MAX_INPUT_BYTES) -> bytes:

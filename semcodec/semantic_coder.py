@@ -59,6 +59,7 @@ from .errors import (
     TruncatedStreamError,
     UnsupportedVersionError,
 )
+from .fsutil import file_digest, file_digest8
 from .safetensors_io import canonical_bytes, read_checked_metadata, write_bytes_atomic
 from .version import __version__
 
@@ -608,8 +609,6 @@ def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int =
 def _weights_digest(path) -> str:
     if not path or not Path(path).is_file():
         return ""
-    from .fsutil import file_digest
-
     return file_digest(path).hex()
 
 
@@ -629,19 +628,6 @@ def calibration_dirs() -> list[Path]:
 
 def _user_calibration_path(name: str) -> str:
     return f"~/.cache/semcodec/calibrations/calibration-{name}.safetensors"
-
-
-_HASH_CACHE: dict[tuple, bytes] = {}
-
-
-def _file_hash8(path: Path) -> bytes:
-    st = path.stat()
-    key = (str(path), st.st_mtime_ns, st.st_size)
-    if key not in _HASH_CACHE:
-        from .fsutil import file_digest
-
-        _HASH_CACHE[key] = file_digest(path)[:8]
-    return _HASH_CACHE[key]
 
 
 def find_calibration(name: str, hash8: bytes | None = None) -> Path:
@@ -665,13 +651,13 @@ def find_calibration(name: str, hash8: bytes | None = None) -> Path:
     if hash8 is None and found:
         return found[0]
     for p in found:
-        if _file_hash8(p) == hash8:
+        if file_digest8(p) == hash8:
             return p
     where = ", ".join(str(d) for d in dirs)
     need = f"calibration {hash8.hex()} of semantic tower {name}" if hash8 else f"a calibration of semantic tower {name}"
     if found:
         raise ModelMismatchError(
-            f"this needs {need}, but the calibrations found ({', '.join(f'{p} = {_file_hash8(p).hex()}' for p in found)}) "
+            f"this needs {need}, but the calibrations found ({', '.join(f'{p} = {file_digest8(p).hex()}' for p in found)}) "
             "are other ones; a calibration is part of the codec model: get the exact file the encoder used "
             f"and put it in one of: {where}")
     make = (f"semcodec calibrate --semantic {name} --images DIR -o {_user_calibration_path(name)}")
