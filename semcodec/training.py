@@ -50,8 +50,10 @@ class TrainSettings:
     lr_decay_iterations: int = 150_000
     warmup_iterations: int = 1000
     aux_lr: float = 1e-3
-    max_iterations: int = 10**9
-    max_hours: float = 1e9
+    #: Stop at this iteration count (counted from 0, so a resumed run goes on to it); None: no limit.
+    max_iterations: int | None = None
+    #: Stop after this many hours of this call's training; None: no limit.
+    max_hours: float | None = None
     checkpoint_minutes: float = 8.0
     log_every: int = 50
     seed: int = 0
@@ -217,19 +219,23 @@ def _budget_used(settings: TrainSettings, iteration: int, hours: float, iteratio
     """Fraction of this call's budget spent: of ``max_hours`` or of the iterations up to ``max_iterations``,
     whichever ends the call first (the larger fraction)."""
     used = []
-    if settings.max_hours < TrainSettings.max_hours:
+    if settings.max_hours is not None:
         used.append((hours - hours_at_start) / settings.max_hours)
-    if settings.max_iterations < TrainSettings.max_iterations:
+    if settings.max_iterations is not None:
         used.append((iteration - iterations_at_start) / max(settings.max_iterations - iterations_at_start, 1))
     return max(used)
+
+
+def _within_budget(settings: TrainSettings, iteration: int, hours: float, hours_at_start: float) -> bool:
+    """Whether this call may train another iteration (neither ``max_iterations`` nor ``max_hours`` reached)."""
+    return ((settings.max_iterations is None or iteration < settings.max_iterations)
+            and (settings.max_hours is None or hours - hours_at_start < settings.max_hours))
 
 
 def train(settings: TrainSettings, config: ResidualConfig | None = None, resume_from: str | None = None,
           log=print) -> Path:
     """Train (or resume training) a residual codec; returns the path of the last checkpoint."""
-    unbounded = (settings.max_hours >= TrainSettings.max_hours
-                 and settings.max_iterations >= TrainSettings.max_iterations)
-    if settings.anneal and unbounded:
+    if settings.anneal and settings.max_hours is None and settings.max_iterations is None:
         raise InvalidInputError("--anneal decays the learning rate over this call's budget: "
                                 "give --hours or --iterations")
     if settings.crop < ALIGN or settings.crop % ALIGN:
@@ -340,8 +346,7 @@ def _train(settings: TrainSettings, config: ResidualConfig | None, resume_from: 
     loss_of = _compiled(rd_loss) if settings.compile else rd_loss
     stop = _StopRequest()
     try:
-        while (state["iteration"] < settings.max_iterations and (state["hours"] - hours_at_start) < settings.max_hours
-               and not stop.requested):
+        while _within_budget(settings, state["iteration"], state["hours"], hours_at_start) and not stop.requested:
             used = (_budget_used(settings, state["iteration"], state["hours"], iterations_at_start, hours_at_start)
                     if settings.anneal else None)
             lr = _lr_at(settings, state["iteration"], warmup_from, used)

@@ -76,8 +76,7 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
                              threads=threads, device=device, checkpoint_minutes=checkpoint_minutes,
                              semantic=semantic, conditioning_only=conditioning_only,
                              context=context, context_only=context_only, compile=compile_loss,
-                             max_iterations=iterations if iterations is not None else 10**9,
-                             max_hours=hours if hours is not None else 1e9)
+                             max_iterations=iterations, max_hours=hours)
     last = run_training(settings, registry[model_name].config, resume_from=str(resume_from) if resume_from else None,
                         log=lambda m: click.echo(m, err=True))
     if export_to:
