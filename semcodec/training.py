@@ -76,6 +76,8 @@ class TrainSettings:
     anneal: bool = False
     #: torch device that trains ("cpu", "cuda", "cuda:1", ...); checkpoints are stored device-free.
     device: str = "cpu"
+    #: Append a gain level trained at this λ above the model's top level (see :func:`_with_level`).
+    add_level: float | None = None
     #: Run the loss (forward and backward) through torch.compile: fused elementwise kernels, after a
     #: one-off compilation (about a minute on 2 CPU cores; needs a C++ compiler on the CPU).
     compile: bool = False
@@ -279,7 +281,7 @@ def _train(settings: TrainSettings, config: ResidualConfig | None, resume_from: 
         log(f"resuming from {source} at iteration {state['iteration']} ({state['hours']:.2f} h)")
     else:
         model, optim_state = ResidualCodec(config or ResidualConfig()), None
-    model = _with_context(model, settings.context, log)
+    model = _with_level(_with_context(model, settings.context, log), settings.add_level, log)
     warmup_from = state["iteration"] if not optim_state else 0
     if source is not None and not optim_state:
         log(f"no optimizer state in {source}: the learning rate warms up again "
@@ -413,16 +415,50 @@ def _with_context(model: ResidualCodec, context: str | None, log) -> ResidualCod
         config = replace(model.config, context=context)
     except ValueError as e:
         raise InvalidInputError(str(e)) from None
+    upgraded = _rebuilt(model, config, model.state_dict(), new_prefix="context.")
+    log(f"added the {context} context model ({sum(p.numel() for p in upgraded.context.parameters()) / 1e6:.2f} M "
+        "parameters); it starts neutral")
+    return upgraded
+
+
+#: The (L, C) gain tables of a model, one row per λ level.
+GAIN_TABLES = ("log_gain", "log_inv_gain", "log_hyper_gain", "log_hyper_inv_gain")
+
+
+def _with_level(model: ResidualCodec, lam: float | None, log) -> ResidualCodec:
+    """``model``, or a copy of it with one more gain level, trained at ``lam``, above its top level.
+
+    The new level's log-gains start on the line through the top two levels: the model's gains at
+    every rate it had (the extrapolation above its top included) are unchanged, and training moves
+    the new level from there. A model that already ends at ``lam`` (a resumed run) is returned as is.
+    """
+    if lam is None or lam == model.config.lambdas[-1]:
+        return model
+    if model.config.levels < 2:
+        raise InvalidInputError("--add-level extrapolates from the top two levels; this model has one")
+    if lam <= model.config.lambdas[-1]:
+        raise InvalidInputError(f"--add-level must exceed the model's top λ {model.config.lambdas[-1]}; got {lam}")
+    state = model.state_dict()
+    for name in GAIN_TABLES:
+        table = state[name]                                               # (L, C)
+        state[name] = torch.cat([table, 2 * table[-1:] - table[-2:-1]])   # (L+1, C)
+    upgraded = _rebuilt(model, replace(model.config, lambdas=(*model.config.lambdas, lam)), state)
+    log(f"added gain level {model.config.levels} at λ {lam} (levels at λ {', '.join(map(str, upgraded.config.lambdas))})")
+    return upgraded
+
+
+def _rebuilt(model: ResidualCodec, config: ResidualConfig, state: dict[str, torch.Tensor],
+             new_prefix: str | None = None) -> ResidualCodec:
+    """A model of ``config`` holding ``model``'s semantic priors and the weights ``state``; only
+    parameters under ``new_prefix`` (new modules of ``config``) may be absent from ``state``."""
     upgraded = ResidualCodec(config)
     for key, prior in model.semantic_priors.items():
         upgraded.semantic_priors[key] = prior
     for name in CDF_BUFFERS:                  # frozen tables (a shipped checkpoint) have sizes
         getattr(upgraded.entropy_bottleneck, name).resize_(getattr(model.entropy_bottleneck, name).shape)
-    missing, unexpected = upgraded.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or not all(k.startswith("context.") for k in missing):   # a bug, not a user error
-        raise RuntimeError(f"adding the context changed other weights: missing {missing}, unexpected {unexpected}")
-    log(f"added the {context} context model ({sum(p.numel() for p in upgraded.context.parameters()) / 1e6:.2f} M "
-        "parameters); it starts neutral")
+    missing, unexpected = upgraded.load_state_dict(state, strict=False)
+    if unexpected or not all(new_prefix and k.startswith(new_prefix) for k in missing):   # a bug, not a user error
+        raise RuntimeError(f"rebuilding the model changed other weights: missing {missing}, unexpected {unexpected}")
     return upgraded
 
 

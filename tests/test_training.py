@@ -309,3 +309,31 @@ def test_a_failing_compiler_is_a_clear_error(photos, tmp_path, monkeypatch):
                                        "--batch-size", "2", "--iterations", "1", "--compile"])
     assert result.exit_code != 0 and "train without --compile" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "cli").exists()
+
+
+def test_an_added_gain_level_keeps_every_rate_the_model_had_and_trains(photos, tmp_path):
+    from semcodec.training import _with_level
+
+    start = TEST_DATA / "checkpoints" / "semcodec-test.safetensors"
+    before, _ = load_residual_checkpoint(start)
+    lam = before.config.lambdas[-1] * 2
+    grown = _with_level(before, lam, log=lambda m: None)
+    assert grown.config.lambdas == (*before.config.lambdas, lam)
+    assert grown.config.rate_range[1] == before.config.rate_range[1] + 1
+    q = torch.linspace(*before.config.rate_range, 25)                  # the old knob, extrapolation included
+    for key, g in before.gains(q).items():
+        assert torch.allclose(grown.gains(q)[key], g, rtol=1e-5), key
+    for what, bad in (("must exceed", before.config.lambdas[0]), ("must exceed", before.config.lambdas[-1] / 2)):
+        with pytest.raises(InvalidInputError, match=what):
+            _with_level(before, bad, log=lambda m: None)
+
+    settings = TrainSettings(data=str(photos), run_dir=str(tmp_path / "run"), crop=64, batch_size=4, max_iterations=2,
+                             add_level=lam, lr=1e-2, warmup_iterations=1)
+    logged: list[str] = []
+    after, meta = load_residual_checkpoint(train(settings, resume_from=str(start), log=logged.append))
+    assert after.config.levels == before.config.levels + 1 and any("added gain level 2" in m for m in logged)
+    assert json.loads(meta["history"])[-1]["recipe"]["add_level"] == lam
+    assert not torch.equal(after.log_gain[-1], grown.log_gain[-1])     # the new level trained
+    settings.max_iterations = 3                                        # resuming the run: the level is there already
+    again, _ = load_residual_checkpoint(train(settings, log=lambda m: None))
+    assert again.config.lambdas == after.config.lambdas

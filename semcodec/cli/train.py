@@ -46,6 +46,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
 @click.option("--context", type=click.Choice(["checkerboard"]), default=None,
               help="Add this spatial context model (starting neutral) to a model that has none.")
 @click.option("--context-only", is_flag=True, help="Train only the context model; everything else frozen.")
+@click.option("--add-level", type=FiniteFloatRange(min=0, min_open=True), default=None, metavar="LAMBDA",
+              help="Add a gain level trained at this λ above the model's top one, for higher rates; it starts "
+                   "where the top two levels extrapolate to, so the model's other rates are unchanged.")
 @click.option("--compile", "compile_loss", is_flag=True,
               help="Compile the loss with torch.compile: about 1.25x more iterations/s on 2 CPU cores (0.86 vs "
                    "0.69 at 256² x 8) after a one-off compilation of about a minute (needs a C++ compiler).")
@@ -53,7 +56,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "train"
               help="Afterwards, freeze the last checkpoint (fp16 + integer CDF tables) into this file.")
 def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch_size, lr, lr_final,
           lr_decay_iterations, anneal, threads, device, checkpoint_minutes, semantic, conditioning_only, context,
-          context_only, compile_loss, export_to) -> None:
+          context_only, add_level, compile_loss, export_to) -> None:
     """Train the residual codec with random crops and an RD loss over its λ levels (resumable)."""
     from ..checkpoints import freeze_for_shipping
     from ..models.registry import codec_models
@@ -75,7 +78,7 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
                              lr_final=lr_final, lr_decay_iterations=lr_decay_iterations, anneal=anneal,
                              threads=threads, device=device, checkpoint_minutes=checkpoint_minutes,
                              semantic=semantic, conditioning_only=conditioning_only,
-                             context=context, context_only=context_only, compile=compile_loss,
+                             context=context, context_only=context_only, add_level=add_level, compile=compile_loss,
                              max_iterations=iterations, max_hours=hours)
     last = run_training(settings, registry[model_name].config, resume_from=str(resume_from) if resume_from else None,
                         log=lambda m: click.echo(m, err=True))
