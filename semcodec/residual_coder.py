@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from .bitstream.entropy import CategoricalTables, EntropyDecoder, EntropyEncoder, ScaleTable, param_digest
 from .errors import CorruptStreamError, InvalidInputError, ModelMismatchError, TruncatedStreamError
+from .models.config import RATE_ONE
 from .models.residual import SCALE_MIN, ResidualCodec, SemanticCondition
 from .models.transforms import checkerboard_anchors
 
@@ -49,8 +50,6 @@ from .models.transforms import checkerboard_anchors
 SCALE_TABLE = ScaleTable.geometric(min=SCALE_MIN, max=256.0, count=64)
 #: Symbol range of ``y`` (part of format v1).
 Y_SYMBOL_RANGE = (-4096, 4096)
-#: Fixed-point denominator of the rate knob in the payload.
-RATE_ONE = 4096
 #: ``g_a`` and ``g_s`` run tile by tile on an image of more than TILE latents (1024 px) a side, so that
 #: their peak memory stays near that of a 1024² image whatever the image size. Neighbouring tiles
 #: overlap by TILE_MARGIN latents (64 px), twice the transforms' receptive field (an output depends on

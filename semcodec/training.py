@@ -442,7 +442,11 @@ def _with_level(model: ResidualCodec, lam: float | None, log) -> ResidualCodec:
     for name in GAIN_TABLES:
         table = state[name]                                               # (L, C)
         state[name] = torch.cat([table, 2 * table[-1:] - table[-2:-1]])   # (L+1, C)
-    upgraded = _rebuilt(model, replace(model.config, lambdas=(*model.config.lambdas, lam)), state)
+    try:
+        config = replace(model.config, lambdas=(*model.config.lambdas, lam))
+    except ValueError as e:                   # past the most levels a stream can address
+        raise InvalidInputError(str(e)) from None
+    upgraded = _rebuilt(model, config, state)
     log(f"added gain level {model.config.levels} at λ {lam} (levels at λ {', '.join(map(str, upgraded.config.lambdas))})")
     return upgraded
 

@@ -337,3 +337,20 @@ def test_an_added_gain_level_keeps_every_rate_the_model_had_and_trains(photos, t
     settings.max_iterations = 3                                        # resuming the run: the level is there already
     again, _ = load_residual_checkpoint(train(settings, log=lambda m: None))
     assert again.config.lambdas == after.config.lambdas
+
+
+def test_a_model_grown_to_the_most_levels_codes_at_the_top_of_its_knob():
+    from semcodec.models.config import RATE_KNOB_MAX
+    from semcodec.residual_coder import ResidualCoder, image_to_tensor
+    from semcodec.training import _with_level
+
+    model, _ = load_residual_checkpoint(TEST_DATA / "checkpoints" / "semcodec-test.safetensors")
+    while model.config.levels < 8:
+        model = _with_level(model, model.config.lambdas[-1] * 2, log=lambda m: None)
+    assert model.config.rate_range[1] == RATE_KNOB_MAX              # the payload's int16 knob, not 7 + 2
+    with pytest.raises(InvalidInputError, match="at most 8 levels"):
+        _with_level(model, model.config.lambdas[-1] * 2, log=lambda m: None)
+    coder = ResidualCoder(model)
+    image = torch.randint(0, 256, (48, 64, 3), dtype=torch.uint8).numpy()
+    payload = coder.encode(image_to_tensor(image), model.config.rate_range[1] + 1)   # clamped to the top
+    assert coder.decode(payload, 64, 48).shape[-2:] == (48, 64)

@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass
 RATE_EXTRAPOLATION_BELOW = 4.0
 #: How far above the highest trained level (q = L-1) the rate knob extrapolates the gains.
 RATE_EXTRAPOLATION_ABOVE = 2.0
+#: Fixed-point denominator of the rate knob in a RES1 payload, which stores ``q · RATE_ONE`` as a signed
+#: 16-bit integer: the knob cannot exceed ``RATE_KNOB_MAX`` (just below 8), whatever the levels.
+RATE_ONE = 4096
+RATE_KNOB_MAX = 32767 / RATE_ONE
 #: Spatial context models a config may name.
 CONTEXT_MODELS = ("none", "checkerboard")
 
@@ -32,6 +36,9 @@ class ResidualConfig:
     def __post_init__(self) -> None:
         if self.context not in CONTEXT_MODELS:
             raise ValueError(f"unknown context model {self.context!r}; known: {', '.join(CONTEXT_MODELS)}")
+        if len(self.lambdas) - 1 > RATE_KNOB_MAX:
+            raise ValueError(f"{len(self.lambdas)} λ levels: a stream's rate knob reaches at most "
+                             f"{RATE_KNOB_MAX:.4f}, so a model has at most {int(RATE_KNOB_MAX) + 1} levels")
 
     @property
     def levels(self) -> int:
@@ -42,7 +49,7 @@ class ResidualConfig:
         """``(q_min, q_max)`` of the continuous rate knob (see :mod:`semcodec.models.residual`)."""
         if self.levels == 1:
             return 0.0, 0.0
-        return -RATE_EXTRAPOLATION_BELOW, self.levels - 1 + RATE_EXTRAPOLATION_ABOVE
+        return -RATE_EXTRAPOLATION_BELOW, min(self.levels - 1 + RATE_EXTRAPOLATION_ABOVE, RATE_KNOB_MAX)
 
     @property
     def quality_range(self) -> tuple[float, float]:
