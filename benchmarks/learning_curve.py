@@ -2,9 +2,11 @@
 
 Every ``snapshot-XXXh.safetensors`` (and ``last.safetensors``) of a run folder is frozen
 as a decoder would load it, then real streams are coded for a few Kodak images at the
-six integer rate knobs; JPEG 4:2:0 is measured on the same images in the same run.
+integer rate knobs (its trained levels; ``--levels N``: the first N, so that a model with
+an added level compares with earlier ones over the same knobs); JPEG 4:2:0 is measured on
+the same images in the same run.
 
-    python benchmarks/learning_curve.py runs/semcodec-ms192 [--images DIR] [--limit 6] [--csv OUT]
+    python benchmarks/learning_curve.py runs/semcodec-ms192 [--images DIR] [--limit 6] [--levels N] [--csv OUT]
 
 Checkpoint files may be named instead of (or beside) run folders.
 """
@@ -30,10 +32,11 @@ from semcodec.residual_coder import ResidualCoder, image_to_tensor, tensor_to_im
 REPO = Path(__file__).resolve().parents[1]
 
 
-def rd_points(coder: ResidualCoder, images: list[np.ndarray]) -> tuple[list[float], list[float]]:
-    """Mean (bpp, PSNR) over the images at each integer rate knob."""
+def rd_points(coder: ResidualCoder, images: list[np.ndarray], levels: int | None = None
+              ) -> tuple[list[float], list[float]]:
+    """Mean (bpp, PSNR) over the images at each integer rate knob (the first ``levels`` of them)."""
     rates, quality = [], []
-    for q in range(coder.levels):
+    for q in range(min(levels or coder.levels, coder.levels)):
         bpp, db = [], []
         for im in images:
             payload = coder.encode(image_to_tensor(im), q)
@@ -65,6 +68,7 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="run folders and/or checkpoint files")
     parser.add_argument("--images", type=Path, default=REPO.parent / "shared" / "data" / "kodak")
     parser.add_argument("--limit", type=int, default=6)
+    parser.add_argument("--levels", type=int, default=None, help="code only the first N trained levels")
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args()
     paths = list_images(args.images, args.limit)
@@ -81,7 +85,7 @@ def main() -> None:
                 continue
             frozen = freeze_for_shipping(snap, Path(tmp) / "frozen.safetensors", "learning-curve")
             model, meta = load_residual_checkpoint(frozen)
-            rates, quality = rd_points(ResidualCoder(model), images)
+            rates, quality = rd_points(ResidualCoder(model), images, args.levels)
             try:
                 bd = f"{bd_rate(jr, jq, rates, quality):+.1f}"
             except ValueError as e:          # no PSNR overlap with JPEG yet
