@@ -4,7 +4,7 @@ For every image and target bpp it records the achieved size, the relative error,
 number of trial encodes, and the time of the size-targeted encode divided by the
 time of one fixed-quality encode of the same image (same process, models warm).
 
-    python benchmarks/rate_control.py [--images DIR] [--targets 0.1,0.25,0.5,1.0] [--model NAME] [--json OUT]
+    python benchmarks/rate_control.py [--images DIR] [--targets 0.1,0.25,0.5,1.0,1.5] [--model NAME] [--json OUT]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=REPO.parent / "shared" / "data" / "kodak")
-    parser.add_argument("--targets", default="0.1,0.25,0.5,1.0")
+    parser.add_argument("--targets", default="0.1,0.25,0.5,1.0,1.5")
     parser.add_argument("--model", default="semcodec-ms192")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images")
     parser.add_argument("--json", type=Path, default=None)
