@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=None, help="code only the first N trained levels")
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args()
+    if args.levels is not None and args.levels < 1:
+        parser.error(f"--levels must be at least 1; got {args.levels}")
     paths = list_images(args.images, args.limit)
     images = [load_rgb(p) for p in paths]
     jr, jq = jpeg_points(images)
