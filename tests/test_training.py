@@ -238,6 +238,20 @@ def test_train_refuses_a_device_torch_cannot_use(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_train_cli_refuses_a_missing_or_file_data_folder_before_loading_a_model(tmp_path):
+    from click.testing import CliRunner
+
+    from semcodec.cli.main import main
+
+    (tmp_path / "photo.png").write_bytes(b"")
+    missing, a_file = tmp_path / "none", tmp_path / "photo.png"
+    for data, message in ((missing, f"training data folder {missing} does not exist; pass --data DIR"),
+                          (a_file, f"Directory '{a_file}' is a file")):                 # the second: click's check
+        result = CliRunner().invoke(main, ["train", "--data", str(data), "--run-dir", str(tmp_path / "run")])
+        assert result.exit_code == 2 and message in result.output
+        assert not (tmp_path / "run").exists()
+
+
 def test_train_cli_passes_the_lr_schedule_to_the_recipe_and_refuses_bad_ones(photos, tmp_path):
     from click.testing import CliRunner
 

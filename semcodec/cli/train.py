@@ -58,14 +58,17 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
           lr_decay_iterations, anneal, threads, device, checkpoint_minutes, semantic, conditioning_only, context,
           context_only, add_level, compile_loss, export_to) -> None:
     """Train the residual codec with random crops and an RD loss over its λ levels (resumable)."""
+    from ..batch import IMAGE_SUFFIXES, files_in
     from ..checkpoints import freeze_for_shipping
     from ..models.registry import codec_models
     from ..training import TrainSettings
     from ..training import train as run_training
 
     data = data or DEFAULT_DATA
-    if not data.is_dir():
-        raise InvalidInputError(f"training data folder {data} does not exist; pass --data DIR")
+    try:
+        photos = files_in(data, IMAGE_SUFFIXES, role="training data folder")    # fails now, before a model loads
+    except InvalidInputError as e:
+        raise InvalidInputError(f"{e}; pass --data DIR") from None
     if export_to:
         check_safetensors_name(export_to, "a codec checkpoint")
         check_output_folder(export_to)          # found now, not after hours of training
@@ -84,9 +87,7 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
                         log=lambda m: click.echo(m, err=True))
     if export_to:
         from ..imageio import load_rgb
-        from ..batch import IMAGE_SUFFIXES, files_in
 
         # A few training photos (never the evaluation set) give the model's size curve for rate control.
-        photos = files_in(data, IMAGE_SUFFIXES)[::37][:8]
-        freeze_for_shipping(last, export_to, model_name, rate_images=[load_rgb(p) for p in photos])
+        freeze_for_shipping(last, export_to, model_name, rate_images=[load_rgb(p) for p in photos[::37][:8]])
         click.echo(f"exported {export_to}", err=True)
