@@ -31,6 +31,7 @@ from .checkpoints import CDF_BUFFERS, load_residual_checkpoint, save_residual_ch
 from .errors import InvalidInputError, TrainingDivergedError
 from .imageio import load_rgb
 from .models.residual import ResidualCodec, ResidualConfig, SemanticCondition
+from .models.transforms import SemanticPrior
 from .residual_coder import ALIGN
 
 #: Training stops (without writing the diverged weights) after this many skipped updates in a row.
@@ -345,6 +346,10 @@ def _train(settings: TrainSettings, config: ResidualConfig | None, resume_from: 
         save_residual_checkpoint(model, last, metadata=info,
                                  optimizer_state=_adam_state(optimizer, names, "main") | _adam_state(aux_optimizer, names, "aux"))
 
+    if settings.compile:
+        for module in model.modules():
+            if isinstance(module, SemanticPrior):
+                module.keep_eager_under_compile()
     loss_of = _compiled(rd_loss) if settings.compile else rd_loss
     stop = _StopRequest()
     try:

@@ -27,8 +27,8 @@ the synthesis was not trained for it, so there extra bits buy little quality; it
 exists so that size targets above the trained range are still met).
 
 ``forward`` is the training path (noisy/straight-through quantization, likelihoods);
-``code_latent(..., quantization="round")`` the same path with the coder's rounding
-(the encoder's per-image refinement);
+``code_latent(..., quantization="round")`` the same path with the coder's rounding;
+the encoder's per-image refinement of the latents is :mod:`semcodec.refine`;
 coding a real stream is in :mod:`semcodec.codec` over :mod:`semcodec.bitstream.entropy`.
 """
 
@@ -39,9 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import _compat  # noqa: F401  (torchvision import shim; must precede compressai)
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-
+from .compressai_parts import EntropyBottleneck, GaussianConditional
 from .config import ResidualConfig
 from .transforms import (
     CheckerboardContext,
@@ -143,9 +141,14 @@ class ResidualCodec(nn.Module):
         h, w = latent_size
         params = params[:, :, :h, :w]
         if semantic is not None:
-            prior = self.semantic_priors[_module_key(semantic.model)]
-            params = params + prior(semantic.tokens, semantic.grid, semantic.region, (h, w))
+            params = params + self.semantic_correction(semantic, (h, w))
         return params
+
+    def semantic_correction(self, semantic: "SemanticCondition", latent_size: tuple[int, int]) -> torch.Tensor:
+        """The semantic prior's additive correction (B, 2M, h, w) of (scales ‖ means): it depends on the
+        tokens alone, so the encoder's latent refinement computes it once."""
+        prior = self.semantic_priors[_module_key(semantic.model)]
+        return prior(semantic.tokens, semantic.grid, semantic.region, latent_size)
 
     def context_parameters(self, params: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         """(scales ‖ means) (B, 2M, h, w) of every position in the checkerboard order.
@@ -186,7 +189,7 @@ class ResidualCodec(nn.Module):
                 likelihoods, rounding passed straight through for ``g_s``; ``"round"`` —
                 what the coder does (``z`` rounded around the medians, ``y`` around the
                 means), with straight-through gradients everywhere, likelihoods included
-                (the encoder's per-image latent refinement).
+                (the coder's rounding as a differentiable cost, e.g. for tests and probes).
         """
         if quantization not in ("noise", "round"):
             raise ValueError(f"unknown quantization mode {quantization!r}")

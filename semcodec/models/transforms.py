@@ -20,9 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _compat  # noqa: F401  (torchvision import shim; must precede compressai)
-from compressai.layers import GDN
-from compressai.models.utils import conv, deconv
+from .compressai_parts import GDN, conv, deconv
 
 
 def analysis_transform(N: int, M: int) -> nn.Sequential:
@@ -85,9 +83,15 @@ class SemanticPrior(nn.Module):
         nn.init.zeros_(self.refine[-1].weight)
         nn.init.zeros_(self.refine[-1].bias)
 
-    # Eager under ``semcodec train --compile``: each crop's region (Python floats that change every batch)
-    # would otherwise be traced as constants, one new graph per batch.
-    @torch.compiler.disable
+    def keep_eager_under_compile(self) -> None:
+        """Run this prior eagerly inside ``torch.compile`` (``semcodec train --compile``): each crop's region
+        (Python floats that change every batch) would otherwise be traced as constants, one new graph per batch.
+
+        Called by the training loop before it compiles, not as a decorator here: ``torch.compiler.disable``
+        imports ``torch._dynamo`` (about 1 s), which coding never needs.
+        """
+        self.forward = torch.compiler.disable(self.forward)
+
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int],
                 region: "tuple[float, float, float, float] | list[tuple[float, float, float, float]]",
                 latent_size: tuple[int, int]) -> torch.Tensor:
