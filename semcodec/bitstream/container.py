@@ -1,8 +1,8 @@
-"""The semcodec container: a versioned, layered, checksummed envelope (format 1.1).
+"""The semcodec container: a versioned, layered, checksummed envelope (format 1.2).
 
 A stream is a fixed preamble, a header that names everything a decoder needs
 (models, checkpoint and calibration hashes, image size, entropy coder, layer
-list) and one chunk per layer::
+list), one chunk per layer and, when the image has any, one metadata chunk (``META``, format 1.2)::
 
     magic (8) | version (1+1) | flags (2) | header_length (4) | header | header_crc32 (4)
     chunk: type (4) | length (4) | payload | crc32 (4)      (repeated)
@@ -11,7 +11,7 @@ The semantic layer (``SEM0``) is always the first chunk, so a reader that only
 wants the tokens can stop after it (:func:`read_container_prefix`). The byte
 layout, the caps and the versioning policy are specified in
 ``docs/bitstream.md``; this module is the reference implementation. Layer
-payloads are opaque here (see ``bitstream/payload.py``).
+payloads are opaque here; the metadata payload is parsed by :mod:`semcodec.bitstream.metadata`.
 
 Example:
     >>> header = Header(
@@ -37,6 +37,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from semcodec.bitstream.metadata import METADATA_CHUNK, Metadata
 from semcodec.errors import (
     CorruptStreamError,
     InvalidInputError,
@@ -58,6 +59,8 @@ __all__ = [
     "MAX_LAYERS",
     "MAX_NAME_LENGTH",
     "MAX_PIXELS",
+    "METADATA_CHUNK",
+    "METADATA_FLAG",
     "MIN_HEADER_LENGTH",
     "RESIDUAL_LAYER",
     "SEMANTIC_LAYER",
@@ -70,8 +73,8 @@ __all__ = [
 ]
 
 #: (major, minor): the newest format this module reads and writes. It reads every 1.x and writes
-#: the oldest minor that carries a container (1.0 unless the header uses something 1.1 added).
-FORMAT_VERSION = (1, 1)
+#: the oldest minor that carries a container (1.0 unless it uses something 1.1 or 1.2 added).
+FORMAT_VERSION = (1, 2)
 #: PNG-style signature: the high byte catches 7-bit transports, CR LF / LF catch
 #: line-ending conversion, 0x1A stops ``type`` on DOS.
 MAGIC = b"\x89SMC\r\n\x1a\n"
@@ -101,8 +104,11 @@ MAX_CHUNK_PAYLOAD = 256 * 2**20
 #: Flag bit 0 (format 1.1): the image is gray (its channels were equal, or nearly); a decoder of the
 #: pixel layer returns one channel. Advisory: a 1.0 reader ignores it and returns RGB.
 GRAY_FLAG = 0x0001
+#: Flag bit 1 (format 1.2): the stream has a metadata chunk (``META``), so a stream that ends before
+#: it is truncated rather than a stream without metadata. A 1.0 or 1.1 reader ignores it (and the chunk).
+METADATA_FLAG = 0x0002
 # The flag bits each minor version defines.
-_KNOWN_FLAGS = {0: 0x0000, 1: GRAY_FLAG}
+_KNOWN_FLAGS = {0: 0x0000, 1: GRAY_FLAG, 2: GRAY_FLAG | METADATA_FLAG}
 _HASH_LENGTH = 8
 _NO_HASH = bytes(_HASH_LENGTH)
 
@@ -112,7 +118,7 @@ _CRC = struct.Struct("<I")
 
 _TYPE_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
-_LAYER_NAMES = {SEMANTIC_LAYER: "semantic layer", RESIDUAL_LAYER: "residual layer"}
+_LAYER_NAMES = {SEMANTIC_LAYER: "semantic layer", RESIDUAL_LAYER: "residual layer", METADATA_CHUNK: "metadata chunk"}
 
 
 def _describe(chunk_type: bytes) -> str:
@@ -225,6 +231,9 @@ def _check_header(h: Header) -> None:
             raise InvalidInputError(f"layer type {layer!r} is not 4 bytes of A-Z / 0-9")
     if len(set(h.layers)) != len(h.layers):
         raise InvalidInputError(f"the header lists a layer twice: {_format_types(h.layers)}")
+    if METADATA_CHUNK in h.layers:
+        # An optional chunk type of every 1.x from 1.2 on, never a layer.
+        raise InvalidInputError(f"the header lists the metadata chunk (META) as a layer: {_format_types(h.layers)}")
     if SEMANTIC_LAYER in h.layers and h.layers[0] != SEMANTIC_LAYER:
         # Layer 0 first is what lets a reader decode tokens from a stream prefix.
         raise InvalidInputError(f"the semantic layer must come first, got {_format_types(h.layers)}")
@@ -294,30 +303,41 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Container:
-    """A parsed (or to-be-written) stream: header plus layer chunks.
+    """A parsed (or to-be-written) stream: header, layer chunks and metadata.
 
     ``chunks`` holds the layers in stream order. It equals ``header.layers`` for
     a complete stream and is a prefix of it for one read by
-    :func:`read_container_prefix`. Chunks that are not layers (optional data of
-    a newer minor version) are skipped by the reader and never appear here.
+    :func:`read_container_prefix`. Chunks that are not layers are either the
+    metadata chunk (``META``, held in ``metadata``) or optional data of a newer
+    minor version, which the reader skips and which never appears here.
 
     Attributes:
         header: The stream header.
         chunks: The layer chunks, in stream order (a list is stored as a tuple).
         version: ``(major, minor)`` of the stream (what :func:`write_container`
-            writes). Default: the oldest version that carries the header, 1.0
-            unless it uses a 1.1 flag.
+            writes). Default: the oldest version that carries the container, 1.0
+            unless it uses a 1.1 flag (1.1) or has metadata (1.2).
+        metadata: The payload of the ``META`` chunk (see :meth:`image_metadata`
+            and :class:`~semcodec.bitstream.metadata.Metadata`), written after the
+            last layer; None when the stream has none (or, for a prefix read, when
+            it comes after the last layer read).
     """
 
     header: Header
     chunks: tuple[Chunk, ...]
     version: tuple[int, int] | None = None
+    metadata: bytes | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.header, Header):
             raise InvalidInputError(f"container header must be a Header, not {type(self.header).__name__}")
+        if isinstance(self.metadata, (bytearray, memoryview)):
+            object.__setattr__(self, "metadata", bytes(self.metadata))
+        if self.metadata is not None and not isinstance(self.metadata, bytes):
+            raise InvalidInputError(f"container metadata must be bytes (a META payload), not "
+                                    f"{type(self.metadata).__name__}")
         if self.version is None:
-            object.__setattr__(self, "version", _oldest_version(self.header))
+            object.__setattr__(self, "version", _oldest_version(self.header, self.metadata))
         if isinstance(self.chunks, list):
             object.__setattr__(self, "chunks", tuple(self.chunks))
         if not isinstance(self.chunks, tuple) or not all(isinstance(c, Chunk) for c in self.chunks):
@@ -347,10 +367,23 @@ class Container:
                 return chunk.payload
         return None
 
+    def image_metadata(self) -> Metadata:
+        """The parsed metadata chunk (empty when the stream has none).
 
-def _oldest_version(h: Header) -> tuple[int, int]:
-    """The oldest format version that carries header ``h``: writing it keeps streams without the newer
-    features byte-identical to what earlier releases wrote."""
+        Raises:
+            CorruptStreamError: the payload is not a valid ``META`` payload (the reader has already
+                checked the payload of a stream it read).
+        """
+        if self.metadata is None:
+            return Metadata()
+        return Metadata.from_payload(self.metadata, newer_minor=self.version > FORMAT_VERSION)
+
+
+def _oldest_version(h: Header, metadata: bytes | None = None) -> tuple[int, int]:
+    """The oldest format version that carries header ``h`` and ``metadata``: writing it keeps streams
+    without the newer features byte-identical to what earlier releases wrote."""
+    if metadata is not None:
+        return (1, 2)
     return (1, 1) if h.gray else (1, 0)
 
 
@@ -377,30 +410,32 @@ def _encode_header(h: Header) -> bytes:
 
 
 def write_container(container: Container) -> bytes:
-    """Serializes a container as a format 1.x stream (its ``version``, 1.0 or 1.1).
+    """Serializes a container as a format 1.x stream (its ``version``, 1.0 to 1.2).
 
     Args:
-        container: The header and one chunk per listed layer, in the header's order.
+        container: The header, one chunk per listed layer in the header's order,
+            and the metadata payload if any (written after the last layer).
 
     Returns:
         The stream bytes.
 
     Raises:
         InvalidInputError: The chunks do not match ``header.layers``, or the
-            header uses something format 1.1 does not define (an unknown layer
-            type, model fields set for an absent layer), or ``container.version``
-            is newer than :data:`FORMAT_VERSION` or older than the header needs.
+            header uses something format 1.2 does not define (an unknown layer
+            type, model fields set for an absent layer), or the metadata is not
+            a valid ``META`` payload, or ``container.version`` is newer than
+            :data:`FORMAT_VERSION` or older than the container needs.
     """
     if not isinstance(container, Container):
         raise InvalidInputError(f"write_container expects a Container, not {type(container).__name__}")
     major, minor = container.version
-    oldest = _oldest_version(container.header)
+    oldest = _oldest_version(container.header, container.metadata)
     if not oldest <= (major, minor) <= FORMAT_VERSION:
-        # Rewriting a newer stream as 1.1 would silently drop what we do not understand; an older
-        # version would drop the flags it lacks.
+        # Rewriting a newer stream as 1.2 would silently drop what we do not understand; an older
+        # version would drop the flags or the metadata it lacks.
         raise InvalidInputError(
             f"cannot write format version {major}.{minor}; this semcodec writes "
-            f"{oldest[0]}.{oldest[1]} to {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]} for this header"
+            f"{oldest[0]}.{oldest[1]} to {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]} for this stream"
         )
     header = container.header
     violation = _format_1_0_violation(header)
@@ -411,12 +446,18 @@ def write_container(container: Container) -> bytes:
         raise InvalidInputError(
             f"chunks {_format_types(types)} do not match the header's layers {_format_types(header.layers)}"
         )
+    if container.metadata is not None:
+        try:
+            Metadata.from_payload(container.metadata)
+        except CorruptStreamError as e:
+            raise InvalidInputError(str(e).replace("corrupt metadata chunk", "invalid metadata chunk", 1)) from None
     header_bytes = _encode_header(header)
-    flags = GRAY_FLAG if header.gray else 0
+    flags = (GRAY_FLAG if header.gray else 0) | (METADATA_FLAG if container.metadata is not None else 0)
     out = bytearray(_PREAMBLE.pack(MAGIC, major, minor, flags, len(header_bytes)))
     out += header_bytes
     out += _CRC.pack(zlib.crc32(out))
-    for chunk in container.chunks:
+    trailer = (Chunk(METADATA_CHUNK, container.metadata),) if container.metadata is not None else ()
+    for chunk in container.chunks + trailer:
         frame = _CHUNK_FRAME.pack(chunk.type, len(chunk.payload))
         out += frame
         out += chunk.payload
@@ -486,8 +527,8 @@ def _mangling_hint(start: bytes) -> str:
     return ""
 
 
-def _read_header(view: memoryview) -> tuple[Header, tuple[int, int], int]:
-    """Parses and checks preamble and header; returns (header, version, offset of the first chunk)."""
+def _read_header(view: memoryview) -> tuple[Header, tuple[int, int], int, int]:
+    """Parses and checks preamble and header; returns (header, version, flags, offset of the first chunk)."""
     size = len(view)
     if size == 0:
         raise TruncatedStreamError("the input is empty (0 bytes); a semcodec stream starts with its magic bytes")
@@ -562,7 +603,7 @@ def _read_header(view: memoryview) -> tuple[Header, tuple[int, int], int]:
     violation = None if newer_minor else _format_1_0_violation(header)
     if violation:
         raise CorruptStreamError(f"corrupt header: {violation}")
-    return header, (major, minor), header_end + _CRC.size
+    return header, (major, minor), flags, header_end + _CRC.size
 
 
 def _read_chunk(view: memoryview, pos: int, layers_done: bool) -> tuple[bytes, memoryview, int]:
@@ -598,20 +639,29 @@ def _read_chunk(view: memoryview, pos: int, layers_done: bool) -> tuple[bytes, m
     return chunk_type, payload, end
 
 
-def _read_chunks(view: memoryview, pos: int, header: Header, until: bytes | None) -> tuple[Chunk, ...]:
+def _read_chunks(
+    view: memoryview, pos: int, header: Header, version: tuple[int, int], flags: int, until: bytes | None
+) -> tuple[tuple[Chunk, ...], bytes | None]:
+    """Reads the chunks from ``pos``; returns (the layer chunks, the metadata payload or None)."""
     layers = header.layers
+    announced = bool(flags & METADATA_FLAG)  # bit 1 is reserved (refused) before 1.2
     found: list[Chunk] = []
+    metadata: bytes | None = None
     count = 0
     while True:
         if until is not None and found and found[-1].type == until:
-            return tuple(found)  # everything after `until` is ignored, unread
+            return tuple(found), metadata  # everything after `until` is ignored, unread
         layers_done = len(found) == len(layers)
         if pos == len(view):
             if not layers_done:
                 raise TruncatedStreamError(
                     f"stream is truncated: it ends before its {_describe(layers[len(found)])}"
                 )
-            return tuple(found)
+            if announced and metadata is None:
+                raise TruncatedStreamError(
+                    f"stream is truncated: it ends before its {_describe(METADATA_CHUNK)}, which its header announces"
+                )
+            return tuple(found), metadata
         if count == MAX_CHUNKS:
             raise CorruptStreamError(f"corrupt stream: more than {MAX_CHUNKS} chunks")
         chunk_type, payload, end = _read_chunk(view, pos, layers_done)
@@ -631,6 +681,19 @@ def _read_chunks(view: memoryview, pos: int, header: Header, until: bytes | None
             raise CorruptStreamError(
                 f"corrupt stream: it contains a {_describe(chunk_type)} that its header does not list"
             )
+        elif chunk_type == METADATA_CHUNK:
+            if version < (1, 2):
+                raise CorruptStreamError(
+                    f"corrupt stream: it holds a metadata chunk (META), which format 1.2 introduced, "
+                    f"but it is a {version[0]}.{version[1]} stream"
+                )
+            if not announced:
+                raise CorruptStreamError("corrupt stream: it holds a metadata chunk (META) that its header "
+                                         "flags do not announce (bit 1)")
+            if metadata is not None:
+                raise CorruptStreamError("corrupt stream: the metadata chunk (META) appears twice")
+            Metadata.from_payload(payload, newer_minor=version > FORMAT_VERSION)  # bounded; raises if damaged
+            metadata = bytes(payload)
         # Any other type is optional data of a newer minor version: skipped (its CRC was checked).
         pos = end
 
@@ -643,22 +706,25 @@ def read_container(data: bytes | bytearray | memoryview) -> Container:
             released afterwards.
 
     Returns:
-        The container, with one chunk per layer the header lists. Chunks that
-        are not layers (optional data of a newer minor version) are
-        checksummed and skipped.
+        The container, with one chunk per layer the header lists and the
+        metadata payload (checked) if the stream has a ``META`` chunk. Other
+        chunks that are not layers (optional data of a newer minor version)
+        are checksummed and skipped.
 
     Raises:
         TruncatedStreamError: The data is empty or stops before the end of the
             header, of a chunk, or before a listed layer.
         CorruptStreamError: Bad magic, checksum mismatch, a field outside its
             range, a layer missing, repeated or out of order, too many chunks,
-            or trailing bytes that do not form a chunk.
+            trailing bytes that do not form a chunk, or a damaged, repeated or
+            premature (before 1.2) metadata chunk.
         UnsupportedVersionError: The stream's major version is not 1.
         InvalidInputError: ``data`` is not bytes-like.
     """
     view = _as_view(data)
-    header, version, pos = _read_header(view)
-    return Container(header, _read_chunks(view, pos, header, until=None), version)
+    header, version, flags, pos = _read_header(view)
+    chunks, metadata = _read_chunks(view, pos, header, version, flags, until=None)
+    return Container(header, chunks, version, metadata)
 
 
 def read_container_prefix(data: bytes | bytearray | memoryview, until: bytes) -> Container:
@@ -685,8 +751,9 @@ def read_container_prefix(data: bytes | bytearray | memoryview, until: bytes) ->
     if not _is_chunk_type(until):
         raise InvalidInputError(f"layer type {until!r} is not 4 bytes of A-Z / 0-9")
     view = _as_view(data)
-    header, version, pos = _read_header(view)
+    header, version, flags, pos = _read_header(view)
     if until not in header.layers:
         present = ", ".join(_describe(t) for t in header.layers) or "none"
         raise MissingLayerError(f"the stream has no {_describe(until)} (its layers: {present})")
-    return Container(header, _read_chunks(view, pos, header, until=until), version)
+    chunks, metadata = _read_chunks(view, pos, header, version, flags, until=until)
+    return Container(header, chunks, version, metadata)

@@ -29,6 +29,7 @@ from semcodec.bitstream.container import (
     MAGIC,
     MAX_CHUNK_PAYLOAD,
     MAX_CHUNKS,
+    METADATA_CHUNK,
     RESIDUAL_LAYER,
     SEMANTIC_LAYER,
     Chunk,
@@ -38,6 +39,7 @@ from semcodec.bitstream.container import (
     read_container_prefix,
     write_container,
 )
+from semcodec.bitstream.metadata import MAX_METADATA_BYTES, Metadata
 from semcodec.errors import (
     CorruptStreamError,
     InvalidInputError,
@@ -47,7 +49,9 @@ from semcodec.errors import (
     UnsupportedVersionError,
 )
 
-SEM, RES = SEMANTIC_LAYER, RESIDUAL_LAYER
+SEM, RES, META = SEMANTIC_LAYER, RESIDUAL_LAYER, METADATA_CHUNK
+#: The first minor version newer than this reader's (what a future writer may produce).
+NEWER = (1, FORMAT_VERSION[1] + 1)
 GOLDEN = Path(__file__).parent / "golden"
 CKPT = bytes.fromhex("5e3c0dec0ffee001")
 CALIB = bytes.fromhex("ca11b4a7e0000042")
@@ -104,8 +108,30 @@ def gray_pixels() -> Container:
     return Container(header, (Chunk(RES, b"gray pixels"),))
 
 
+#: A TIFF header (big-endian) and an empty IFD: the smallest well-formed EXIF.
+EXIF = b"MM\x00*\x00\x00\x00\x08\x00\x00\x00\x00\x00\x00"
+XMP = '<x:xmpmeta xmlns:x="adobe:ns:meta/">Ünïcode</x:xmpmeta>'.encode()
+
+
+def fake_icc(space: bytes = b"RGB ") -> bytes:
+    """The smallest blob the META rules accept as an ICC profile: a 128-byte header (size, colour space,
+    'acsp') and an empty tag table."""
+    profile = bytearray(132)
+    profile[0:4] = struct.pack(">I", 132)
+    profile[16:20] = space
+    profile[36:40] = b"acsp"
+    return bytes(profile)
+
+
+def with_metadata() -> Container:
+    """Format 1.2: both layers and a metadata chunk with EXIF, an ICC profile and XMP."""
+    container = both_layers()
+    payload = meta_payload([(1, EXIF), (2, fake_icc()), (3, XMP)])
+    return Container(container.header, container.chunks, metadata=payload)
+
+
 GOLDEN_CASES = {"both_layers": both_layers, "pixels_only": pixels_only, "semantic_only": semantic_only,
-                "gray_pixels": gray_pixels}
+                "gray_pixels": gray_pixels, "with_metadata": with_metadata}
 
 
 # ------------------------------------------------ independent encoder (from the spec)
@@ -141,15 +167,23 @@ def frame(chunk_type: bytes, payload: bytes) -> bytes:
     return head + payload + struct.pack("<I", zlib.crc32(head + payload))
 
 
+def meta_payload(entries) -> bytes:
+    """A META payload per the spec: a u8 count, then (kind u8, length u32, bytes) per entry."""
+    return bytes([len(entries)]) + b"".join(bytes([k]) + struct.pack("<I", len(v)) + v for k, v in entries)
+
+
 def build(container: Container, *, version=None, flags=None, extra=b"", chunks=None) -> bytes:
-    """Encodes ``container`` per the spec; ``chunks`` ((type, payload) pairs) overrides its chunks, ``version``
-    and ``flags`` override the container's (version 1.0 and no flags, or 1.1 and bit 0 for a gray image)."""
+    """Encodes ``container`` per the spec; ``chunks`` ((type, payload) pairs) overrides its chunks (and its
+    metadata chunk, after the layers), ``version`` and ``flags`` override the container's (the oldest that
+    carries it: 1.0 with no flags, 1.1 and bit 0 for a gray image, 1.2 with metadata)."""
     if version is None:
-        version = (1, 1) if container.header.gray else (1, 0)
+        version = (1, 2) if container.metadata is not None else (1, 1) if container.header.gray else (1, 0)
     if flags is None:
-        flags = 0x0001 if container.header.gray else 0
+        flags = (0x0001 if container.header.gray else 0) | (0x0002 if container.metadata is not None else 0)
     if chunks is None:
         chunks = [(c.type, c.payload) for c in container.chunks]
+        if container.metadata is not None:
+            chunks.append((META, container.metadata))
     out = seal_header(header_bytes(container.header, extra=extra), version=version, flags=flags)
     return out + b"".join(frame(t, p) for t, p in chunks)
 
@@ -233,7 +267,13 @@ def containers(draw) -> Container:
         height=height,
         layers=layers,
     )
-    return Container(header, tuple(Chunk(t, draw(st.binary(max_size=3000))) for t in layers))
+    metadata = draw(st.one_of(st.none(), st.builds(
+        Metadata,
+        exif=st.one_of(st.none(), st.binary(max_size=200).map(lambda tail: EXIF + tail)),
+        icc_profile=st.sampled_from([None, fake_icc(), fake_icc(b"GRAY")]),
+        xmp=st.one_of(st.none(), st.text(min_size=1, max_size=200).map(str.encode)),
+    ).filter(bool).map(Metadata.to_payload)))
+    return Container(header, tuple(Chunk(t, draw(st.binary(max_size=3000))) for t in layers), metadata=metadata)
 
 
 @settings(max_examples=150, deadline=None)
@@ -392,16 +432,16 @@ def test_unknown_major_version():
 
 def test_newer_minor_version_extensions_are_ignored():
     container = both_layers()
-    data = build(container, version=(1, 3), flags=0x8002, extra=b"new fields of 1.3")
-    assert read_container(data) == Container(container.header, container.chunks, version=(1, 3))
-    # Bit 0 keeps its 1.1 meaning in later minors.
+    data = build(container, version=NEWER, flags=0x8004, extra=b"new fields of a newer minor")
+    assert read_container(data) == Container(container.header, container.chunks, version=NEWER)
+    # Bit 0 keeps its 1.1 meaning in later minors (bit 1's: test_metadata_chunk_needs_format_1_2_and_its_flag).
     gray = Header(**{**container.header.__dict__, "gray": True})
-    assert read_container(build(container, version=(1, 3), flags=0x8003)).header == gray
+    assert read_container(build(container, version=NEWER, flags=0x8005)).header == gray
     # The same extensions in a 1.0 or 1.1 stream are damage; bit 0 is only defined from 1.1 on.
-    for version, flags in (((1, 0), 0x0001), ((1, 1), 0x0002), ((1, 0), 0x8000)):
+    for version, flags in (((1, 0), 0x0001), ((1, 1), 0x0002), ((1, 0), 0x8000), ((1, 2), 0x0004)):
         with pytest.raises(CorruptStreamError, match="reserved flag"):
             read_container(build(container, version=version, flags=flags))
-    for version in ((1, 0), (1, 1)):
+    for version in ((1, 0), (1, 1), (1, 2)):
         with pytest.raises(CorruptStreamError, match="unexpected bytes"):
             read_container(build(container, version=version, extra=b"\x00"))
 
@@ -414,23 +454,158 @@ def test_the_oldest_version_that_carries_a_stream_is_written():
     # A 1.1 stream without the flag is valid and written as asked; a gray image cannot be 1.0.
     as_1_1 = Container(container.header, container.chunks, version=(1, 1))
     assert read_container(write_container(as_1_1)) == as_1_1
-    with pytest.raises(InvalidInputError, match="writes 1.1 to 1.1 for this header"):
+    with pytest.raises(InvalidInputError, match="writes 1.1 to 1.2 for this stream"):
         write_container(Container(gray.header, gray.chunks, version=(1, 0)))
+    # Metadata needs 1.2; a gray image with metadata is 1.2 with bit 0 set.
+    meta = with_metadata()
+    assert meta.version == (1, 2) and write_container(meta)[8:12] == bytes([1, 2, 2, 0])
+    gray_meta = Container(gray.header, gray.chunks, metadata=meta.metadata)
+    assert write_container(gray_meta)[8:12] == bytes([1, 2, 3, 0])
+    assert read_container(write_container(gray_meta)) == gray_meta
+    with pytest.raises(InvalidInputError, match="writes 1.2 to 1.2 for this stream"):
+        write_container(Container(meta.header, meta.chunks, version=(1, 1), metadata=meta.metadata))
 
 
 def test_newer_minor_version_may_add_layer_types():
     header = Header(**{**both_layers().header.__dict__, "layers": (SEM, RES, b"SEM1")})
     chunks = [(SEM, b"a"), (RES, b"b"), (b"SEM1", b"c")]
-    container = read_container(build(Container(header, ()), version=(1, 2), chunks=chunks))
-    assert container.layer(b"SEM1") == b"c" and container.version == (1, 2)
-    prefix = build(Container(header, ()), version=(1, 2), chunks=chunks[:2])
+    container = read_container(build(Container(header, ()), version=NEWER, chunks=chunks))
+    assert container.layer(b"SEM1") == b"c" and container.version == NEWER
+    prefix = build(Container(header, ()), version=NEWER, chunks=chunks[:2])
     assert read_container_prefix(prefix, RES).chunks[1].payload == b"b"
     with pytest.raises(CorruptStreamError, match="not defined in format 1.0"):
         read_container(build(Container(header, ()), chunks=chunks))
-    with pytest.raises(CorruptStreamError, match="not defined in format 1.0"):
-        read_container(build(Container(header, ()), version=(1, 1), chunks=chunks))
-    with pytest.raises(InvalidInputError, match="cannot write format version 1.2"):
+    for version in ((1, 1), (1, 2)):
+        with pytest.raises(CorruptStreamError, match="not defined in format 1.0"):
+            read_container(build(Container(header, ()), version=version, chunks=chunks))
+    with pytest.raises(InvalidInputError, match=f"cannot write format version 1.{NEWER[1]}"):
         write_container(container)
+
+
+# --------------------------------------------------------------------------- metadata chunk (format 1.2)
+
+
+def test_metadata_chunk_follows_the_layers():
+    container = with_metadata()
+    data, plain = write_container(container), write_container(both_layers())
+    # The 1.0 stream but for the version, the flags (bit 1) and the header CRC, then one META chunk.
+    end = header_end(plain)
+    assert data[8:12] == bytes([1, 2, 2, 0])
+    assert data[:8] == plain[:8] and data[12 : end - 4] == plain[12 : end - 4] and data[end : len(plain)] == plain[end:]
+    assert data[len(plain) :] == frame(META, container.metadata)
+    meta = read_container(data).image_metadata()
+    assert (meta.exif, meta.icc_profile, meta.xmp) == (EXIF, fake_icc(), XMP)
+    assert meta.kinds() == {"EXIF": len(EXIF), "ICC": 132, "XMP": len(XMP)}
+    assert Metadata(exif=EXIF, icc_profile=fake_icc(), xmp=XMP).to_payload() == container.metadata
+    assert read_container(plain).metadata is None and not read_container(plain).image_metadata()
+
+
+def test_metadata_chunk_between_layers_and_prefix_reads():
+    container = with_metadata()
+    sem, res = container.chunks
+    data = build(container, chunks=[(SEM, sem.payload), (META, container.metadata), (RES, res.payload)])
+    assert read_container(data) == container
+    assert read_container_prefix(data, SEM).metadata is None                # SEM0 alone is read
+    assert read_container_prefix(data, RES).metadata == container.metadata
+    assert read_container_prefix(write_container(container), RES).metadata is None    # after RES1: unread
+
+
+def test_metadata_chunk_needs_format_1_2_and_its_flag():
+    for version in ((1, 0), (1, 1)):
+        with pytest.raises(CorruptStreamError, match=rf"format 1.2 introduced, but it is a 1.{version[1]} stream"):
+            read_container(build(with_metadata(), version=version, flags=0))
+        with pytest.raises(CorruptStreamError, match="reserved flag"):                 # bit 1 before 1.2
+            read_container(build(both_layers(), version=version, flags=0x0002))
+    for version in ((1, 2), NEWER):
+        with pytest.raises(CorruptStreamError, match="do not announce"):
+            read_container(build(with_metadata(), version=version, flags=0))
+        # The flag without the chunk: the stream was cut before it (and in a newer minor, bit 1 keeps its meaning).
+        with pytest.raises(TruncatedStreamError, match="ends before its metadata chunk"):
+            read_container(build(both_layers(), version=version, flags=0x0002))
+    assert read_container(build(with_metadata(), version=NEWER)).metadata == with_metadata().metadata
+
+
+def test_metadata_chunk_twice_is_corrupt():
+    container = with_metadata()
+    sem, res = container.chunks
+    twice = [(SEM, sem.payload), (META, container.metadata), (RES, res.payload), (META, container.metadata)]
+    with pytest.raises(CorruptStreamError, match=r"metadata chunk \(META\) appears twice"):
+        read_container(build(container, chunks=twice))
+
+
+def test_metadata_chunk_is_not_a_layer():
+    with pytest.raises(InvalidInputError, match="lists the metadata chunk"):
+        Header(**{**both_layers().header.__dict__, "layers": (SEM, RES, META)})
+    data = bytearray(corrupt_header(layers=(SEM, RES, META)))
+    data[9] = NEWER[1]                                         # reserved in every later minor too
+    reseal(data)
+    with pytest.raises(CorruptStreamError, match="lists the metadata chunk"):
+        read_container(bytes(data))
+
+
+def meta_stream(payload: bytes, version=(1, 2)) -> bytes:
+    """``both_layers()`` with a META chunk of ``payload`` after its layers (flag bit 1 set), built per the spec."""
+    container = both_layers()
+    return build(container, version=version, flags=0x0002,
+                 chunks=[*((c.type, c.payload) for c in container.chunks), (META, payload)])
+
+
+DAMAGED_METADATA = [
+    (b"", "it is empty"),
+    (b"\x00", "announces 0 entries"),
+    (bytes([17]) + meta_payload([(1, EXIF)])[1:], "announces 17 entries"),
+    (bytes([2]) + meta_payload([(1, EXIF)])[1:], "ends inside the frame of entry 2 of 2"),
+    (meta_payload([(2, fake_icc()), (1, EXIF)]), r"entry 2 \(EXIF\) repeats a kind or is out of order"),
+    (meta_payload([(1, EXIF), (1, EXIF)]), "repeats a kind"),
+    (meta_payload([(4, b"x")]), "entry kind 4 is not defined in format 1.2"),
+    (meta_payload([(1, b"")]), "the EXIF entry claims 0 bytes"),
+    (bytes([1, 3]) + struct.pack("<I", 0xFFFFFFFF) + XMP, "the XMP entry claims 4294967295 bytes"),
+    (meta_payload([(1, EXIF)]) + b"\x00", "1 unexpected bytes after its last entry"),
+    (meta_payload([(1, b"Exif\x00\x00" + EXIF)]), "EXIF entry does not start with a TIFF header"),
+    (meta_payload([(2, b"x" * 200)]), "ICC entry is not an ICC profile"),
+    (meta_payload([(2, fake_icc() + bytes(4))]), "ICC entry declares 132 bytes in its header but holds 136"),
+    (meta_payload([(3, b"\xff\xfe<\x00x\x00")]), "XMP entry is not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("payload, message", DAMAGED_METADATA)
+def test_damaged_metadata_payload(payload, message):
+    container = both_layers()
+    with pytest.raises(CorruptStreamError, match=r"^corrupt metadata chunk \(META\): .*" + message):
+        read_container(meta_stream(payload))
+    with pytest.raises(InvalidInputError, match=r"^invalid metadata chunk \(META\): .*" + message):
+        write_container(Container(container.header, container.chunks, metadata=payload))
+
+
+def test_metadata_payload_cap():
+    payload = meta_payload([(3, b" " * (MAX_METADATA_BYTES - 6))])
+    assert read_container(meta_stream(payload)).image_metadata().kinds() == {"XMP": MAX_METADATA_BYTES - 6}
+    with pytest.raises(CorruptStreamError, match=f"is {MAX_METADATA_BYTES + 1} bytes long; the limit is"):
+        read_container(meta_stream(payload + b" "))
+    with pytest.raises(InvalidInputError, match=f"the limit is {MAX_METADATA_BYTES}"):
+        Metadata(xmp=b" " * MAX_METADATA_BYTES)
+
+
+def test_newer_minor_metadata_kinds_are_skipped():
+    data = meta_stream(meta_payload([(1, EXIF), (9, b"future")]), version=NEWER)
+    assert read_container(data).image_metadata() == Metadata(exif=EXIF)
+    # The order rule and the known kinds' content rules hold in every minor version.
+    for entries in ([(9, b"future"), (1, EXIF)], [(1, b"not exif"), (9, b"future")]):
+        with pytest.raises(CorruptStreamError, match="corrupt metadata chunk"):
+            read_container(meta_stream(meta_payload(entries), version=NEWER))
+
+
+@pytest.mark.parametrize("fields", [{"exif": b"II*"}, {"exif": b""}, {"xmp": "text"}, {"icc_profile": b"x" * 132}])
+def test_metadata_values_are_checked(fields):
+    with pytest.raises(InvalidInputError):
+        Metadata(**fields)
+
+
+def test_container_metadata_must_be_bytes():
+    container = both_layers()
+    with pytest.raises(InvalidInputError, match="must be bytes"):
+        Container(container.header, container.chunks, metadata=Metadata(exif=EXIF))  # type: ignore[arg-type]
+    assert Container(container.header, container.chunks, metadata=bytearray(b"x")).metadata == b"x"
 
 
 # --------------------------------------------------------------------------- chunk rules
