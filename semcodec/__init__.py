@@ -14,11 +14,26 @@ The API (and with it torch) is imported on first use, so that ``import semcodec`
 and ``semcodec --help`` stay fast; ``inspect`` never imports torch.
 """
 
-from .errors import SemcodecError
+from .errors import (
+    CorruptStreamError,
+    InvalidInputError,
+    MissingLayerError,
+    ModelError,
+    ModelMismatchError,
+    ModelNotAvailableError,
+    RateControlError,
+    SemcodecError,
+    StreamError,
+    TrainingDivergedError,
+    TruncatedStreamError,
+    UnsupportedVersionError,
+)
 from .version import __version__
 
-__all__ = ["CompressResult", "SemcodecError", "StreamInfo", "__version__", "compress", "compress_image",
-           "decode_tokens", "decompress", "inspect"]
+__all__ = ["CompressResult", "CorruptStreamError", "InvalidInputError", "MissingLayerError", "ModelError",
+           "ModelMismatchError", "ModelNotAvailableError", "RateControlError", "SemcodecError", "StreamError",
+           "StreamInfo", "TrainingDivergedError", "TruncatedStreamError", "UnsupportedVersionError", "__version__",
+           "compress", "compress_image", "decode_tokens", "decompress", "inspect"]
 
 _API_NAMES = {"CompressResult", "compress", "compress_image", "decode_tokens", "decompress"}
 #: Parsing a stream needs no torch: these come from the light module.

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import io
 import os
-import warnings
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -75,15 +75,50 @@ def open_image(source) -> Image.Image:
             raise InvalidInputError(f"{name} is empty (0 bytes), not an image")
         source = io.BytesIO(bytes(source))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(source)
-            im.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        with _semcodec_size_limits():
+            im = Image.open(source)               # reads the header only
+    except UnidentifiedImageError as e:
         raise InvalidInputError(f"{name} is not an image Pillow can read ({e.__class__.__name__})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InvalidInputError(f"{name}: cannot decode image ({e})") from None
+    check_image_size(im.width, im.height, name)   # before a single pixel is decoded
+    try:
+        im.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InvalidInputError(f"{name}: cannot decode image ({e})") from None
     return im
+
+
+def check_image_size(width: int, height: int, name: str = "input") -> None:
+    """Refuse an image beyond semcodec's own caps (:data:`MAX_SIDE` a side, :data:`MAX_PIXELS` pixels),
+    saying which cap applies and what to do.
+
+    These caps replace Pillow's decompression-bomb guard (about 89 and 179 megapixels), which would
+    refuse real photos that semcodec codes (a semantic-only stream has no other size limit); the
+    pixel layer's own, lower cap is checked where it is coded.
+    """
+    if max(width, height) > MAX_SIDE:
+        raise InvalidInputError(f"{name} is {width}x{height}: semcodec codes images of up to {MAX_SIDE} px a side; "
+                                "downscale it")
+    if width * height > MAX_PIXELS:
+        raise InvalidInputError(f"{name} is {width}x{height} ({width * height / 1e6:.0f} megapixels): semcodec codes "
+                                f"images of up to {MAX_PIXELS / 1e6:.0f} megapixels; downscale it")
+
+
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _semcodec_size_limits():
+    """Open images without Pillow's decompression-bomb limit (:func:`check_image_size` applies semcodec's
+    caps instead, before decoding). Pillow keeps that limit in a module global; it is lifted only for the
+    duration of ``Image.open``, which reads the header, and restored after."""
+    with _PILLOW_LIMIT_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def to_rgb8(im: Image.Image, notes: list[str] | None = None) -> np.ndarray:
@@ -102,9 +137,7 @@ def to_rgb8(im: Image.Image, notes: list[str] | None = None) -> np.ndarray:
         im = ImageOps.exif_transpose(im) or im
     except Exception:  # a malformed EXIF block must not make the image unreadable
         pass
-    if im.width * im.height > MAX_PIXELS or max(im.size) > MAX_SIDE:
-        raise InvalidInputError(f"image of {im.width}x{im.height} exceeds the limits "
-                                f"({MAX_SIDE} px per side, {MAX_PIXELS} pixels)")
+    check_image_size(im.width, im.height)
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
         scale = 65535.0 if im.mode.startswith("I;16") or (im.mode == "I" and a.max(initial=0) > 255) else (

@@ -626,7 +626,8 @@ def calibration_dirs() -> list[Path]:
     return dirs
 
 
-def _user_calibration_path(name: str) -> str:
+def user_calibration_path(name: str) -> str:
+    """Where `semcodec calibrate` puts a calibration of tower ``name`` for this user (found there on use)."""
     return f"~/.cache/semcodec/calibrations/calibration-{name}.safetensors"
 
 
@@ -660,7 +661,7 @@ def find_calibration(name: str, hash8: bytes | None = None) -> Path:
             f"this needs {need}, but the calibrations found ({', '.join(f'{p} = {file_digest8(p).hex()}' for p in found)}) "
             "are other ones; a calibration is part of the codec model: get the exact file the encoder used "
             f"and put it in one of: {where}")
-    make = (f"semcodec calibrate --semantic {name} --images DIR -o {_user_calibration_path(name)}")
+    make = (f"semcodec calibrate --semantic {name} --images DIR -o {user_calibration_path(name)}")
     extra = " (a stream needs the very file its encoder used; a new calibration has another hash)" if hash8 else ""
     raise ModelNotAvailableError(f"{need} is not on this machine (looked in {where}); make one with: {make}{extra}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from helpers import SAMPLE, SRGB_BLUE_XYZ, SRGB_GREEN_XYZ, SRGB_RED_XYZ, psnr, rgb_icc_profile
 from PIL import Image, ImageCms
 
@@ -77,3 +78,32 @@ def test_phone_and_jpeg_xl_photos_are_read(tmp_path):
         pixels = load_rgb(path)
         assert pixels.shape == original.shape and psnr(pixels, original) > 30, suffix
         assert suffix in IMAGE_SUFFIXES                        # folder walks pick them up
+
+
+def test_images_beyond_pillows_bomb_guard_but_within_semcodecs_caps_are_read(tmp_path):
+    """Pillow refuses more than about 179 megapixels and warns above 89; semcodec's own caps replace that guard."""
+    from PIL import Image
+
+    from semcodec.imageio import open_image
+
+    path = tmp_path / "big.png"
+    Image.new("L", (12000, 8000), 7).save(path)                 # 96 megapixels, a few hundred kB of PNG
+    im = open_image(path)
+    assert im.size == (12000, 8000) and Image.MAX_IMAGE_PIXELS == 89_478_485    # Pillow's limit is left as it was
+
+
+def test_an_image_beyond_every_cap_is_refused_before_it_is_decoded(tmp_path):
+    import struct
+    import zlib
+
+    from semcodec.errors import InvalidInputError
+    from semcodec.imageio import open_image
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    # A 200-byte PNG that claims 20000 x 20000 pixels: decoding it would need 1.2 GB.
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b""))
+    with pytest.raises(InvalidInputError, match=r"20000x20000: semcodec codes images of up to 16384 px a side"):
+        open_image(bomb)

@@ -49,8 +49,9 @@ __all__ = ["README_BEGIN", "README_END", "Curve", "bd_table", "curves_from_summa
 
 README_BEGIN = "<!-- semcodec-bench:begin -->"
 README_END = "<!-- semcodec-bench:end -->"
-#: Default location of the published reference curves (``../shared/reference``).
-PUBLISHED_RD = Path(__file__).resolve().parents[3] / "shared" / "reference" / "kodak_published_rd.csv"
+#: The published reference curves (CompressAI's models, VTM, BPG, AV1 on Kodak), shipped in the package with their
+#: sources (``data/README.md``) so that an installed semcodec plots them too.
+PUBLISHED_RD = Path(__file__).resolve().parent / "data" / "kodak_published_rd.csv"
 
 _MEAN_FIELDS = ("bytes", "bpp", "psnr", "ms_ssim", "token_cos", "token_mse", "layer0_bytes", "layer0_cos",
                 "layer0_mse", "enc_s", "dec_s", "tokens_dec_s")

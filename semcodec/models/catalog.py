@@ -29,5 +29,20 @@ def _semantic_rows() -> list[dict]:
             "description": r.get("description", ""),
             "available": bool(r.get("weights_present")) and bool(r.get("calibration_present")),
             "weights_present": r.get("weights_present"), "calibration_present": r.get("calibration_present"),
+            "how_to_get": _how_to_get(r),
         })
     return rows
+
+
+def _how_to_get(row: dict) -> list[str]:
+    """The steps that make a tower usable here: what is missing and the command or file that provides it."""
+    from ..semantic_coder import user_calibration_path
+
+    steps = []
+    if not row.get("weights_present"):
+        steps.append(f"weights: open_clip {row['arch']}/{row['pretrained']} from the Hugging Face cache "
+                     f"(fetched on first use where the hub is reachable), or pass --semantic-weights FILE")
+    if not row.get("calibration_present"):
+        steps.append(f"calibration: semcodec calibrate --semantic {row['name']} --images DIR "
+                     f"-o {user_calibration_path(row['name'])}")
+    return steps

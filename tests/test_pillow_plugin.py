@@ -1,0 +1,55 @@
+"""``import semcodec.pillow``: Pillow opens and saves semcodec streams."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import semcodec
+import semcodec.pillow  # noqa: F401  (registers the format)
+from helpers import SAMPLE
+
+
+def test_save_then_open_round_trips_through_pillow(test_codec, tmp_path):
+    original = Image.open(SAMPLE).convert("RGB")
+    path = tmp_path / "x.smc"
+    original.save(path, quality=60, model=test_codec)             # the suffix picks the format
+    data = path.read_bytes()
+    assert data == semcodec.compress(original, quality=60, model=test_codec)   # the keywords reached compress
+
+    opened = Image.open(path)
+    assert (opened.format, opened.size, opened.mode) == ("SEMCODEC", original.size, "RGB")
+    assert np.array_equal(np.asarray(opened.convert("RGB")), np.asarray(semcodec.decompress(data)))
+
+
+def test_gray_streams_open_as_mode_l_and_save_to_a_buffer_by_format_name(test_codec):
+    gray = Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1)), mode="L")
+    buf = io.BytesIO()
+    gray.save(buf, format="SEMCODEC", quality=90, model=test_codec)
+    opened = Image.open(io.BytesIO(buf.getvalue()))
+    assert opened.mode == "L" and opened.size == (64, 48)
+    assert np.array_equal(np.asarray(opened), np.asarray(semcodec.decompress(buf.getvalue())))
+
+
+def test_semantic_only_stream_opens_but_has_no_pixels(tmp_path):
+    data = semcodec.compress(SAMPLE, semantic="tiny", semantic_only=True)
+    opened = Image.open(io.BytesIO(data))
+    assert opened.size == Image.open(SAMPLE).size
+    with pytest.raises(semcodec.MissingLayerError, match="no pixel layer"):
+        opened.load()
+
+
+def test_a_damaged_stream_is_refused_with_semcodecs_error(test_codec):
+    data = bytearray(semcodec.compress(SAMPLE, quality=10, model=test_codec))
+    data[-3] ^= 0xFF
+    with pytest.raises(semcodec.CorruptStreamError):
+        Image.open(io.BytesIO(bytes(data)))
+
+
+def test_unknown_save_keywords_are_not_passed_on(test_codec):
+    buf = io.BytesIO()
+    Image.open(SAMPLE).save(buf, format="SEMCODEC", quality=5, model=test_codec, optimize=True)  # optimize: ignored
+    assert semcodec.inspect(buf.getvalue()).layers
