@@ -77,3 +77,28 @@ def rgb_icc_profile(red_xyz, green_xyz, blue_xyz, description: str, gamma: float
 
 #: sRGB's colorants adapted to D50, as in the standard sRGB ICC profile.
 SRGB_RED_XYZ, SRGB_GREEN_XYZ, SRGB_BLUE_XYZ = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
+
+
+#: XMP of :func:`jpeg_with_metadata`; its tiff:Orientation is dropped once the orientation is applied.
+XMP_PACKET = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+              b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6" '
+              b'xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:creator>Ada</dc:creator></rdf:Description>'
+              b'</rdf:RDF></x:xmpmeta>')
+
+
+def jpeg_with_metadata(size=(64, 48), orientation: int = 6) -> bytes:
+    """A small camera-like JPEG (the sample photo, resized): EXIF with an orientation, a camera make and a date
+    in its Exif IFD, the sRGB ICC profile Pillow makes, and :data:`XMP_PACKET`."""
+    import io
+
+    from PIL import Image, ImageCms
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation                                  # Orientation
+    exif[0x010F] = "SemcodecCam"                                # Make
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"        # Exif IFD: DateTimeOriginal
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    buf = io.BytesIO()
+    Image.open(SAMPLE).convert("RGB").resize(size).save(buf, "JPEG", quality=90, exif=exif, icc_profile=srgb,
+                                                         xmp=XMP_PACKET)
+    return buf.getvalue()

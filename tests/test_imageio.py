@@ -107,3 +107,94 @@ def test_an_image_beyond_every_cap_is_refused_before_it_is_decoded(tmp_path):
             + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b""))
     with pytest.raises(InvalidInputError, match=r"20000x20000: semcodec codes images of up to 16384 px a side"):
         open_image(bomb)
+
+
+# --------------------------------------------------------------------------- metadata, orientation, 16-bit RGB
+
+
+def _exif(block: bytes) -> Image.Exif:
+    exif = Image.Exif()
+    exif.load(block)
+    return exif
+
+
+def test_metadata_is_read_as_the_pixels_are_coded():
+    from helpers import XMP_PACKET, jpeg_with_metadata
+
+    from semcodec.bitstream.metadata import Metadata
+    from semcodec.imageio import load_image
+
+    data = jpeg_with_metadata(size=(64, 48), orientation=6)
+    notes: list[str] = []
+    loaded = load_image(data, notes)
+    assert loaded.pixels.shape == (64, 48, 3)                   # rotated: coded as displayed
+    assert notes == ["EXIF orientation 6 applied: coded as displayed (rotated 90° clockwise)"]
+    exif = _exif(loaded.metadata.exif)
+    assert exif[0x0112] == 1 and exif[0x010F] == "SemcodecCam"
+    assert exif.get_ifd(0x8769)[0x9003] == "2024:05:06 07:08:09"
+    original = Image.open(io.BytesIO(data)).info["exif"].removeprefix(b"Exif\x00\x00")
+    # The block is kept byte for byte but for the orientation value (6 -> 1).
+    assert len(loaded.metadata.exif) == len(original)
+    assert sum(a != b for a, b in zip(loaded.metadata.exif, original)) == 1
+    assert loaded.metadata.icc_profile == Image.open(io.BytesIO(data)).info["icc_profile"]    # sRGB: kept
+    assert loaded.metadata.xmp == XMP_PACKET.replace(b'tiff:Orientation="6"', b"")
+    np.testing.assert_array_equal(load_rgb(data), loaded.pixels)
+    assert load_image(data, metadata=False).metadata == Metadata()
+
+
+def test_upright_image_keeps_its_exif_unchanged():
+    from helpers import jpeg_with_metadata
+
+    from semcodec.imageio import load_image
+
+    data = jpeg_with_metadata(size=(40, 24), orientation=1)
+    notes: list[str] = []
+    loaded = load_image(data, notes)
+    assert notes == [] and loaded.pixels.shape == (24, 40, 3)
+    assert loaded.metadata.exif == Image.open(io.BytesIO(data)).info["exif"].removeprefix(b"Exif\x00\x00")
+
+
+def test_only_a_profile_that_describes_the_coded_pixels_is_kept():
+    from semcodec.imageio import load_image
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    swapped = rgb_icc_profile(SRGB_GREEN_XYZ, SRGB_RED_XYZ, SRGB_BLUE_XYZ, "Swapped RG")
+    gray = bytearray(rgb_icc_profile(SRGB_RED_XYZ, SRGB_GREEN_XYZ, SRGB_BLUE_XYZ, "Gray gamma 2.2"))
+    gray[16:20] = b"GRAY"                                       # not applied to grayscale pixels: kept
+    cases = [
+        (_saved(PIXELS, icc_profile=srgb), srgb),                                   # left as is: kept
+        (_saved(PIXELS, icc_profile=swapped), None),                                # converted to sRGB
+        (_saved(PIXELS, icc_profile=b"not a profile" * 20), None),                  # unreadable
+        (_saved(PIXELS, fmt="JPEG", mode="CMYK", icc_profile=swapped, quality=100), None),   # Pillow's CMYK -> RGB
+        (_saved(PIXELS, mode="L", icc_profile=bytes(gray)), bytes(gray)),
+    ]
+    for data, kept in cases:
+        assert load_image(data).metadata.icc_profile == kept
+
+
+def _png16(samples: np.ndarray) -> bytes:
+    """A 16-bit-per-sample RGB (3 channels) or RGBA (4) PNG, written by hand (Pillow writes none)."""
+    import struct
+    import zlib
+
+    height, width, channels = samples.shape
+    raw = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("channels, mode", [(3, "RGB"), (4, "RGBA")])
+def test_16_bit_rgb_is_reduced_to_8_bits_with_a_note(channels, mode):
+    values = np.random.default_rng(3).integers(0, 256, (5, 7, channels)).astype(np.uint16)
+    if channels == 4:
+        values[..., 3] = 255                                    # opaque
+    data = _png16(values * 257)                                 # the 16-bit samples of 8-bit `values`
+    for source in (data, Image.open(io.BytesIO(data))):         # a file, or a PIL image not loaded yet
+        notes: list[str] = []
+        np.testing.assert_array_equal(load_rgb(source, notes), values[..., :3])
+        assert notes[0] == f"16-bit {mode}: reduced to 8 bits per channel"
+        assert len(notes) == (2 if channels == 4 else 1)        # RGBA: and the alpha note

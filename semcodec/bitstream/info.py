@@ -7,7 +7,7 @@ models, so ``semcodec info`` (and anything else that only parses streams) starts
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from ..errors import InvalidInputError
 from ..fsutil import read_capped, read_file_object
@@ -33,7 +33,7 @@ def stream_data(source) -> bytes | bytearray | memoryview:
 
 @dataclass(frozen=True)
 class StreamInfo:
-    """What ``semcodec info`` prints: the header and the size of each layer."""
+    """What ``semcodec info`` prints: the header, the size of each layer and of the metadata chunk."""
 
     format_version: str
     width: int
@@ -47,6 +47,8 @@ class StreamInfo:
     layers: dict[str, int]          # chunk type → payload bytes, in stream order
     total_bytes: int
     gray: bool = False              # the pixel layer decodes to one channel
+    metadata_bytes: int = 0         # payload bytes of the metadata chunk (META; 0: none)
+    metadata: dict[str, int] = field(default_factory=dict)     # kind (EXIF, ICC, XMP) → bytes
 
     @property
     def bpp(self) -> float:
@@ -68,6 +70,9 @@ class StreamInfo:
         ]
         names = {"SEM0": "layer 0 (semantic)", "RES1": "layer 1 (pixels)"}
         rows += [(names.get(t, t), f"{n} bytes") for t, n in self.layers.items()]
+        if self.metadata_bytes:
+            kinds = ", ".join(f"{k} {n}" for k, n in self.metadata.items()) or "no kind this semcodec knows"
+            rows.append(("metadata", f"{self.metadata_bytes} bytes ({kinds})"))
         rows.append(("total", f"{self.total_bytes} bytes, {self.bpp:.4f} bpp"))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -75,14 +80,16 @@ class StreamInfo:
 
 def inspect(data) -> StreamInfo:
     """Parse and validate a stream's container (bytes, a path or a binary file object) and report its
-    header and layer sizes."""
+    header, layer sizes and metadata (the kinds and bytes of its META chunk)."""
     data = stream_data(data)
     c = read_container(data)
     h = c.header
+    metadata = c.image_metadata()
     return StreamInfo(
         format_version=f"{c.version[0]}.{c.version[1]}", width=h.width, height=h.height,
         codec_model=h.codec_model, codec_checkpoint=h.codec_checkpoint.hex() if h.codec_model else "",
         semantic_model=h.semantic_model, calibration=h.calibration.hex() if h.semantic_model else "",
         preprocessing=h.preprocessing, entropy_coder=h.entropy_coder,
         layers={ch.type.decode("ascii"): len(ch.payload) for ch in c.chunks}, total_bytes=len(data), gray=h.gray,
+        metadata_bytes=len(c.metadata or b""), metadata=metadata.kinds(),
     )
