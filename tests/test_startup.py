@@ -15,7 +15,7 @@ from helpers import SAMPLE, TEST_DATA
 #: Modules a compress or decompress never needs: CompressAI's package __init__ pulls them in (torch_geometric,
 #: torchvision, its datasets and registry), and torch.compiler.disable used as a decorator imports torch._dynamo.
 HEAVY = ("torch_geometric", "torchvision", "compressai.datasets", "compressai.registry", "compressai.zoo",
-         "compressai.models.google", "torch._dynamo", "open_clip", "transformers")
+         "compressai.models.google", "torch._dynamo", "open_clip", "transformers", "scipy.stats._stats_py")
 
 
 def _cli(*args: str, forbidden: tuple[str, ...]) -> subprocess.CompletedProcess:
