@@ -36,7 +36,8 @@ from .bitstream.info import StreamInfo, inspect, stream_data  # noqa: F401 - Str
 from .checkpoints import load_residual_checkpoint
 from .errors import InvalidInputError, MissingLayerError, ModelMismatchError, RateControlError, SemcodecError
 from .fsutil import file_digest8
-from .imageio import GRAY_TOLERANCE, channel_spread, gray_from_rgb, load_rgb
+from .bitstream.metadata import Metadata, icc_colour_space
+from .imageio import GRAY_TOLERANCE, channel_spread, gray_from_rgb, load_image
 from .models.registry import DEFAULT_CODEC_MODEL, earlier_checkpoints, require_checkpoint
 from .ratecontrol import RateCurve, search_rate
 from .models.residual import SemanticCondition
@@ -142,7 +143,8 @@ class CompressResult:
 def compress_image(image, *, quality: float | None = None, bpp: float | None = None, size: int | None = None,
                    max_size: bool = False, model: str = DEFAULT_CODEC_MODEL, semantic: str | bool | None = None,
                    semantic_weights: str | Path | None = None, semantic_only: bool = False,
-                   semantic_bytes: int | None = None, effort: int = 0) -> CompressResult:
+                   semantic_bytes: int | None = None, effort: int = 0,
+                   strip_metadata: bool = False) -> CompressResult:
     """Compress an image and report how (see :func:`compress` for the arguments)."""
     if sum(t is not None for t in (quality, bpp, size)) > 1:
         raise InvalidInputError("give at most one of quality, bpp and size")
@@ -151,18 +153,24 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     effort = _number(effort, "effort", whole=True)
     steps = _refinement_steps(effort)
     notes: list[str] = []                                        # things the user should know, one line each
-    pixels = load_rgb(image, notes)                              # (H, W, 3) uint8
+    loaded = load_image(image, notes, metadata=not strip_metadata)
+    pixels = loaded.pixels                                       # (H, W, 3) uint8
     height, width = pixels.shape[:2]
     spread = channel_spread(pixels)
     gray = spread <= GRAY_TOLERANCE                              # decoded as one channel
     if gray and spread:
         notes.append(f"nearly gray (its channels differ by at most {spread} level): decoded as grayscale")
+    metadata = _stream_metadata(loaded.metadata, gray)           # META payload (None: no chunk)
+    metadata_bytes = len(metadata) + 12 if metadata is not None else 0      # + chunk frame and CRC
     if bpp is not None:
         if not (bpp > 0 and math.isfinite(bpp)):
             raise InvalidInputError(f"bpp must be a positive finite number, got {bpp}")
         size = max(1, int(round(bpp * width * height / 8)))
     if size is not None and size <= 0:
         raise InvalidInputError(f"size must be a positive number of bytes, got {size}")
+    if size is not None and metadata_bytes >= size and not strip_metadata:
+        raise RateControlError(f"the image's metadata (EXIF, ICC profile, XMP) alone takes {metadata_bytes} bytes "
+                               f"of the {size}-byte target; drop it with --strip (strip_metadata=True)")
     if semantic_bytes is not None and semantic_bytes <= 0:
         raise InvalidInputError(f"the semantic budget must be positive, got {semantic_bytes} bytes")
 
@@ -174,12 +182,13 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     if tower_name is not None:
         whole_stream = semantic_only and size is not None
         layer0 = _encode_semantic(pixels, tower_name, semantic_weights,
-                                  max_bytes=size if whole_stream else semantic_bytes, whole_stream=whole_stream)
+                                  max_bytes=size if whole_stream else semantic_bytes, whole_stream=whole_stream,
+                                  metadata=metadata)
     if semantic_only:
         if quality is not None:
             notes.append("--quality applies to the pixel layer and is ignored with --semantic-only")
         header = _header(width, height, layer0, None, gray)
-        data = write_container(Container(header, (Chunk(SEMANTIC_LAYER, layer0.payload),)))
+        data = write_container(Container(header, (Chunk(SEMANTIC_LAYER, layer0.payload),), metadata=metadata))
         if size is not None and len(data) > size * (1 + 0.02) and not max_size:
             raise RateControlError(f"the smallest semantic-only stream is {len(data)} bytes; the target is {size}")
         return CompressResult(data, width, height, None, 1, tuple(notes))
@@ -207,7 +216,8 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     def encoder_for(latent: torch.Tensor):
         def encode(q: float) -> bytes:
             residual = codec.coder.encode_analyzed(latent, q, condition)
-            return write_container(Container(header, chunks_before + (Chunk(RESIDUAL_LAYER, residual),)))
+            return write_container(Container(header, chunks_before + (Chunk(RESIDUAL_LAYER, residual),),
+                                             metadata=metadata))
         return encode
 
     rate_range = codec.coder.rate_range
@@ -216,7 +226,7 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
         y = codec.coder.refine(x, y, q, steps, condition)
         return CompressResult(encoder_for(y)(q), width, height, q, 1, tuple(notes))
     # First guess from the model's typical size curve, for the bytes left to the pixel layer.
-    residual_bytes = max(size - len(layer0.payload) if layer0 else size, 1)
+    residual_bytes = max(size - (len(layer0.payload) if layer0 else 0) - metadata_bytes, 1)
     q0, slope = codec.rate_curve.guess(residual_bytes * 8 / (width * height), rate_range)
     found = search_rate(encoder_for(y), size, *rate_range, q_start=q0, slope=slope, never_above=max_size)
     trials = len(found.trials)
@@ -268,6 +278,15 @@ def _header(width: int, height: int, layer0: _Layer0 | None, codec: LoadedCodec 
                   gray=gray)
 
 
+def _stream_metadata(metadata: Metadata, gray: bool) -> bytes | None:
+    """The META payload of a stream (None: no metadata chunk). An ICC profile is kept only for the colour space
+    the image decodes to: an RGB profile of an image decoded as grayscale (or a gray one of an RGB image)
+    would be invalid in the decoded file (PNG forbids it), and untagged pixels are sRGB anyway."""
+    if metadata.icc_profile and icc_colour_space(metadata.icc_profile) != ("GRAY" if gray else "RGB"):
+        metadata = Metadata(exif=metadata.exif, xmp=metadata.xmp)
+    return metadata.to_payload() if metadata else None
+
+
 def _choose_semantic(semantic, weights, semantic_only: bool, semantic_bytes: int | None,
                      notes: list[str]) -> str | None:
     """Which tower codes layer 0: an explicit one, the default when present here, or none (with a note).
@@ -312,10 +331,11 @@ def _semantic_models(name: str, weights: str | None):
 
 
 def _encode_semantic(pixels: np.ndarray, name: str, weights, max_bytes: int | None,
-                     whole_stream: bool = False) -> _Layer0:
+                     whole_stream: bool = False, metadata: bytes | None = None) -> _Layer0:
     """Run the tower on the image and code its tokens, at the default rate or within ``max_bytes``.
 
-    With ``whole_stream``, ``max_bytes`` budgets the whole semantic-only stream (container included).
+    With ``whole_stream``, ``max_bytes`` budgets the whole semantic-only stream (container and ``metadata``,
+    the stream's META payload, included).
     """
     tower, coder = _semantic_models(name, str(weights) if weights else None)
     cal = coder.calibration
@@ -323,7 +343,7 @@ def _encode_semantic(pixels: np.ndarray, name: str, weights, max_bytes: int | No
     height, width = pixels.shape[:2]
     if whole_stream:
         header = _header(width, height, empty, None, gray=False)      # the flag does not change the size
-        overhead = len(write_container(Container(header, (Chunk(SEMANTIC_LAYER, b""),))))
+        overhead = len(write_container(Container(header, (Chunk(SEMANTIC_LAYER, b""),), metadata=metadata)))
         if max_bytes - overhead < 1:
             raise RateControlError(f"a semantic-only stream needs more than {overhead} bytes; the target is {max_bytes}")
         max_bytes -= overhead
@@ -338,7 +358,7 @@ def _encode_semantic(pixels: np.ndarray, name: str, weights, max_bytes: int | No
 def compress(image, *, quality: float | None = None, bpp: float | None = None, size: int | None = None,
              max_size: bool = False, model: str = DEFAULT_CODEC_MODEL, semantic: str | bool | None = None,
              semantic_weights: str | Path | None = None, semantic_only: bool = False,
-             semantic_bytes: int | None = None, effort: int = 0) -> bytes:
+             semantic_bytes: int | None = None, effort: int = 0, strip_metadata: bool = False) -> bytes:
     """Compress an image into a semcodec stream.
 
     Give at most one rate setting: ``quality`` (a fixed knob), ``bpp`` (target bits per
@@ -364,6 +384,9 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
         effort: encoder effort 0–3; above 0 the pixel layer's latent is refined for this image
             (10/25/50 optimization steps: smaller streams at the same quality, slower encoding;
             see docs/benchmarks.md for the measured gain and time).
+        strip_metadata: leave out the image's EXIF, ICC profile and XMP, which are kept by default
+            (EXIF with orientation 1, an ICC profile only when it describes the coded pixels; see
+            :mod:`semcodec.imageio`). Kept metadata counts in ``bpp``/``size`` targets.
 
     Returns:
         The stream bytes.
@@ -374,7 +397,7 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
     """
     return compress_image(image, quality=quality, bpp=bpp, size=size, max_size=max_size, model=model,
                           semantic=semantic, semantic_weights=semantic_weights, semantic_only=semantic_only,
-                          semantic_bytes=semantic_bytes, effort=effort).data
+                          semantic_bytes=semantic_bytes, effort=effort, strip_metadata=strip_metadata).data
 
 
 def decode_tokens(data):
@@ -397,6 +420,10 @@ def decode_tokens(data):
 def decompress(data) -> Image.Image:
     """Decode the pixel layer of a semcodec stream (bytes, a path or a binary file object) into a PIL
     image: RGB, or 8-bit grayscale (mode ``L``) for a gray image.
+
+    The stream's metadata is in ``image.info`` as Pillow's readers put it: ``"exif"`` (with JPEG's
+    ``Exif\\0\\0`` prefix, so ``image.getexif()`` and every Pillow writer take it), ``"icc_profile"`` and
+    ``"xmp"`` (bytes); keys are absent for what the stream lacks.
 
     Raises:
         MissingLayerError: the stream has no pixel layer (semantic-only).
@@ -422,7 +449,15 @@ def decompress(data) -> Image.Image:
         condition = semantic_condition(h.semantic_model, tokens.tokens, tokens.grid, h.width, h.height)
     x_hat = codec.coder.decode(payload, h.width, h.height, condition)
     rgb = tensor_to_image(x_hat)                                  # (H, W, 3) uint8
-    return Image.fromarray(gray_from_rgb(rgb), mode="L") if h.gray else Image.fromarray(rgb, mode="RGB")
+    image = Image.fromarray(gray_from_rgb(rgb), mode="L") if h.gray else Image.fromarray(rgb, mode="RGB")
+    metadata = container.image_metadata()
+    if metadata.exif:
+        image.info["exif"] = b"Exif\x00\x00" + metadata.exif
+    if metadata.icc_profile:
+        image.info["icc_profile"] = metadata.icc_profile
+    if metadata.xmp:
+        image.info["xmp"] = metadata.xmp
+    return image
 
 
 def semantic_condition(model: str, tokens, grid, width: int, height: int) -> SemanticCondition:

@@ -20,6 +20,7 @@ from semcodec.errors import (
     MissingLayerError,
     ModelMismatchError,
     ModelNotAvailableError,
+    RateControlError,
     TruncatedStreamError,
 )
 
@@ -417,3 +418,99 @@ def test_streams_decode_with_another_thread_count_at_every_rate():
             coder.decode(payload, pixels.shape[1], pixels.shape[0])      # raises ModelMismatchError on a flip
     finally:
         torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def _exif_of(image) -> dict:
+    exif = image.getexif()
+    return {"orientation": exif.get(0x0112), "make": exif.get(0x010F), "date": exif.get_ifd(0x8769).get(0x9003)}
+
+
+def test_metadata_is_kept_by_default_and_stripped_on_request(test_codec):
+    from helpers import XMP_PACKET, jpeg_with_metadata
+
+    data = jpeg_with_metadata(size=(64, 48), orientation=6)
+    source = Image.open(io.BytesIO(data))
+    result = semcodec.compress_image(data, quality=50, model=test_codec, semantic=False)
+    assert result.notes == ("EXIF orientation 6 applied: coded as displayed (rotated 90° clockwise)",)
+    info = semcodec.inspect(result.data)
+    assert info.format_version == "1.2" and list(info.metadata) == ["EXIF", "ICC", "XMP"]
+    image = semcodec.decompress(result.data)
+    assert image.size == (48, 64)                                       # coded as displayed
+    assert _exif_of(image) == {"orientation": 1, "make": "SemcodecCam", "date": "2024:05:06 07:08:09"}
+    assert image.info["icc_profile"] == source.info["icc_profile"]
+    assert image.info["xmp"] == XMP_PACKET.replace(b'tiff:Orientation="6"', b"")
+
+    stripped = semcodec.compress(data, quality=50, model=test_codec, semantic=False, strip_metadata=True)
+    assert semcodec.inspect(stripped).format_version == "1.0" and not semcodec.inspect(stripped).metadata
+    assert not {"exif", "icc_profile", "xmp"} & set(semcodec.decompress(stripped).info)
+    # The same pixel layer; the kept stream adds the META chunk (frame and CRC: 12 bytes).
+    assert len(result.data) - len(stripped) == info.metadata_bytes + 12
+    assert semcodec.decompress(stripped).tobytes() == image.tobytes()
+
+
+@pytest.mark.parametrize("target", [{"bpp": 1.0}, {"size": 3000}, {"bpp": 0.9, "max_size": True}])
+def test_rate_targets_count_the_metadata(test_codec, target):
+    from helpers import jpeg_with_metadata
+
+    data = jpeg_with_metadata(size=(160, 112))
+    result = semcodec.compress_image(data, model=test_codec, semantic=False, **target)
+    wanted = target.get("size") or target["bpp"] * 160 * 112 / 8
+    assert semcodec.inspect(result.data).metadata_bytes > 0.2 * wanted          # a large share of the target
+    if target.get("max_size"):
+        assert wanted * 0.9 <= len(result.data) <= wanted
+    else:
+        assert abs(len(result.data) / wanted - 1) <= 0.02
+
+
+def test_metadata_larger_than_the_target_names_strip(test_codec):
+    from helpers import jpeg_with_metadata
+
+    with pytest.raises(RateControlError, match=r"metadata .* alone takes \d+ bytes of the 300-byte target; .*--strip"):
+        semcodec.compress(jpeg_with_metadata(), size=300, model=test_codec, semantic=False)
+
+
+def test_a_profile_of_another_colour_space_than_the_decoded_image_is_dropped(test_codec):
+    """A gray photo stored as RGB with an sRGB profile decodes to one channel: an RGB profile would be invalid there."""
+    from PIL import ImageCms
+
+    gray = np.repeat(np.asarray(Image.open(SAMPLE).convert("L").resize((40, 32)))[:, :, None], 3, axis=2)
+    exif = Image.Exif()
+    exif[0x010F] = "GrayCam"
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, "PNG", exif=exif,
+                               icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    image = semcodec.decompress(semcodec.compress(buf.getvalue(), quality=50, model=test_codec, semantic=False))
+    assert image.mode == "L" and "icc_profile" not in image.info and image.getexif()[0x010F] == "GrayCam"
+
+
+def _with_meta_payload(data: bytes, change) -> bytes:
+    """``data`` with its META payload (the last chunk) replaced by ``change(payload)``, CRC recomputed."""
+    import struct
+    import zlib
+
+    start = data.rindex(b"META")
+    (length,) = struct.unpack_from("<I", data, start + 4)
+    payload = change(data[start + 8 : start + 8 + length])
+    body = b"META" + struct.pack("<I", len(payload)) + payload
+    return data[:start] + body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_a_damaged_or_missing_metadata_chunk_is_a_stream_error(test_codec):
+    from helpers import jpeg_with_metadata
+
+    data = semcodec.compress(jpeg_with_metadata(), quality=50, model=test_codec, semantic=False)
+    for damaged, message in [
+        (_with_meta_payload(data, lambda p: b"\x00" + p[1:]), r"corrupt metadata chunk \(META\): it announces 0"),
+        (_with_meta_payload(data, lambda p: p + b"\x00"), "1 unexpected bytes after its last entry"),
+        (_with_meta_payload(data, lambda p: p[:-1]), "corrupt metadata chunk"),
+    ]:
+        with pytest.raises(CorruptStreamError, match=message):
+            semcodec.decompress(damaged)
+        with pytest.raises(CorruptStreamError, match=message):
+            semcodec.inspect(damaged)
+    cut = data[: data.rindex(b"META")]                  # every layer is there, the announced metadata is not
+    with pytest.raises(TruncatedStreamError, match=r"ends before its metadata chunk \(META\)"):
+        semcodec.decompress(cut)

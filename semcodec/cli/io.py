@@ -107,7 +107,8 @@ def image_format(path: str | os.PathLike) -> str:
 
 
 def encode_image(image, path: str | os.PathLike) -> bytes:
-    """Encode a decoded PIL image losslessly in the format its output name asks for (PNG by default).
+    """Encode a decoded PIL image losslessly in the format its output name asks for (PNG by default), with
+    the metadata in its ``info`` (see :func:`metadata_options`).
 
     Raises:
         InvalidInputError: the format cannot hold this image (e.g. WebP beyond 16383 px a side).
@@ -115,11 +116,49 @@ def encode_image(image, path: str | os.PathLike) -> bytes:
     fmt = image_format(path)
     buf = io.BytesIO()
     try:
-        image.save(buf, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+        image.save(buf, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}), **metadata_options(image, fmt))
     except (ValueError, OSError) as e:             # e.g. WebP holds at most 16383 px a side
         raise InvalidInputError(f"cannot write the decoded {image.width}x{image.height} image as {fmt} ({e}); "
                                 f"choose another format, e.g. .png") from None
     return buf.getvalue()
+
+
+def metadata_options(image, fmt: str) -> dict:
+    """Pillow save options that write a decoded image's metadata (``image.info``: ``exif``, ``icc_profile``,
+    ``xmp``, as :func:`semcodec.decompress` sets them) into formats that carry it: PNG (eXIf, iCCP and an
+    ``XML:com.adobe.xmp`` iTXt chunk), TIFF (its tags, tag 34675 and tag 700) and WebP (EXIF, ICCP and XMP
+    chunks). BMP and PPM carry none. An ICC profile is written only when its colour space is that of the
+    written pixels (WebP stores a gray image as RGB)."""
+    import warnings
+
+    from PIL import Image, PngImagePlugin
+
+    from ..bitstream.metadata import icc_colour_space
+
+    exif, icc, xmp = (image.info.get(key) for key in ("exif", "icc_profile", "xmp"))
+    gray = image.mode == "L" and fmt != "WEBP"
+    if icc and icc_colour_space(icc) != ("GRAY" if gray else "RGB"):
+        icc = None
+    options: dict = {"icc_profile": icc}        # explicit: PNG and TIFF would otherwise take info's
+    if fmt == "PNG":
+        if exif:
+            options["exif"] = exif
+        if xmp:
+            pnginfo = PngImagePlugin.PngInfo()
+            pnginfo.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
+            options["pnginfo"] = pnginfo
+    elif fmt == "WEBP":
+        options |= {"exif": exif or b"", "xmp": xmp or b""}
+    elif fmt == "TIFF":
+        tags = Image.Exif()
+        if exif:
+            with warnings.catch_warnings():        # Pillow keeps what it can read of a damaged IFD, and says so
+                warnings.simplefilter("ignore")
+                tags.load(exif)
+        if xmp:
+            tags[700] = xmp                      # XMLPacket
+        options["exif"] = tags
+    return options
 
 
 def write_output_bytes(path: str | os.PathLike, data: bytes, force: bool = False) -> None:

@@ -153,6 +153,8 @@ def rate_options(f):
 @click.option("--semantic-weights", type=click.Path(dir_okay=False), default=None, help="Weights file of the tower.")
 @click.option("--semantic-only", is_flag=True, help="Write layer 0 alone (--bpp/--size then budget the whole stream).")
 @click.option("--semantic-bytes", type=click.IntRange(min=1), default=None, help="Byte budget of layer 0.")
+@click.option("--strip", "strip_metadata", is_flag=True,
+              help="Drop the image's metadata (EXIF, ICC profile, XMP), as cwebp -metadata none. Default: kept.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Parallel worker processes (batch mode); default 1, with --engine ray one per CPU of the cluster.")
 @engine_options
@@ -161,7 +163,7 @@ def rate_options(f):
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (batch mode).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 def compress(inputs, output, quality, effort, bpp, size, max_size, model, semantic, no_semantic, semantic_weights, semantic_only,
-             semantic_bytes, jobs, engine, ray_address, shards, progress, force) -> None:
+             semantic_bytes, strip_metadata, jobs, engine, ray_address, shards, progress, force) -> None:
     """Compress images (any format Pillow reads, HEIC and JPEG XL too) into semcodec streams.
 
     INPUTS are image files, folders (searched recursively) or glob patterns; '-' reads one
@@ -177,7 +179,8 @@ def compress(inputs, output, quality, effort, bpp, size, max_size, model, semant
         raise click.UsageError("--no-semantic contradicts --semantic/--semantic-only/--semantic-bytes")
     options = {"quality": quality, "bpp": bpp, "size": size, "max_size": max_size, "effort": effort,
                "semantic": False if no_semantic else semantic, "semantic_weights": semantic_weights,
-               "semantic_only": semantic_only, "semantic_bytes": semantic_bytes} | ({"model": model} if model else {})
+               "semantic_only": semantic_only, "semantic_bytes": semantic_bytes,
+               "strip_metadata": strip_metadata} | ({"model": model} if model else {})
     if is_batch(inputs) or shards:
         from ..distributed import stream_row
 

@@ -373,3 +373,120 @@ def test_batch_keeps_extensions_when_names_clash(runner, test_codec, tmp_path):
                              "--model", test_codec, "--no-progress"])
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "photo.png.smc").exists() and (tmp_path / "photo.jpg.smc").exists()
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+@pytest.fixture
+def camera_photo(tmp_path):
+    """A JPEG with EXIF (orientation 6, a camera make), the sRGB ICC profile and XMP."""
+    from helpers import jpeg_with_metadata
+
+    p = tmp_path / "camera.jpg"
+    p.write_bytes(jpeg_with_metadata(size=(64, 48), orientation=6))
+    return p
+
+
+def test_metadata_is_kept_in_decoded_png_webp_and_tiff(runner, test_codec, camera_photo, tmp_path):
+    from helpers import XMP_PACKET
+
+    r = runner.invoke(main, ["compress", str(camera_photo), "--model", test_codec, "--no-semantic", "-q", "50"])
+    assert r.exit_code == 0, r.output
+    assert "semcodec: note: EXIF orientation 6 applied: coded as displayed (rotated 90° clockwise)" in r.stderr
+    stream = camera_photo.with_suffix(".smc")
+    r = runner.invoke(main, ["info", str(stream)])
+    assert r.exit_code == 0 and "format            1.2" in r.output
+    row = next(line for line in r.output.splitlines() if line.startswith("metadata"))
+    info = json.loads(runner.invoke(main, ["info", "--json", str(stream)]).output)
+    assert row.split(None, 1)[1] == (f"{info['metadata_bytes']} bytes (EXIF {info['metadata']['EXIF']}, "
+                                     f"ICC {info['metadata']['ICC']}, XMP {info['metadata']['XMP']})")
+    source = Image.open(camera_photo)
+    for suffix in (".png", ".webp", ".tif"):
+        out = tmp_path / f"decoded{suffix}"
+        r = runner.invoke(main, ["decompress", str(stream), "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        decoded = Image.open(out)
+        exif = decoded.getexif()
+        assert decoded.size == (48, 64), suffix
+        assert (exif[0x0112], exif[0x010F]) == (1, "SemcodecCam"), suffix
+        assert exif.get_ifd(0x8769)[0x9003] == "2024:05:06 07:08:09", suffix
+        assert decoded.info["icc_profile"] == source.info["icc_profile"], suffix
+        assert decoded.info["xmp"] == XMP_PACKET.replace(b'tiff:Orientation="6"', b""), suffix
+    r = runner.invoke(main, ["decompress", str(stream), "-o", str(tmp_path / "decoded.bmp")])  # carries none
+    assert r.exit_code == 0 and Image.open(tmp_path / "decoded.bmp").size == (48, 64)
+
+
+def test_strip_drops_the_metadata_in_single_and_batch_mode(runner, test_codec, camera_photo, tmp_path):
+    stream = tmp_path / "stripped.smc"
+    r = runner.invoke(main, ["compress", str(camera_photo), "-o", str(stream), "--model", test_codec, "--no-semantic",
+                             "--strip"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(runner.invoke(main, ["info", "--json", str(stream)]).output)
+    assert info["format_version"] == "1.0" and info["metadata_bytes"] == 0 and info["metadata"] == {}
+    assert "metadata" not in runner.invoke(main, ["info", str(stream)]).output
+    assert runner.invoke(main, ["decompress", str(stream), "-o", str(tmp_path / "d.png")]).exit_code == 0
+    assert not {"exif", "icc_profile", "xmp"} & set(Image.open(tmp_path / "d.png").info)
+    # Batch mode takes the option through the same options (two inputs).
+    shutil.copy(camera_photo, tmp_path / "second.jpg")
+    out = tmp_path / "batch"
+    r = runner.invoke(main, ["compress", str(camera_photo), str(tmp_path / "second.jpg"), "-o", str(out),
+                             "--model", test_codec, "--no-semantic", "--strip", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    streams = sorted(out.rglob("*.smc"))
+    assert len(streams) == 2
+    for s in streams:
+        assert json.loads(runner.invoke(main, ["info", "--json", str(s)]).output)["metadata_bytes"] == 0
+
+
+def test_gray_image_metadata_in_decoded_png_and_webp(runner, test_codec, tmp_path):
+    gray = tmp_path / "gray.png"
+    exif = Image.Exif()
+    exif[0x010F] = "GrayCam"
+    Image.open(SAMPLE).convert("L").resize((40, 32)).save(gray, exif=exif)
+    assert runner.invoke(main, ["compress", str(gray), "--model", test_codec, "--no-semantic"]).exit_code == 0
+    for suffix in (".png", ".webp"):
+        out = tmp_path / f"gray-decoded{suffix}"
+        assert runner.invoke(main, ["decompress", str(gray.with_suffix(".smc")), "-o", str(out)]).exit_code == 0
+        decoded = Image.open(out)
+        assert decoded.getexif()[0x010F] == "GrayCam", suffix
+    assert Image.open(tmp_path / "gray-decoded.png").mode == "L"
+
+
+def test_bpp_target_with_metadata_from_the_shell(runner, test_codec, tmp_path):
+    from helpers import jpeg_with_metadata
+
+    photo = tmp_path / "big.jpg"
+    photo.write_bytes(jpeg_with_metadata(size=(160, 112)))
+    stream = tmp_path / "big.smc"
+    r = runner.invoke(main, ["compress", str(photo), "-o", str(stream), "--model", test_codec, "--no-semantic",
+                             "--bpp", "1.0"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(runner.invoke(main, ["info", "--json", str(stream)]).output)
+    assert abs(info["bpp"] - 1.0) <= 0.02 and info["metadata_bytes"] > 0
+
+
+def test_damaged_metadata_chunk_exits_3(runner, test_codec, camera_photo, tmp_path):
+    import struct
+    import zlib
+
+    stream = tmp_path / "s.smc"
+    assert runner.invoke(main, ["compress", str(camera_photo), "-o", str(stream), "--model", test_codec,
+                                "--no-semantic"]).exit_code == 0
+    data = stream.read_bytes()
+    start = data.rindex(b"META")
+    body = bytearray(data[start:-4])
+    body[8] = 200                                                   # the entry count, beyond the cap of 16
+    cases = {"count.smc": (data[:start] + bytes(body) + struct.pack("<I", zlib.crc32(body)), "announces 200 entries"),
+             "crc.smc": (data[:start] + bytes(body) + data[-4:], "checksum mismatch in metadata chunk"),
+             "cut.smc": (data[:start + 20], "truncated"),
+             "missing.smc": (data[:start], "ends before its metadata chunk")}
+    for name, (content, message) in cases.items():
+        p = tmp_path / name
+        p.write_bytes(content)
+        for command in (["decompress", str(p), "-o", str(tmp_path / (name + ".png"))], ["info", str(p)]):
+            r = runner.invoke(main, command)
+            assert r.exit_code == 3, (name, r.output)
+            assert r.stderr.startswith("semcodec: error:") and message in r.stderr, (name, r.stderr)
+            assert len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / (name + ".png")).exists()
