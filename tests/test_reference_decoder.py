@@ -1,0 +1,143 @@
+"""The independent pixel-layer decoder (tests/reference_decoder.py, numpy only, written from docs/pixels.md)
+against semcodec, on golden streams of the shipped model.
+
+Each golden ``tests/data/golden/ms192-*.smc`` has a sidecar ``.sha256`` of the pixels semcodec decodes from it
+(:func:`helpers.pixels_digest`). They are regenerated with ``SEMCODEC_REGEN=1`` from crops of assets/sample.jpg;
+a regenerated golden changes only when the shipped checkpoint or the encoder does, and old ones must keep decoding.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import reference_decoder as rd
+import semcodec
+from helpers import REPO, SAMPLE, TEST_DATA, pixels_digest
+
+GOLDEN = TEST_DATA / "golden"
+SHIPPED = REPO / "checkpoints" / "semcodec-ms192.safetensors"
+#: name → (left, top, width, height) of the crop of assets/sample.jpg, quality, gray.
+GOLDENS = {
+    # quality 30 is knob q = -1.3: gains extrapolated below level 0 (the level index clamps to 0)
+    "ms192-sample-64x48-q30": ((200, 100, 64, 48), 30, False),
+    # q = 2.75 between two trained levels; a 2×2 hyper-latent and an 8×8 latent, cropped on both sides
+    "ms192-sample-120x90-q75": ((150, 60, 120, 90), 75, False),
+    # a gray image: the container's gray flag, decoded as one channel
+    "ms192-gray-40x56-q50": ((300, 180, 40, 56), 50, True),
+}
+REGEN = os.environ.get("SEMCODEC_REGEN") == "1"
+
+
+def _golden(name: str) -> bytes:
+    """The golden stream ``name`` (rewritten with its pixels' digest under ``SEMCODEC_REGEN=1``)."""
+    path = GOLDEN / f"{name}.smc"
+    if REGEN:
+        (left, top, width, height), quality, gray = GOLDENS[name]
+        image = Image.open(SAMPLE).convert("L" if gray else "RGB").crop((left, top, left + width, top + height))
+        data = semcodec.compress(np.asarray(image), quality=quality, semantic=False)
+        path.write_bytes(data)
+        path.with_suffix(".sha256").write_text(pixels_digest(semcodec.decompress(data)) + "\n")
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def reference_codec() -> rd.Codec:
+    return rd.Codec(SHIPPED)
+
+
+@pytest.mark.parametrize("name", GOLDENS)
+def test_reference_decoder_matches_semcodec(name, reference_codec):
+    """semcodec decodes the golden to its recorded pixels; the reference computes the same scale-index digest
+    as the payload stores and pixels within one level of semcodec's everywhere."""
+    data = _golden(name)
+    image = semcodec.decompress(data)
+    assert pixels_digest(image) == (GOLDEN / f"{name}.sha256").read_text().strip()
+
+    decoded, container = rd.decode_stream(data, reference_codec)
+    assert decoded.digest == decoded.stored_digest
+    (_, _, width, height), _, gray = GOLDENS[name]
+    assert (container.width, container.height, container.gray) == (width, height, gray)
+    ours = rd.gray(decoded.pixels) if gray else decoded.pixels
+    theirs = np.asarray(image)
+    assert ours.shape == theirs.shape and ours.dtype == np.uint8
+    assert int(np.abs(ours.astype(np.int16) - theirs.astype(np.int16)).max()) <= 1
+
+
+@pytest.mark.parametrize("name", GOLDENS)
+def test_reference_symbols_reencode_to_the_payload(name, reference_codec):
+    """The reference's decoded symbols and scale indices, coded again by semcodec's entropy coder in the order
+    docs/pixels.md gives, reproduce the payload's words exactly: the entropy decoding is identical."""
+    from semcodec.bitstream.entropy import CategoricalTables, EntropyEncoder, ScaleTable
+
+    container = rd.read_container(_golden(name))
+    payload = container.layers["RES1"]
+    decoded = rd.decode_res1(reference_codec, payload, container.width, container.height)
+    ckpt, _ = rd.read_safetensors(SHIPPED)
+    tables = CategoricalTables.from_quantized_cdf(ckpt["entropy_bottleneck._quantized_cdf"],
+                                                  ckpt["entropy_bottleneck._cdf_length"],
+                                                  ckpt["entropy_bottleneck._offset"])
+    enc = EntropyEncoder()
+    z = decoded.z_symbols
+    enc.encode_categorical(z, tables, np.broadcast_to(np.arange(z.shape[0])[:, None, None], z.shape))
+    anchors = np.broadcast_to(rd.anchors_mask(*decoded.y_symbols.shape[1:]), decoded.y_symbols.shape)
+    table = ScaleTable.geometric(min=rd.SCALE_MIN, max=rd.SCALE_MAX, count=rd.SCALE_COUNT)
+    for part in (anchors, ~anchors):
+        enc.encode_gaussian(decoded.y_symbols[part], decoded.scale_index[part], table, lo=rd.Y_LO, hi=rd.Y_HI)
+    assert enc.to_bytes() == payload[7:]
+
+
+def test_reference_decoder_refuses_other_parameters(reference_codec):
+    """A payload whose rate knob was changed decodes other scale indices: the reference refuses it by the digest,
+    as semcodec does (so the digest comparison above is not vacuous)."""
+    container = rd.read_container(_golden("ms192-sample-120x90-q75"))
+    payload = bytearray(container.layers["RES1"])
+    payload[0] ^= 0x04                                        # rate knob 4/4096 off, inside the model's range
+    with pytest.raises(rd.ReferenceDecodeError, match="digest"):
+        rd.decode_res1(reference_codec, bytes(payload), container.width, container.height)
+
+
+def test_reference_scale_table_and_gaussian_tables():
+    """The scale table is semcodec's; every quantized Gaussian's integer CDF is strictly increasing (so decoding
+    a symbol has one answer whatever the search) and its entries equal constriction's (a sample of symbols, read
+    back from the encoder's state after one symbol: lower = scale·C[s], range = scale·(C[s+1] − C[s]))."""
+    import constriction
+
+    from semcodec.residual_coder import SCALE_TABLE, Y_SYMBOL_RANGE
+
+    assert np.array_equal(rd.SCALES, SCALE_TABLE.scales) and (rd.Y_LO, rd.Y_HI) == Y_SYMBOL_RANGE
+    scale = ((1 << 64) - 1) >> rd.PRECISION
+    model = constriction.stream.model.QuantizedGaussian(rd.Y_LO, rd.Y_HI)
+    rng = np.random.default_rng(0)
+    for k, sigma in enumerate(rd.SCALES):
+        cdf = rd.gaussian_cdf(float(sigma))
+        assert cdf[0] == 0 and cdf[-1] == 1 << 24 and np.all(np.diff(cdf) >= 1), k
+        near = rng.integers(-int(6 * sigma) - 2, int(6 * sigma) + 3, 24)
+        for s in [*near.tolist(), rd.Y_LO, rd.Y_LO + 1, rd.Y_HI - 1, rd.Y_HI]:
+            enc = constriction.stream.queue.RangeEncoder()
+            enc.encode(np.array([s], dtype=np.int32), model, np.array([0.0]), np.array([float(sigma)]))
+            _, (lower, width) = enc.pos()
+            i = s - rd.Y_LO
+            assert (lower, width) == (scale * int(cdf[i]), scale * int(cdf[i + 1] - cdf[i])), (k, s)
+
+
+def test_reference_categorical_tables(reference_codec):
+    """The z tables of the shipped checkpoint, quantized as docs/pixels.md says, equal constriction's."""
+    import constriction
+
+    ckpt, _ = rd.read_safetensors(SHIPPED)
+    cdf = ckpt["entropy_bottleneck._quantized_cdf"].astype(np.int64)
+    length = ckpt["entropy_bottleneck._cdf_length"].astype(np.int64) - 2
+    scale = ((1 << 64) - 1) >> rd.PRECISION
+    for c in range(0, reference_codec.N, 9):
+        counts = np.diff(cdf[c, :length[c] + 1]).astype(np.float64)
+        model = constriction.stream.model.Categorical(counts, perfect=False)
+        ours = reference_codec.z_cdfs[c]
+        for s in range(len(counts)):
+            enc = constriction.stream.queue.RangeEncoder()
+            enc.encode(np.array([s], dtype=np.int32), model)
+            _, (lower, width) = enc.pos()
+            assert (lower, width) == (scale * int(ours[s]), scale * int(ours[s + 1] - ours[s])), (c, s)
