@@ -168,8 +168,10 @@ def _convert(im: Image.Image, notes: list[str], metadata: bool) -> LoadedImage:
         im = ImageOps.exif_transpose(im) or im
     except Exception:  # a malformed EXIF block must not make the image unreadable
         orientation = 1
-    if orientation in _ORIENTATIONS:
-        notes.append(f"EXIF orientation {orientation} applied: coded as displayed ({_ORIENTATIONS[orientation]})")
+    # pillow-heif applies a HEIC's orientation itself (its EXIF then says 1) and keeps the original value.
+    shown = orientation if orientation in _ORIENTATIONS else original.info.get("original_orientation")
+    if shown in _ORIENTATIONS:
+        notes.append(f"EXIF orientation {shown} applied: coded as displayed ({_ORIENTATIONS[shown]})")
     check_image_size(im.width, im.height)
     keep_profile = True                    # the profile describes the pixels unless it is applied or unreadable
     icc_profile = im.info.get("icc_profile")

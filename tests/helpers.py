@@ -88,7 +88,7 @@ XMP_PACKET = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://w
 
 def jpeg_with_metadata(size=(64, 48), orientation: int = 6) -> bytes:
     """A small camera-like JPEG (the sample photo, resized): EXIF with an orientation, a camera make and a date
-    in its Exif IFD, the sRGB ICC profile Pillow makes, and :data:`XMP_PACKET`."""
+    in its Exif IFD, the sRGB ICC profile Pillow makes, and :data:`XMP_PACKET` (with the same orientation)."""
     import io
 
     from PIL import Image, ImageCms
@@ -100,5 +100,5 @@ def jpeg_with_metadata(size=(64, 48), orientation: int = 6) -> bytes:
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     buf = io.BytesIO()
     Image.open(SAMPLE).convert("RGB").resize(size).save(buf, "JPEG", quality=90, exif=exif, icc_profile=srgb,
-                                                         xmp=XMP_PACKET)
+                                                         xmp=XMP_PACKET.replace(b'"6"', b'"%d"' % orientation))
     return buf.getvalue()

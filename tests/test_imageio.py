@@ -198,3 +198,21 @@ def test_16_bit_rgb_is_reduced_to_8_bits_with_a_note(channels, mode):
         np.testing.assert_array_equal(load_rgb(source, notes), values[..., :3])
         assert notes[0] == f"16-bit {mode}: reduced to 8 bits per channel"
         assert len(notes) == (2 if channels == 4 else 1)        # RGBA: and the alpha note
+
+
+def test_heic_orientation_applied_by_pillow_heif_is_noted_and_its_exif_kept():
+    """pillow-heif rotates a HEIC itself (its EXIF then says 1): the note still names the original orientation."""
+    from helpers import jpeg_with_metadata
+
+    from semcodec.imageio import load_image, register_photo_formats
+
+    register_photo_formats()
+    source = Image.open(io.BytesIO(jpeg_with_metadata(size=(64, 48), orientation=6)))
+    heic = io.BytesIO()
+    source.save(heic, "HEIF", quality=90, exif=source.info["exif"], xmp=source.info["xmp"])
+    notes: list[str] = []
+    loaded = load_image(heic.getvalue(), notes)
+    assert loaded.pixels.shape == (64, 48, 3)
+    assert notes == ["EXIF orientation 6 applied: coded as displayed (rotated 90° clockwise)"]
+    exif = _exif(loaded.metadata.exif)
+    assert exif[0x0112] == 1 and exif[0x010F] == "SemcodecCam"
