@@ -15,8 +15,11 @@ Opening reads and checks the whole stream (every CRC) but decodes nothing; the p
 are decoded (:func:`semcodec.decompress`) when Pillow first needs them, so
 ``Image.open(...).size`` is cheap. A stream without a pixel layer (semantic-only) opens,
 reports its size, and raises :class:`~semcodec.errors.MissingLayerError` when its pixels
-are asked for. Saving takes the keywords of :func:`semcodec.compress` (``quality``,
-``bpp``, ``size``, ``max_size``, ``effort``, ``semantic``, …) and writes the stream.
+are asked for. The image's metadata (EXIF, ICC profile, XMP) is in ``info`` from the
+open on, as Pillow's own readers put it. Saving takes the keywords of
+:func:`semcodec.compress` (``quality``, ``bpp``, ``size``, ``max_size``, ``effort``,
+``semantic``, ``strip_metadata``, …) and writes the stream with the image's metadata
+(or the ``exif``, ``icc_profile`` and ``xmp`` given to ``save``, as Pillow's writers take them).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from .fsutil import MAX_INPUT_BYTES
 FORMAT = "SEMCODEC"
 #: The keywords of :func:`semcodec.compress` that ``Image.save`` passes on.
 SAVE_OPTIONS = ("quality", "bpp", "size", "max_size", "model", "semantic", "semantic_weights", "semantic_only",
-                "semantic_bytes", "effort")
+                "semantic_bytes", "effort", "strip_metadata")
 
 
 def _accept(prefix: bytes) -> bool:
@@ -48,12 +51,14 @@ class SemcodecImageFile(ImageFile.ImageFile):
         data = self.fp.read(MAX_INPUT_BYTES + 1)
         if len(data) > MAX_INPUT_BYTES:
             raise InvalidInputError(f"the stream is larger than {MAX_INPUT_BYTES} bytes, the limit")
-        header = read_container(data).header          # SemcodecError (not SyntaxError): Pillow passes it on
+        container = read_container(data)               # SemcodecError (not SyntaxError): Pillow passes it on
+        header = container.header
         self._stream = data
         self._size = (header.width, header.height)
         self._mode = "L" if header.gray else "RGB"
         self._has_pixels = RESIDUAL_LAYER in header.layers
         self.info["semcodec_layers"] = tuple(layer.decode("ascii") for layer in header.layers)
+        self.info.update(container.image_metadata().image_info())      # EXIF, ICC profile, XMP
         self.tile = []                                  # no Pillow decoder: load() decodes
 
     def load(self):
@@ -63,9 +68,7 @@ class SemcodecImageFile(ImageFile.ImageFile):
                                         "use semcodec.decode_tokens for its tokens")
             from .api import decompress
 
-            decoded = decompress(self._stream)
-            self.im = decoded.im
-            self.info.update(decoded.info)
+            self.im = decompress(self._stream).im
             self._stream = None
         return Image.Image.load(self)
 
@@ -75,6 +78,12 @@ def _save(im: Image.Image, fp, filename) -> None:
     from .api import compress
 
     options = {key: im.encoderinfo[key] for key in SAVE_OPTIONS if key in im.encoderinfo}
+    given = {key: im.encoderinfo[key] for key in ("exif", "icc_profile", "xmp") if im.encoderinfo.get(key)}
+    if given:                    # save(..., exif=…): as Pillow's writers do, it replaces the image's own
+        if isinstance(given.get("exif"), Image.Exif):
+            given["exif"] = given["exif"].tobytes()
+        im = im.copy()
+        im.info.update(given)
     fp.write(compress(im, **options))
 
 

@@ -53,3 +53,22 @@ def test_unknown_save_keywords_are_not_passed_on(test_codec):
     buf = io.BytesIO()
     Image.open(SAMPLE).save(buf, format="SEMCODEC", quality=5, model=test_codec, optimize=True)  # optimize: ignored
     assert semcodec.inspect(buf.getvalue()).layers
+
+
+def test_metadata_is_in_info_from_the_open_on_and_saving_keeps_it(test_codec, tmp_path):
+    from PIL import ExifTags
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "semcodec-test-camera"
+    path = tmp_path / "m.smc"
+    Image.open(SAMPLE).save(path, quality=20, model=test_codec, exif=exif)    # as Pillow's writers take it
+    assert Image.open(path).getexif()[ExifTags.Base.Make] == "semcodec-test-camera"
+    with_exif = Image.open(SAMPLE)
+    with_exif.info["exif"] = exif.tobytes()
+    with_exif.save(path, quality=20, model=test_codec)                       # the image's own metadata
+    opened = Image.open(path)
+    assert opened.getexif()[ExifTags.Base.Make] == "semcodec-test-camera"
+    opened.load()
+    assert opened.getexif()[ExifTags.Base.Make] == "semcodec-test-camera"
+    with_exif.save(path, quality=20, model=test_codec, strip_metadata=True)
+    assert "exif" not in Image.open(path).info

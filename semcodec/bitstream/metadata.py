@@ -126,6 +126,13 @@ class Metadata:
         """Bytes of each present kind, e.g. ``{"EXIF": 212, "ICC": 588}``."""
         return {KIND_NAMES[kind]: len(value) for kind, value in self.entries()}
 
+    def image_info(self) -> dict[str, bytes]:
+        """The metadata as Pillow's readers put it in ``Image.info``: ``"exif"`` (with JPEG's ``Exif\\0\\0``
+        prefix, as Pillow's writers expect it), ``"icc_profile"``, ``"xmp"``; only the present ones."""
+        info = {"exif": b"Exif\x00\x00" + self.exif if self.exif else None, "icc_profile": self.icc_profile,
+                "xmp": self.xmp}
+        return {key: value for key, value in info.items() if value is not None}
+
     def to_payload(self) -> bytes:
         """The ``META`` chunk payload."""
         entries = self.entries()
