@@ -315,23 +315,18 @@ def _run_here(tasks: list[_Task], jobs: int, done, items) -> None:
         for t in tasks:
             done(t.indices, t.fn(t.payload))
         return
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from .batch import run_in_processes
 
-    from .batch import _init_worker
+    def outputs(t: _Task) -> list[Path]:            # whose temporary files an interrupted worker may leave
+        return [t.payload.path] if isinstance(t.payload, Shard) else [i.output for i in t.payload]
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(t.fn, t.payload): t for t in tasks}
-        try:
-            for future in as_completed(futures):
-                t = futures[future]
-                try:
-                    done(t.indices, future.result())
-                except Exception as e:  # noqa: BLE001 - a worker that died: report its files, go on
-                    done(t.indices, _lost(t.indices, items, str(e)))
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    # Ctrl-C or SIGTERM stops the workers at once (see run_in_processes); a lost worker fails its files.
+    run_in_processes(_call, tasks, jobs, lambda t, result: done(t.indices, result),
+                     lambda t, why: done(t.indices, _lost(t.indices, items, why)), outputs)
+
+
+def _call(task: _Task):
+    return task.fn(task.payload)
 
 
 def _run_task(threads: int, fn, payload):

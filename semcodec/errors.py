@@ -66,3 +66,9 @@ class RateControlError(SemcodecError):
 
 class TrainingDivergedError(SemcodecError):
     """Training kept producing non-finite losses or gradients; the last checkpoint is left untouched."""
+
+
+class OutputClosedError(SemcodecError):
+    """The reader of the standard output (``… -o - | head -c 10``) closed the pipe before the output was written."""
+
+    exit_code = 141     # 128 + SIGPIPE: the status a shell reports for a writer stopped by a closed pipe

@@ -8,6 +8,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import tempfile
@@ -81,6 +82,16 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+_TEMPORARY_SUFFIX = ".part"
+
+
+def temporary_files(path: str | os.PathLike) -> list[Path]:
+    """The temporary files that :func:`atomic_write` calls for ``path`` have left: none, unless a writer
+    was killed (SIGKILL) before its cleanup could run; a batch removes those of the workers it kills."""
+    path = Path(os.path.realpath(path))
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*{_TEMPORARY_SUFFIX}"))
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Create ``path`` atomically: ``write(tmp_path)`` fills a temporary file that is then renamed.
 
@@ -96,7 +107,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         write(str(path))
         return
     path = Path(os.path.realpath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent if str(path.parent) else ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMPORARY_SUFFIX,
+                               dir=path.parent if str(path.parent) else ".")
     os.close(fd)
     try:
         write(tmp)

@@ -99,7 +99,7 @@ def test_compress_decompress_tokens_on_ray_resume(runner, ray_cluster, test_code
     inode = kept.stat().st_ino
     damaged.write_bytes(damaged.read_bytes()[:-7])
     r = runner.invoke(main, args + ["-o", str(out), "--engine", "ray"])
-    assert r.exit_code == 1 and "4 ok, 1 failed" in r.stderr and "3 already done (kept)" in r.stderr
+    assert r.exit_code == 1 and "4 ok, 1 failed" in r.stderr and "3 skipped (output exists)" in r.stderr
     assert kept.stat().st_ino == inode
     read_container(damaged.read_bytes())
 
@@ -158,7 +158,7 @@ def test_parquet_shards_streams_and_tokens(runner, ray_cluster, test_codec, imag
         assert row["bpp"] == pytest.approx(len(row["stream"]) * 8 / (h.width * h.height))
     mtimes = [f.stat().st_mtime_ns for f in files]
     r = runner.invoke(main, args)
-    assert r.exit_code == 0 and "4 already done (kept)" in r.stderr
+    assert r.exit_code == 0 and "4 skipped (output exists)" in r.stderr
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
     # Token shards from a folder of streams (per-file .smc written locally).

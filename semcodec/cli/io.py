@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from ..batch import IMAGE_SUFFIXES
 from ..fsutil import MAX_INPUT_BYTES, atomic_write, read_capped
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, OutputClosedError
 
 
 def read_input_bytes(path: str | os.PathLike) -> bytes:
@@ -161,15 +162,32 @@ def metadata_options(image, fmt: str) -> dict:
     return options
 
 
+def output_closed() -> OutputClosedError:
+    """The error for a standard output whose reader has gone (EPIPE), after pointing the output at
+    /dev/null: Python's final flush of what is left in its buffer then succeeds, instead of printing
+    "Exception ignored … BrokenPipeError" after the one-line error."""
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):   # no real stdout (CliRunner)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    return OutputClosedError("output pipe closed: its reader stopped before the end of the output")
+
+
 def write_output_bytes(path: str | os.PathLike, data: bytes, force: bool = False) -> None:
     """Write ``data`` to ``path`` atomically (temporary file + rename), or to stdout for '-'.
 
     Raises:
         InvalidInputError: the file exists and ``force`` is false, or it cannot be written.
+        OutputClosedError: '-' is a pipe whose reader has gone.
     """
     if str(path) == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise output_closed() from None
         return
     p = Path(path)
     refuse_overwrite(p, force)

@@ -1,15 +1,17 @@
 """Per-file work of the batch commands (module-level so worker processes can pickle it).
 
 With ``resume`` (the start time of the run, ``time.time()``), an output that already
-exists and verifies is kept instead of being written again: a re-run picks up where
-an interrupted one stopped, and a task that Ray retries after its worker died does
-not rewrite what the dead worker finished. With ``force``, only outputs written by
-this run (modified at or after ``resume``) are kept; older ones are redone. An
-existing output that does not verify is redone either way.
+exists and verifies is kept instead of being written again: ``--skip-existing`` (and
+the Ray engine, always) use it, so a re-run picks up where an interrupted one stopped,
+and a task that Ray retries after its worker died does not rewrite what the dead worker
+finished. With ``force``, only outputs written by this run (modified at or after
+``resume``) are kept; older ones are redone. An existing output that does not verify
+(a damaged or foreign file) is redone either way, with a note.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +25,7 @@ def kept_output(path: Path, verify: Callable[[bytes], object], force: bool, resu
 
     ``verify`` raises on a damaged file (any exception counts as damaged).
     """
-    if resume is None:
+    if resume is None or not path.is_file():           # a pipe or a device (-o /dev/null) is never "done"
         return None
     try:
         if force and path.stat().st_mtime < resume:
@@ -36,6 +38,43 @@ def kept_output(path: Path, verify: Callable[[bytes], object], force: bool, resu
     except Exception:  # noqa: BLE001 - whatever the reader raises, the file is not a usable output
         return None
     return data
+
+
+#: The note of an output that existed but did not verify, and was written again.
+REDONE = "the existing output did not verify: written again"
+
+
+def existing_output(path: Path, verify: Callable[[bytes], object], force: bool,
+                    resume: float | None) -> tuple[bytes | None, tuple[str, ...]]:
+    """:func:`kept_output`, and the notes to report: :data:`REDONE` when an existing file is to be replaced
+    because it does not verify (not with ``force``, which replaces on purpose)."""
+    kept = kept_output(path, verify, force, resume)
+    redone = kept is None and resume is not None and not force and path.is_file()
+    return kept, (REDONE,) if redone else ()
+
+
+def stream_detail(data: bytes) -> str:
+    """A stream's bytes by layer, as ``-v/--verbose`` prints them:
+    ``layer 0 700 B + layer 1 4300 B + container 30 B``."""
+    from ..bitstream.info import inspect
+
+    info = inspect(data)
+    names = {"SEM0": "layer 0", "RES1": "layer 1"}
+    parts = [f"{names.get(t, t)} {n} B" for t, n in info.layers.items()]
+    return " + ".join(parts + [f"container {info.total_bytes - sum(info.layers.values())} B"])
+
+
+def compress_detail(result) -> str:
+    """What ``-v/--verbose`` says about a compressed image (an :class:`~semcodec.api.CompressResult`)."""
+    rate = (f"rate knob {result.rate:.3f}" if result.rate is not None else "no pixel layer") + (
+        f" ({result.trials} trial encodes)" if result.trials > 1 else "")
+    return f"{len(result.data)} bytes, {result.bpp:.4f} bpp ({stream_detail(result.data)}); {rate}"
+
+
+def decompress_detail(image, encoded: bytes, stream: bytes) -> str:
+    """What ``-v/--verbose`` says about a decoded image."""
+    return (f"{image.width}x{image.height} {image.mode}, {len(encoded)} bytes "
+            f"(from {len(stream)} bytes: {stream_detail(stream)})")
 
 
 def verify_stream(data: bytes):
@@ -75,8 +114,9 @@ def compress_file(item: BatchItem, options: dict, force: bool, resume: float | N
     """Compress one image file into one stream file."""
     from .. import api
 
+    t0 = time.perf_counter()
     try:
-        kept = kept_output(item.output, verify_stream, force, resume)
+        kept, notes = existing_output(item.output, verify_stream, force, resume)
         if kept is not None:
             h = verify_stream(kept).header
             return BatchOutcome(item, True, bytes_in=item.source.stat().st_size, bytes_out=len(kept),
@@ -85,7 +125,9 @@ def compress_file(item: BatchItem, options: dict, force: bool, resume: float | N
         item.output.parent.mkdir(parents=True, exist_ok=True)
         write_output_bytes(item.output, result.data, force=force or resume is not None)
         return BatchOutcome(item, True, bytes_in=item.source.stat().st_size, bytes_out=len(result.data),
-                            stream_bytes=len(result.data), pixels=result.width * result.height, notes=result.notes)
+                            stream_bytes=len(result.data), pixels=result.width * result.height,
+                            notes=result.notes + notes, detail=compress_detail(result),
+                            seconds=time.perf_counter() - t0)
     except SemcodecError as e:
         return failure(item, e)
 
@@ -94,9 +136,10 @@ def decompress_file(item: BatchItem, force: bool, resume: float | None = None) -
     """Decode one stream file into one image file."""
     from .. import api
 
+    t0 = time.perf_counter()
     try:
         data = read_input_bytes(item.source)
-        kept = kept_output(item.output, verify_image, force, resume)
+        kept, notes = existing_output(item.output, verify_image, force, resume)
         if kept is not None:
             h = verify_stream(data).header
             return BatchOutcome(item, True, bytes_in=len(data), bytes_out=len(kept), stream_bytes=len(data),
@@ -106,31 +149,41 @@ def decompress_file(item: BatchItem, force: bool, resume: float | None = None) -
         item.output.parent.mkdir(parents=True, exist_ok=True)
         write_output_bytes(item.output, encoded, force=force or resume is not None)
         return BatchOutcome(item, True, bytes_in=len(data), bytes_out=len(encoded), stream_bytes=len(data),
-                            pixels=image.width * image.height)
+                            pixels=image.width * image.height, notes=notes,
+                            detail=decompress_detail(image, encoded, data), seconds=time.perf_counter() - t0)
     except SemcodecError as e:
         return failure(item, e)
 
 
-def decode_tokens_bytes(data: bytes, calibration: Path | None) -> tuple[bytes, int]:
-    """Layer 0 of a stream as a tokens file (safetensors bytes) and the image's pixel count."""
+def tokens_detail(tokens) -> str:
+    """What ``semcodec tokens`` says about the tokens it wrote (a :class:`~semcodec.semantic_coder.SemanticTokens`)."""
+    n, d = tokens.tokens.shape
+    return (f"{n} tokens x {d} ({tokens.grid[0]}x{tokens.grid[1]}, {tokens.positions.numel()} coded) of "
+            f"{tokens.model}, {tokens.preprocessing}")
+
+
+def decode_tokens_bytes(data: bytes, calibration: Path | None) -> tuple[bytes, int, str]:
+    """Layer 0 of a stream as a tokens file (safetensors bytes), the image's pixel count and a description."""
     from ..semantic_coder import decode_tokens
 
     tokens = decode_tokens(data, calibration=calibration)
-    return tokens.to_bytes(), tokens.image_size[0] * tokens.image_size[1]
+    return tokens.to_bytes(), tokens.image_size[0] * tokens.image_size[1], tokens_detail(tokens)
 
 
 def tokens_file(item: BatchItem, calibration: Path | None, force: bool, resume: float | None = None) -> BatchOutcome:
     """Decode the semantic tokens (layer 0) of one stream file into one tokens file."""
+    t0 = time.perf_counter()
     try:
         data = read_input_bytes(item.source)
-        kept = kept_output(item.output, verify_tokens, force, resume)
+        kept, notes = existing_output(item.output, verify_tokens, force, resume)
         if kept is not None:
             return BatchOutcome(item, True, bytes_in=len(data), bytes_out=len(kept), stream_bytes=len(data),
                                 pixels=verify_tokens(kept), skipped=True)
-        encoded, pixels = decode_tokens_bytes(data, calibration)
+        encoded, pixels, detail = decode_tokens_bytes(data, calibration)
         item.output.parent.mkdir(parents=True, exist_ok=True)
         write_output_bytes(item.output, encoded, force=force or resume is not None)
         return BatchOutcome(item, True, bytes_in=len(data), bytes_out=len(encoded), stream_bytes=len(data),
-                            pixels=pixels)
+                            pixels=pixels, notes=notes, detail=f"{len(encoded)} bytes, {detail}",
+                            seconds=time.perf_counter() - t0)
     except SemcodecError as e:
         return failure(item, e)

@@ -3,7 +3,8 @@
 Each command parses its options, calls one function of :mod:`semcodec.api` and
 prints the result. Errors of the :class:`~semcodec.errors.SemcodecError` family
 become a one-line message on stderr and a non-zero exit status (never a
-traceback); Ctrl-C exits with status 130.
+traceback); Ctrl-C exits with status 130, SIGTERM with 143, and a standard output
+whose reader has gone (``| head -c 10``) with 141.
 """
 
 from __future__ import annotations
@@ -19,23 +20,34 @@ import click
 from ..batch import IMAGE_SUFFIXES, STREAM_SUFFIXES, expand_inputs, plan_outputs, run_batch, summarize
 from ..errors import InvalidInputError, SemcodecError
 from ..version import __version__
-from .jobs import compress_file, decompress_file
+from .jobs import compress_detail, compress_file, decompress_detail, decompress_file, verify_image, verify_stream
 from .io import check_stream_name, check_writable, encode_image, image_format, read_input_bytes, single_output, write_output_bytes
-from .params import FiniteFloatRange
+from .params import (FiniteFloatRange, check_skip_existing, progress_option, skip_existing_option, verbosity,
+                     verbosity_options)
 
 
 class SemcodecGroup(click.Group):
     """A click group that turns semcodec errors into one-line messages and exit codes."""
 
     def invoke(self, ctx: click.Context):
+        from ..batch import sigterm_as_interrupt
+
         try:
-            return super().invoke(ctx)
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
+        except BrokenPipeError:                 # click.echo to stdout (`semcodec info … | head -1`)
+            from .io import output_closed
+
+            error = output_closed()
+            click.echo(f"semcodec: error: {error}", err=True)
+            ctx.exit(error.exit_code)
         except SemcodecError as e:
             click.echo(f"semcodec: error: {e}", err=True)
             ctx.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("semcodec: interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as e:          # Ctrl-C (130), or SIGTERM (batch.Terminated, 143)
+            code = getattr(e, "exit_code", 130)
+            click.echo("semcodec: interrupted" if code == 130 else "semcodec: terminated", err=True)
+            ctx.exit(code)
 
 
 @click.group(cls=SemcodecGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,18 +100,28 @@ def is_batch(inputs: tuple[str, ...]) -> bool:
 
 
 def run_batch_command(inputs, output, suffix, suffixes, work, jobs, progress, description, engine="local",
-                      ray_address=None, shards=None, shard_row=None, shard_kind="streams", force=False) -> None:
+                      ray_address=None, shards=None, shard_row=None, shard_kind="streams", force=False,
+                      verbosity=0, skip_existing=False) -> None:
     """Expand inputs, run ``work`` over them, print the summary; exit 1 if any file failed.
 
     ``--engine ray`` (or ``--shards``) goes through :mod:`semcodec.distributed`: resumable, on Ray workers.
+    ``progress`` None: a bar when stderr is a terminal. ``verbosity`` -1 prints only the failures, 1 also
+    a line per file. ``skip_existing`` keeps outputs that exist and verify (the Ray engine always does).
     """
     out_dir = Path(output) if output else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"with several inputs, -o must be a folder; {out_dir} is a file")
+    if progress is None:
+        progress = verbosity >= 0 and sys.stderr.isatty()
     engine = "ray" if ray_address else engine
     if engine == "local" and not shards:
+        import time
+
         items = plan_outputs(expand_inputs(inputs, suffixes), out_dir, suffix)
-        outcomes = run_batch(items, work, jobs=jobs or 1, progress=progress, description=description)
+        if skip_existing:
+            work = functools.partial(work, resume=time.time())
+        outcomes = run_batch(items, work, jobs=jobs or 1, progress=progress, description=description,
+                             verbose=verbosity > 0)
     else:
         from ..distributed import require, run_distributed
 
@@ -111,10 +133,40 @@ def run_batch_command(inputs, output, suffix, suffixes, work, jobs, progress, de
         outcomes = run_distributed(pairs, out_dir, suffix, work, engine=engine, address=ray_address, jobs=jobs,
                                    shards=shards, shard_kind=shard_kind, shard_row=shard_row, force=force,
                                    progress=progress, description=description)
+        if verbosity > 0:
+            for o in outcomes:
+                click.echo(o.describe(), err=True)
     summary = summarize(outcomes)
-    click.echo(summary.describe(), err=True)
+    if verbosity >= 0 or summary.failed:
+        click.echo(summary.describe(quiet=verbosity < 0), err=True)
     if summary.failed:
         sys.exit(1)
+
+
+def skipped_single(source: str, out: str, verify, skip_existing: bool, verbosity: int) -> bool:
+    """With ``--skip-existing``, whether one input's output exists and verifies (then says so, unless quiet).
+    An existing output that does not verify is to be written again (with a note)."""
+    from .jobs import existing_output
+
+    if not skip_existing or out == "-":
+        return False
+    kept, notes = existing_output(Path(out), verify, False, 0.0)
+    if verbosity >= 0:
+        for note in notes:
+            click.echo(f"semcodec: note: {out}: {note}", err=True)
+        if kept is not None:
+            click.echo(f"{source} -> {out}: skipped (output exists)", err=True)
+    return kept is not None
+
+
+def report_single(line: str | None, notes, seconds: float, verbosity: int) -> None:
+    """After one input: each note once, then (``line``) what was written; ``--verbose`` adds the time."""
+    if verbosity < 0:
+        return
+    for note in dict.fromkeys(notes):
+        click.echo(f"semcodec: note: {note}", err=True)
+    if line is not None:
+        click.echo(line + (f"; {seconds:.2f} s" if verbosity > 0 else ""), err=True)
 
 
 def engine_options(f):
@@ -160,10 +212,13 @@ def rate_options(f):
 @engine_options
 @click.option("--shards", type=click.IntRange(min=1), default=None,
               help="Write N Parquet shards (path, stream, width, height, bpp) into -o FOLDER instead of .smc files.")
-@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (batch mode).")
+@progress_option
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+@skip_existing_option
+@verbosity_options
 def compress(inputs, output, quality, effort, bpp, size, max_size, model, semantic, no_semantic, semantic_weights, semantic_only,
-             semantic_bytes, strip_metadata, jobs, engine, ray_address, shards, progress, force) -> None:
+             semantic_bytes, strip_metadata, jobs, engine, ray_address, shards, progress, force, skip_existing, quiet,
+             verbose) -> None:
     """Compress images (any format Pillow reads, HEIC and JPEG XL too) into semcodec streams.
 
     INPUTS are image files, folders (searched recursively) or glob patterns; '-' reads one
@@ -177,6 +232,8 @@ def compress(inputs, output, quality, effort, bpp, size, max_size, model, semant
         raise click.UsageError("--max needs --bpp or --size")
     if no_semantic and (semantic or semantic_only or semantic_bytes):
         raise click.UsageError("--no-semantic contradicts --semantic/--semantic-only/--semantic-bytes")
+    level = verbosity(quiet, verbose)
+    check_skip_existing(skip_existing, force)
     options = {"quality": quality, "bpp": bpp, "size": size, "max_size": max_size, "effort": effort,
                "semantic": False if no_semantic else semantic, "semantic_weights": semantic_weights,
                "semantic_only": semantic_only, "semantic_bytes": semantic_bytes,
@@ -186,19 +243,24 @@ def compress(inputs, output, quality, effort, bpp, size, max_size, model, semant
 
         work = functools.partial(compress_file, options=options, force=force)
         run_batch_command(inputs, output, ".smc", IMAGE_SUFFIXES, work, jobs, progress, "compress", engine, ray_address,
-                          shards, functools.partial(stream_row, options=options), "streams", force)
+                          shards, functools.partial(stream_row, options=options), "streams", force,
+                          verbosity=level, skip_existing=skip_existing)
         return
+    import time
+
+    t0 = time.perf_counter()
     image = inputs[0]
     out = single_output(image, output, ".smc")
     check_stream_name(out)
-    check_writable(out, force)
+    if skipped_single(image, out, verify_stream, skip_existing, level):
+        return
+    check_writable(out, force or skip_existing)      # with --skip-existing, an existing output here did not verify
     source = read_input_bytes(image) if image == "-" else image
     result = api.compress_image(source, **options)
-    write_output_bytes(out, result.data, force=force)
-    for note in result.notes:
-        click.echo(f"semcodec: note: {note}", err=True)
-    if out != "-":
-        click.echo(f"{image} -> {out}: {len(result.data)} bytes, {result.bpp:.4f} bpp", err=True)
+    write_output_bytes(out, result.data, force=force or skip_existing)
+    done = compress_detail(result) if level > 0 else f"{len(result.data)} bytes, {result.bpp:.4f} bpp"
+    report_single(f"{image} -> {out}: {done}" if out != "-" or level > 0 else None, result.notes,
+                  time.perf_counter() - t0, level)
 
 
 @main.command()
@@ -209,26 +271,40 @@ def compress(inputs, output, quality, effort, bpp, size, max_size, model, semant
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Parallel worker processes (batch mode); default 1, with --engine ray one per CPU of the cluster.")
 @engine_options
-@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (batch mode).")
+@progress_option
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
-def decompress(inputs, output, jobs, engine, ray_address, progress, force) -> None:
+@skip_existing_option
+@verbosity_options
+def decompress(inputs, output, jobs, engine, ray_address, progress, force, skip_existing, quiet, verbose) -> None:
     """Decode the pixel layer of semcodec streams into images (PNG unless -o names another format).
 
     INPUTS are .smc files, folders or glob patterns; '-' reads one stream from stdin.
     """
     from .. import api
 
+    level = verbosity(quiet, verbose)
+    check_skip_existing(skip_existing, force)
     if is_batch(inputs):
         work = functools.partial(decompress_file, force=force)
         run_batch_command(inputs, output, ".png", STREAM_SUFFIXES, work, jobs, progress, "decompress", engine,
-                          ray_address, force=force)
+                          ray_address, force=force, verbosity=level, skip_existing=skip_existing)
         return
+    import time
+
+    t0 = time.perf_counter()
     stream = inputs[0]
     out = single_output(stream, output, ".png")
-    check_writable(out, force)
+    if skipped_single(stream, out, verify_image, skip_existing, level):
+        return
+    check_writable(out, force or skip_existing)
     image_format(out)                   # an output name we cannot honour fails before the decode
-    image = api.decompress(read_input_bytes(stream))
-    write_output_bytes(out, encode_image(image, out), force=force)
+    data = read_input_bytes(stream)
+    image = api.decompress(data)
+    encoded = encode_image(image, out)
+    write_output_bytes(out, encoded, force=force or skip_existing)
+    if level > 0:
+        report_single(f"{stream} -> {out}: {decompress_detail(image, encoded, data)}", (), time.perf_counter() - t0,
+                      level)
 
 
 @main.command()

@@ -16,6 +16,7 @@ import click
 from ..batch import IMAGE_SUFFIXES, files_in
 from ..errors import InvalidInputError
 from .io import check_output_folder, check_safetensors_name, check_writable, read_input_bytes, single_output, write_output_bytes
+from .params import check_skip_existing, progress_option, skip_existing_option, verbosity, verbosity_options
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -84,10 +85,13 @@ def calibrate(semantic: str, semantic_weights: Path | None, images: Path, output
 @click.option("--shards", type=click.IntRange(min=1), default=None,
               help="Write N Parquet shards of tokens (path, tokens as safetensors bytes, num_tokens, dim, grid, "
                    "size, model) into -o FOLDER instead of one file per stream.")
-@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (batch mode).")
+@progress_option
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")
+@skip_existing_option
+@verbosity_options
 def tokens(inputs: tuple[str, ...], output: str | None, calibration: Path | None, jobs: int | None, engine: str,
-           ray_address: str | None, shards: int | None, progress: bool, force: bool) -> None:
+           ray_address: str | None, shards: int | None, progress: bool | None, force: bool, skip_existing: bool,
+           quiet: bool, verbose: bool) -> None:
     """Decode the semantic tokens (layer 0) of streams for a multimodal LLM.
 
     Reads only each stream's semantic layer: no pixels are decoded and no vision
@@ -97,8 +101,11 @@ def tokens(inputs: tuple[str, ...], output: str | None, calibration: Path | None
     """
     from ..semantic_coder import decode_tokens
 
-    from .main import is_batch, run_batch_command
+    from .jobs import tokens_detail, verify_tokens
+    from .main import is_batch, report_single, run_batch_command, skipped_single
 
+    level = verbosity(quiet, verbose)
+    check_skip_existing(skip_existing, force)
     if is_batch(inputs) or shards:
         import functools
 
@@ -109,15 +116,19 @@ def tokens(inputs: tuple[str, ...], output: str | None, calibration: Path | None
         cal = calibration.expanduser().resolve() if calibration else None
         work = functools.partial(tokens_file, calibration=cal, force=force)
         run_batch_command(inputs, output, ".tokens.safetensors", STREAM_SUFFIXES, work, jobs, progress, "tokens",
-                          engine, ray_address, shards, functools.partial(tokens_row, calibration=cal), "tokens", force)
+                          engine, ray_address, shards, functools.partial(tokens_row, calibration=cal), "tokens", force,
+                          verbosity=level, skip_existing=skip_existing)
         return
+    t0 = time.perf_counter()
     stream = inputs[0]
     output = single_output(stream, output, ".tokens.safetensors")
     check_safetensors_name(output, "tokens")
-    check_writable(output, force)
+    if skipped_single(stream, output, verify_tokens, skip_existing, level):
+        return
+    check_writable(output, force or skip_existing)
     result = decode_tokens(read_input_bytes(stream), calibration=calibration)
-    write_output_bytes(output, result.to_bytes(), force=force)
-    if output != "-":
-        n, d = result.tokens.shape
-        click.echo(f"{stream} -> {output}: {n} tokens x {d} ({result.grid[0]}x{result.grid[1]}, "
-                   f"{result.positions.numel()} coded) of {result.model}, {result.preprocessing}", err=True)
+    encoded = result.to_bytes()
+    write_output_bytes(output, encoded, force=force or skip_existing)
+    detail = (f"{len(encoded)} bytes, " if level > 0 else "") + tokens_detail(result)
+    report_single(f"{stream} -> {output}: {detail}" if output != "-" or level > 0 else None, (),
+                  time.perf_counter() - t0, level)

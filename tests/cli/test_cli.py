@@ -6,12 +6,15 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
-from helpers import SAMPLE
+from click.testing import CliRunner
+from helpers import SAMPLE, TEST_DATA
 from PIL import Image
 
 from semcodec.cli.main import main
@@ -490,3 +493,249 @@ def test_damaged_metadata_chunk_exits_3(runner, test_codec, camera_photo, tmp_pa
             assert r.stderr.startswith("semcodec: error:") and message in r.stderr, (name, r.stderr)
             assert len(r.stderr.strip().splitlines()) == 1
         assert not (tmp_path / (name + ".png")).exists()
+
+
+# --------------------------------------------------------------------------- verbosity, --skip-existing, progress
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """No default tower: every compress gets the 'no semantic layer' note."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+
+
+def test_quiet_and_verbose_single_file(runner, test_codec, sample, tmp_path, offline):
+    stream = tmp_path / "s.smc"
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec])
+    assert r.exit_code == 0 and r.stderr.count("note: no semantic layer") == 1
+    assert r.stderr.splitlines()[-1] == f"{sample} -> {stream}: {stream.stat().st_size} bytes, " \
+                                        f"{stream.stat().st_size * 8 / (451 * 300):.4f} bpp"
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec, "-f", "--quiet"])
+    assert r.exit_code == 0 and r.stderr == "" and stream.exists()
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec, "-f", "-v"])
+    line = r.stderr.splitlines()[-1]
+    assert r.exit_code == 0 and "layer 1 " in line and "rate knob" in line and line.endswith(" s")
+    r = runner.invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec, "--quiet", "-v"])
+    assert r.exit_code == 2 and "contradict" in r.stderr
+    # decompress: silent by default and with --quiet; -v describes the image and the stream's layers.
+    r = runner.invoke(main, ["decompress", str(stream), "-o", str(tmp_path / "d.png"), "--quiet"])
+    assert r.exit_code == 0 and r.stderr == ""
+    r = runner.invoke(main, ["decompress", str(stream), "-o", str(tmp_path / "d.png"), "-f", "-v"])
+    assert r.exit_code == 0 and f"-> {tmp_path / 'd.png'}: 451x300 RGB" in r.stderr and "layer 1 " in r.stderr
+    # The error of a bad input is still printed with --quiet.
+    r = runner.invoke(main, ["compress", str(tmp_path / "missing.png"), "--quiet"])
+    assert r.exit_code == 2 and r.stderr.startswith("semcodec: error:")
+
+
+def test_tokens_quiet_and_verbose(runner, test_codec, sample, tmp_path):
+    stream = tmp_path / "t.smc"
+    assert runner.invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec, "--semantic", "tiny",
+                                "--semantic-only"]).exit_code == 0
+    out = tmp_path / "t.safetensors"
+    r = runner.invoke(main, ["tokens", str(stream), "-o", str(out), "--quiet"])
+    assert r.exit_code == 0 and r.stderr == "" and out.exists()
+    r = runner.invoke(main, ["tokens", str(stream), "-o", str(out), "-f", "-v"])
+    assert r.exit_code == 0 and f"{out.stat().st_size} bytes, 196 tokens x 192" in r.stderr
+    assert r.stderr.rstrip().endswith(" s")
+
+
+def _batch_folder(tmp_path, broken: bool = False):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(SAMPLE, src / "a.jpg")
+    Image.open(SAMPLE).crop((0, 0, 200, 100)).save(src / "b.png")
+    if broken:
+        (src / "broken.png").write_bytes(b"not an image")
+    return src
+
+
+def test_quiet_and_verbose_batch(runner, test_codec, tmp_path, offline):
+    src = _batch_folder(tmp_path, broken=True)
+    args = ["compress", str(src), "--model", test_codec]
+    r = runner.invoke(main, args + ["-o", str(tmp_path / "o1")])
+    # The note every file got is printed once, in the summary; no line per file.
+    assert r.exit_code == 1 and r.stderr.count("no semantic layer") == 1 and " -> " not in r.stderr
+    r = runner.invoke(main, args + ["-o", str(tmp_path / "o2"), "-v"])
+    assert r.exit_code == 1 and r.stderr.count("no semantic layer") == 1
+    assert f"{src / 'a.jpg'} -> {tmp_path / 'o2' / 'a.smc'}: " in r.stderr and "rate knob" in r.stderr
+    assert f"{src / 'broken.png'}: FAILED: " in r.stderr and "3 files, 2 ok, 1 failed" in r.stderr
+    # --quiet: only the failure, as one error line.
+    r = runner.invoke(main, args + ["-o", str(tmp_path / "o3"), "--quiet", "-j", "2"])
+    assert r.exit_code == 1 and (tmp_path / "o3" / "b.smc").exists()
+    assert r.stderr.splitlines() == [f"semcodec: error: {src / 'broken.png'}: " + r.stderr.split(": ", 3)[3].rstrip()]
+    (src / "broken.png").unlink()
+    r = runner.invoke(main, args + ["-o", str(tmp_path / "o4"), "--quiet"])
+    assert r.exit_code == 0 and r.stderr == ""
+
+
+def test_skip_existing(runner, test_codec, tmp_path):
+    src = _batch_folder(tmp_path)
+    out = tmp_path / "out"
+    args = ["compress", str(src), "-o", str(out), "--model", test_codec, "--no-semantic"]
+    assert runner.invoke(main, args).exit_code == 0
+    a, b = out / "a.smc", out / "b.smc"
+    kept = (a.stat().st_mtime_ns, a.stat().st_ino)
+    r = runner.invoke(main, args)                                   # without it: every existing output fails
+    assert r.exit_code == 1 and "2 failed" in r.stderr and "--force" in r.stderr
+    b.write_bytes(b.read_bytes()[:-3])                              # a damaged output is written again
+    r = runner.invoke(main, args + ["--skip-existing", "-j", "2"])
+    assert r.exit_code == 0, r.stderr
+    assert "2 files, 2 ok, 0 failed" in r.stderr and "1 skipped (output exists)" in r.stderr
+    assert f"{src / 'b.png'}: the existing output did not verify: written again" in r.stderr
+    assert (a.stat().st_mtime_ns, a.stat().st_ino) == kept
+    from semcodec.cli.jobs import verify_stream
+
+    verify_stream(b.read_bytes())
+    r = runner.invoke(main, args + ["--skip-existing"])
+    assert r.exit_code == 0 and "2 skipped (output exists)" in r.stderr
+    r = runner.invoke(main, args + ["--skip-existing", "--force"])
+    assert r.exit_code == 2 and "--skip-existing contradicts --force" in r.stderr
+    # One file: skipped with a line (nothing with --quiet); decompress and tokens alike.
+    r = runner.invoke(main, ["compress", str(src / "a.jpg"), "-o", str(a), "--skip-existing", "--model", test_codec])
+    assert r.exit_code == 0 and r.stderr == f"{src / 'a.jpg'} -> {a}: skipped (output exists)\n"
+    assert (a.stat().st_mtime_ns, a.stat().st_ino) == kept
+    png = tmp_path / "a.png"
+    png.write_bytes(b"not a png")
+    r = runner.invoke(main, ["decompress", str(a), "-o", str(png), "--skip-existing", "--quiet"])
+    assert r.exit_code == 0 and r.stderr == "" and Image.open(png).size == (451, 300)    # did not verify: redone
+    mtime = png.stat().st_mtime_ns
+    r = runner.invoke(main, ["decompress", str(a), "-o", str(png), "--skip-existing", "--quiet"])
+    assert r.exit_code == 0 and r.stderr == "" and png.stat().st_mtime_ns == mtime
+    r = runner.invoke(main, ["decompress", str(out), "-o", str(tmp_path / "dec"), "--skip-existing"])
+    assert r.exit_code == 0 and "2 files, 2 ok" in r.stderr and "skipped" not in r.stderr
+
+
+def test_summary_bpp_weighs_by_pixels(runner, test_codec, tmp_path):
+    """A 1x1 image's stream is hundreds of bits per pixel: the summary's bpp is all bits over all pixels."""
+    src = _batch_folder(tmp_path)
+    Image.new("RGB", (1, 1), (200, 30, 60)).save(src / "dot.png")
+    out = tmp_path / "out"
+    r = runner.invoke(main, ["compress", str(src), "-o", str(out), "--model", test_codec, "--no-semantic"])
+    assert r.exit_code == 0, r.stderr
+    bits = sum(p.stat().st_size * 8 for p in out.glob("*.smc"))
+    assert (out / "dot.smc").stat().st_size * 8 > 100                            # the dot alone: > 100 bpp
+    assert f", {bits / (451 * 300 + 200 * 100 + 1):.4f} bpp" in r.stderr
+
+
+def test_progress_bar_only_on_a_terminal(runner, test_codec, tmp_path):
+    src = _batch_folder(tmp_path)
+    args = ["compress", str(src), "--model", test_codec, "--no-semantic"]
+    r = runner.invoke(main, args + ["-o", str(tmp_path / "o1")])                 # stderr is not a terminal
+    assert r.exit_code == 0 and "%|" not in r.stderr and "2 files, 2 ok" in r.stderr
+    r = runner.invoke(main, args + ["-o", str(tmp_path / "o2"), "--progress"])
+    assert r.exit_code == 0 and "compress: 100%|" in r.stderr
+    # On a terminal (a pseudo-terminal here), the bar is drawn by default.
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # a new pty is 0 columns wide
+    env = dict(os.environ, SEMCODEC_CHECKPOINTS=os.environ["SEMCODEC_CHECKPOINTS"])
+    proc = subprocess.run([sys.executable, "-m", "semcodec.cli.main", *args, "-o", str(tmp_path / "o3")],
+                          stderr=follower, stdout=subprocess.DEVNULL, env=env, timeout=120)
+    os.close(follower)
+    seen = b""
+    with contextlib.suppress(OSError):                          # EIO once everything written has been read
+        while chunk := os.read(leader, 65536):
+            seen += chunk
+    os.close(leader)
+    assert proc.returncode == 0 and b"compress: 100%|" in seen
+
+
+def test_closed_stdout_is_one_error_line(test_codec, sample, tmp_path):
+    """`semcodec decompress s.smc -o - | head -c 10`, where head is gone before the image is written."""
+    stream = tmp_path / "s.smc"
+    assert CliRunner().invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec]).exit_code == 0
+    for command in (["decompress", str(stream), "-o", "-"], ["info", str(stream)]):
+        proc = subprocess.Popen([sys.executable, "-m", "semcodec.cli.main", *command], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        proc.stdout.close()                                     # the reader stops before anything is written
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 141, err
+        assert err.decode().splitlines() == ["semcodec: error: output pipe closed: its reader stopped before the "
+                                             "end of the output"]
+
+
+# --------------------------------------------------------------------------- interrupting a batch
+# A batch whose outputs after the first take a minute each to write: it is mid-write when the test stops it.
+_SLOW_BATCH = """
+import sys, time
+from pathlib import Path
+import semcodec.cli.jobs as jobs
+from semcodec.cli.main import main
+from semcodec.fsutil import atomic_write
+
+fast = jobs.write_output_bytes
+
+def slow(path, data, force=False):
+    if Path(path).name == "0.smc":
+        return fast(path, data, force=force)
+    atomic_write(path, lambda tmp: (Path(tmp).write_bytes(data[:9]), time.sleep(60)))
+
+jobs.write_output_bytes = slow
+main(sys.argv[1:], prog_name="semcodec")
+"""
+
+
+def _start_slow_batch(tmp_path):
+    """The slow batch over 6 images with -j 2, once its first output is written and the second is being
+    written; returns the process, its worker processes and the output folder."""
+    import psutil
+    from semcodec.fsutil import temporary_files
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(6):
+        Image.open(SAMPLE).crop((i * 10, 0, i * 10 + 96, 64)).save(src / f"{i}.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_BATCH, "compress", str(src), "-o", str(out), "-j", "2",
+                             "--no-semantic", "--model", "semcodec-test"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not ((out / "0.smc").exists() and temporary_files(out / "1.smc")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+        time.sleep(0.05)
+    workers = psutil.Process(proc.pid).children()
+    assert len(workers) == 2
+    return proc, workers, out
+
+
+def _alive(processes) -> list:
+    import psutil
+
+    alive = []
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+    return alive
+
+
+@pytest.mark.parametrize("sig, status, word", [(signal.SIGINT, 130, "interrupted"),
+                                               (signal.SIGTERM, 143, "terminated")])
+def test_interrupted_batch_stops_at_once(tmp_path, monkeypatch, sig, status, word):
+    monkeypatch.setenv("SEMCODEC_CHECKPOINTS", str(TEST_DATA / "checkpoints"))
+    proc, workers, out = _start_slow_batch(tmp_path)
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 2.5                      # not the minute the workers' writes would take
+    assert proc.returncode == status and err.decode().splitlines()[-1] == f"semcodec: {word}", err
+    assert sorted(p.name for p in out.iterdir()) == ["0.smc"]          # no partial output, no temporary file
+    assert not _alive(workers)
+
+
+def test_workers_die_with_a_killed_parent(tmp_path, monkeypatch):
+    from semcodec.fsutil import temporary_files
+
+    monkeypatch.setenv("SEMCODEC_CHECKPOINTS", str(TEST_DATA / "checkpoints"))
+    proc, workers, out = _start_slow_batch(tmp_path)
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 2
+    while _alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(workers)
+    assert not temporary_files(out / "1.smc")                # each worker cleaned up after its write
+    proc.stderr.close()
