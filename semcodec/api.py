@@ -41,7 +41,8 @@ from .imageio import GRAY_TOLERANCE, channel_spread, gray_from_rgb, load_image
 from .models.registry import DEFAULT_CODEC_MODEL, earlier_checkpoints, require_checkpoint
 from .ratecontrol import RateCurve, search_rate
 from .models.residual import SemanticCondition
-from .residual_coder import EFFORT_STEPS, ResidualCoder, image_to_tensor, residual_is_conditioned, tensor_to_image
+from .refine import Latents, ProgressCallback, effort_iterations, refine_latents, search_device
+from .residual_coder import ResidualCoder, image_to_tensor, residual_is_conditioned, tensor_to_image
 
 #: Quality used when neither a quality nor a rate target is given.
 DEFAULT_QUALITY = 75.0
@@ -143,15 +144,19 @@ class CompressResult:
 def compress_image(image, *, quality: float | None = None, bpp: float | None = None, size: int | None = None,
                    max_size: bool = False, model: str = DEFAULT_CODEC_MODEL, semantic: str | bool | None = None,
                    semantic_weights: str | Path | None = None, semantic_only: bool = False,
-                   semantic_bytes: int | None = None, effort: int = 0,
-                   strip_metadata: bool = False) -> CompressResult:
-    """Compress an image and report how (see :func:`compress` for the arguments)."""
+                   semantic_bytes: int | None = None, effort: int = 0, device: str = "cpu",
+                   progress: ProgressCallback | None = None, strip_metadata: bool = False) -> CompressResult:
+    """Compress an image and report how (see :func:`compress` for the arguments).
+
+    ``progress(done, total)`` is called after each iteration of the latent refinement (effort > 0).
+    """
     if sum(t is not None for t in (quality, bpp, size)) > 1:
         raise InvalidInputError("give at most one of quality, bpp and size")
     quality, bpp = _number(quality, "quality"), _number(bpp, "bpp")
     size, semantic_bytes = _number(size, "size", whole=True), _number(semantic_bytes, "semantic_bytes", whole=True)
     effort = _number(effort, "effort", whole=True)
-    steps = _refinement_steps(effort)
+    steps = effort_iterations(effort)
+    device = search_device(device)
     notes: list[str] = []                                        # things the user should know, one line each
     loaded = load_image(image, notes, metadata=not strip_metadata)
     pixels = loaded.pixels                                       # (H, W, 3) uint8
@@ -213,28 +218,34 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
         decoded = coder0.decode(layer0.payload, image_size=(width, height))   # exactly what a decoder gets
         condition = semantic_condition(layer0.model, decoded.full, decoded.grid, width, height)
 
-    def encoder_for(latent: torch.Tensor):
+    def encoder_for(latents: Latents | None):
+        """Stream at knob q of the refined latents, or of the plain analysis ``y`` (None)."""
         def encode(q: float) -> bytes:
-            residual = codec.coder.encode_analyzed(latent, q, condition)
+            if latents is None:
+                residual = codec.coder.encode_analyzed(y, q, condition)
+            else:
+                residual = latents.encode(codec.coder, q, condition)
             return write_container(Container(header, chunks_before + (Chunk(RESIDUAL_LAYER, residual),),
                                              metadata=metadata))
         return encode
 
+    def refined(q: float) -> Latents:
+        return refine_latents(codec.coder, x, y, q, steps, condition, device=device, progress=progress)
+
     rate_range = codec.coder.rate_range
     if size is None:
         q = quality_to_rate(DEFAULT_QUALITY if quality is None else quality, codec.coder.quality_range)
-        y = codec.coder.refine(x, y, q, steps, condition)
-        return CompressResult(encoder_for(y)(q), width, height, q, 1, tuple(notes))
+        return CompressResult(encoder_for(refined(q) if steps else None)(q), width, height, q, 1, tuple(notes))
     # First guess from the model's typical size curve, for the bytes left to the pixel layer.
     residual_bytes = max(size - (len(layer0.payload) if layer0 else 0) - metadata_bytes, 1)
     q0, slope = codec.rate_curve.guess(residual_bytes * 8 / (width * height), rate_range)
-    found = search_rate(encoder_for(y), size, *rate_range, q_start=q0, slope=slope, never_above=max_size)
+    found = search_rate(encoder_for(None), size, *rate_range, q_start=q0, slope=slope, never_above=max_size)
     trials = len(found.trials)
     if steps:
         # Refine once at the knob found for the plain latent, then search again around it with
         # the refined latent (cheap trials): a latent refined for q stays good near q.
-        y = codec.coder.refine(x, y, found.q, steps, condition)
-        found = search_rate(encoder_for(y), size, *rate_range, q_start=found.q, slope=slope, never_above=max_size)
+        found = search_rate(encoder_for(refined(found.q)), size, *rate_range, q_start=found.q, slope=slope,
+                            never_above=max_size)
         trials += len(found.trials)
     return CompressResult(found.data, width, height, found.q, trials, tuple(notes))
 
@@ -251,13 +262,6 @@ def _number(value, name: str, whole: bool = False):
             raise InvalidInputError(f"{name} must be a whole number, got {value}")
         return int(value)
     return value
-
-
-def _refinement_steps(effort: int) -> int:
-    """Latent refinement steps of an encoder effort level (0 = fastest)."""
-    if effort not in range(len(EFFORT_STEPS)):
-        raise InvalidInputError(f"effort must be one of 0..{len(EFFORT_STEPS) - 1}, got {effort}")
-    return EFFORT_STEPS[effort]
 
 
 @dataclass(frozen=True)
@@ -358,7 +362,8 @@ def _encode_semantic(pixels: np.ndarray, name: str, weights, max_bytes: int | No
 def compress(image, *, quality: float | None = None, bpp: float | None = None, size: int | None = None,
              max_size: bool = False, model: str = DEFAULT_CODEC_MODEL, semantic: str | bool | None = None,
              semantic_weights: str | Path | None = None, semantic_only: bool = False,
-             semantic_bytes: int | None = None, effort: int = 0, strip_metadata: bool = False) -> bytes:
+             semantic_bytes: int | None = None, effort: int = 0, device: str = "cpu",
+             strip_metadata: bool = False) -> bytes:
     """Compress an image into a semcodec stream.
 
     Give at most one rate setting: ``quality`` (a fixed knob), ``bpp`` (target bits per
@@ -381,9 +386,11 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
         semantic_weights: weights file of the tower (instead of the cache or a download).
         semantic_only: write layer 0 alone (``size``/``bpp`` then budget it).
         semantic_bytes: byte budget of layer 0 (default: a fixed rate).
-        effort: encoder effort 0–3; above 0 the pixel layer's latent is refined for this image
-            (10/25/50 optimization steps: smaller streams at the same quality, slower encoding;
-            see docs/benchmarks.md for the measured gain and time).
+        effort: encoder effort 0–3; above 0 the pixel layer's latents are refined for this image
+            (:mod:`semcodec.refine`: smaller streams at the same quality, slower encoding; see
+            docs/benchmarks.md for the measured gain and time). Decoding is unchanged.
+        device: where the refinement searches (``"cpu"`` or ``"cuda"``); the stream is the same kind
+            either way and decodes bit-exactly on any machine.
         strip_metadata: leave out the image's EXIF, ICC profile and XMP, which are kept by default
             (EXIF with orientation 1, an ICC profile only when it describes the coded pixels; see
             :mod:`semcodec.imageio`). Kept metadata counts in ``bpp``/``size`` targets.
@@ -397,7 +404,8 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
     """
     return compress_image(image, quality=quality, bpp=bpp, size=size, max_size=max_size, model=model,
                           semantic=semantic, semantic_weights=semantic_weights, semantic_only=semantic_only,
-                          semantic_bytes=semantic_bytes, effort=effort, strip_metadata=strip_metadata).data
+                          semantic_bytes=semantic_bytes, effort=effort, device=device,
+                          strip_metadata=strip_metadata).data
 
 
 def decode_tokens(data):

@@ -32,7 +32,6 @@ in practice.
 from __future__ import annotations
 
 import copy
-import math
 import struct
 from dataclasses import dataclass, replace
 
@@ -57,10 +56,6 @@ Y_SYMBOL_RANGE = (-4096, 4096)
 #: whole-image transform would use.
 TILE = 64
 TILE_MARGIN = 4
-#: Latent refinement steps of each encoder effort level (0 = the plain analysis transform).
-EFFORT_STEPS = (0, 10, 25, 50)
-#: Adam step size of the latent refinement.
-REFINE_LR = 5e-3
 #: Spatial alignment of the transforms (g_a downsamples by 16, h_a by 4 more).
 ALIGN = 64
 
@@ -152,66 +147,34 @@ class ResidualCoder:
         """``g_a`` of an image. x: (1, 3, H, W) in [0, 1] → y (1, M, Hp/16, Wp/16) before gains."""
         return _run_tiled(self.model.g_a, pad_to_alignment(x), pixels_per_input=16, pixels_per_output=1)
 
-    def refine(self, x: torch.Tensor, y: torch.Tensor, q: float, steps: int,
-               semantic: SemanticCondition | None = None) -> torch.Tensor:
-        """Per-image latent refinement (a slower encoder; decoders are unaffected).
-
-        Starting from ``y = g_a(x)``, takes ``steps`` Adam steps on this image's own RD cost
-        (:meth:`refinement_cost`) through the frozen hyperprior and synthesis, with the
-        coder's rounding passed straight through, and returns the iterate of lowest cost
-        (``y`` itself included): with rounding in the cost, a step can make it worse, and
-        more steps must never give a worse latent than fewer.
-
-        Args:
-            x: (1, 3, H, W) image in [0, 1].
-            y: (1, M, Hp/16, Wp/16) its analysis (see :meth:`analyze`).
-            q: the rate knob the latent is refined for (it stays good near ``q``).
-        Returns:
-            A refined ``y`` of the same shape, for :meth:`encode_analyzed`.
-        """
-        if steps <= 0:
-            return y
-        y = y.detach().clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([y], lr=REFINE_LR)
-        cost = self._refinement_objective(x, q, semantic)
-        best_cost, best_y = math.inf, y.detach().clone()
-        with torch.enable_grad():
-            for _ in range(steps):
-                current = cost(y)
-                if (value := current.item()) < best_cost:
-                    best_cost, best_y = value, y.detach().clone()
-                (y.grad,) = torch.autograd.grad(current, [y])
-                optimizer.step()
-        with torch.no_grad():
-            if cost(y).item() < best_cost:          # the last step's result
-                best_y = y.detach().clone()
-        return best_y
-
-    def refinement_cost(self, x: torch.Tensor, y: torch.Tensor, q: float,
-                        semantic: SemanticCondition | None = None) -> torch.Tensor:
-        """The differentiable RD cost :meth:`refine` minimizes: bits of ``y`` and ``z`` per pixel + λ(q)·255²·MSE."""
-        return self._refinement_objective(x, q, semantic)(y)
-
-    def _refinement_objective(self, x: torch.Tensor, q: float, semantic: SemanticCondition | None):
-        """``y ↦`` RD cost of image ``x`` at knob ``q`` (gains and λ computed once)."""
-        H, W = x.shape[-2:]
-        gains = self.model.gains(torch.tensor([rate_to_fixed(q, self.rate_range) / RATE_ONE]))
-        lmbda = self.model.rd_lambda(q) * 255**2
-
-        def cost(y: torch.Tensor) -> torch.Tensor:
-            out = self.model.code_latent(y, gains, semantic, quantization="round")
-            x_hat = out.x_hat[..., :H, :W]                                 # (1, 3, H, W)
-            return out.bits().sum() / (H * W) + lmbda * (x_hat - x).square().mean()
-
-        return cost
-
     @torch.no_grad()
     def encode_analyzed(self, y: torch.Tensor, q: float, semantic: SemanticCondition | None = None) -> bytes:
         """Encode an analyzed image at rate knob ``q`` into a RES1 payload."""
-        rate = rate_to_fixed(q, self.rate_range)
-        gains = self.model.gains(torch.tensor([rate / RATE_ONE]))
+        return self.encode_latents(*self.latents(y, q), q, semantic)[0]
+
+    @torch.no_grad()
+    def latents(self, y: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`encode_analyzed` codes at knob ``q``: ``y · gain`` (1, M, h, w) and
+        ``z = h_a(y · gain) · hyper-gain`` (1, N, h/4, w/4), both before rounding."""
+        gains = self.model.gains(torch.tensor([rate_to_fixed(q, self.rate_range) / RATE_ONE]))
         y = y * gains["y"]                                                 # (1, M, h, w)
-        z = _run_channels_last(self.model.h_a, y) * gains["z"]            # (1, N, h/4, w/4)
+        return y, _run_channels_last(self.model.h_a, y) * gains["z"]      # z: (1, N, h/4, w/4)
+
+    @torch.no_grad()
+    def encode_latents(self, y: torch.Tensor, z: torch.Tensor, q: float,
+                       semantic: SemanticCondition | None = None) -> tuple[bytes, torch.Tensor]:
+        """Encode given latents at rate knob ``q``: ``z`` need not be ``h_a(y)`` (the encoder's refinement,
+        :mod:`semcodec.refine`, chooses both); the decoder is the same.
+
+        Args:
+            y: (1, M, h, w) latent after the gains of ``q``, before rounding (CPU float32).
+            z: (1, N, h/4, w/4) hyper-latent after the gains of ``q``, before rounding.
+
+        Returns:
+            The RES1 payload, and ``ŷ`` (1, M, h, w) in the gained domain exactly as the decoder will
+            reconstruct it (see :meth:`reconstruct`).
+        """
+        rate = rate_to_fixed(q, self.rate_range)
         z_sym, z_hat = self._quantize_z(z)
         params = self._y_parameters(z_hat, rate, y.shape[-2:], semantic)
         if self.model.context is not None:     # the non-anchors' parameters depend on the coded anchors
@@ -224,8 +187,9 @@ class ResidualCoder:
         lo, hi = Y_SYMBOL_RANGE
         for part in self._y_passes(y_sym.shape):
             enc.encode_gaussian(y_sym[part], scale_index[part], SCALE_TABLE, lo=lo, hi=hi)
-        return ResidualPayload(rate=rate, conditioned=semantic is not None,
-                               digest=param_digest(scale_index), words=enc.to_bytes()).to_bytes()
+        payload = ResidualPayload(rate=rate, conditioned=semantic is not None,
+                                  digest=param_digest(scale_index), words=enc.to_bytes()).to_bytes()
+        return payload, torch.from_numpy(y_sym).float() + means
 
     def encode(self, x: torch.Tensor, q: float, semantic: SemanticCondition | None = None) -> bytes:
         """Encode an image x (1, 3, H, W) in [0, 1] at rate knob ``q``."""
@@ -247,7 +211,6 @@ class ResidualCoder:
             raise ModelMismatchError("the pixel layer was coded conditioned on the semantic layer, which is missing")
         if not p.conditioned:
             semantic = None
-        gains = self.model.gains(torch.tensor([p.rate / RATE_ONE]))
         hp, wp = _aligned(height), _aligned(width)
         dec = EntropyDecoder(p.words)
         z_shape = (1, self.model.config.N, hp // ALIGN, wp // ALIGN)
@@ -271,6 +234,12 @@ class ResidualCoder:
             y_sym[part] = dec.decode_gaussian(scale_index[part], SCALE_TABLE, lo=lo, hi=hi)
         dec.finish()
         y_hat = torch.from_numpy(y_sym).float() + means                    # (1, M, h, w)
+        return self.reconstruct(y_hat, p.rate / RATE_ONE, width, height)
+
+    @torch.no_grad()
+    def reconstruct(self, y_hat: torch.Tensor, q: float, width: int, height: int) -> torch.Tensor:
+        """The decoded image x_hat (1, 3, height, width) in [0, 1] of ``ŷ`` (1, M, h, w) in the gained domain of ``q``."""
+        gains = self.model.gains(torch.tensor([rate_to_fixed(q, self.rate_range) / RATE_ONE]))
         x_hat = _run_tiled(self.model.g_s, y_hat * gains["y_inv"],           # (1, 3, Hp, Wp)
                            pixels_per_input=1, pixels_per_output=16)
         return x_hat[:, :, :height, :width].clamp_(0, 1)

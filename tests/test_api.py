@@ -309,30 +309,11 @@ def test_too_large_for_the_pixel_layer(test_codec, monkeypatch):
 
 
 def test_effort_refines_the_latent_for_its_rd_cost(test_codec, monkeypatch):
-    """Refinement lowers the RD cost it optimizes, and refined streams decode and meet size targets."""
-    import torch
+    """Refined streams decode and meet size targets (the refinement itself: tests/test_refinement.py)."""
+    import semcodec.refine as refine
+    from semcodec.api import compress_image
 
-    from semcodec.api import compress_image, load_codec
-    from semcodec.residual_coder import image_to_tensor
-
-    coder = load_codec(test_codec).coder
-    x = image_to_tensor(np.asarray(Image.open(SAMPLE).convert("RGB")))
-    y = coder.analyze(x)
-    refined = coder.refine(x, y, 1.5, steps=10)           # (at q ≤ 1 the random test model codes all zeros)
-    with torch.no_grad():
-        assert coder.refinement_cost(x, refined, 1.5) < coder.refinement_cost(x, y, 1.5)
-    assert torch.equal(coder.refine(x, y, 0.5, steps=0), y)
-    # The lowest-cost iterate is returned: more steps never give a costlier latent than fewer.
-    with torch.no_grad():
-        costs = [coder.refinement_cost(x, coder.refine(x, y, 1.5, steps=n), 1.5).item() for n in (0, 5, 10, 25)]
-    assert costs == sorted(costs, reverse=True)
-    # Even when every step overshoots (a step size far too large), refining never returns a worse latent.
-    import semcodec.residual_coder as residual_coder
-
-    monkeypatch.setattr(residual_coder, "REFINE_LR", 50.0)
-    with torch.no_grad():
-        assert coder.refinement_cost(x, coder.refine(x, y, 1.5, steps=5), 1.5) <= coder.refinement_cost(x, y, 1.5)
-
+    monkeypatch.setattr(refine, "EFFORT_ITERATIONS", (0, 6, 12, 18))     # a few iterations: seconds, not minutes
     data = semcodec.compress(SAMPLE, quality=95, model=test_codec, effort=1)
     assert semcodec.decompress(data).size == Image.open(SAMPLE).size
     r = compress_image(SAMPLE, size=700, model=test_codec, effort=1)

@@ -9,6 +9,7 @@ whose reader has gone (``| head -c 10``) with 141.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import json
@@ -169,6 +170,28 @@ def report_single(line: str | None, notes, seconds: float, verbosity: int) -> No
         click.echo(line + (f"; {seconds:.2f} s" if verbosity > 0 else ""), err=True)
 
 
+@contextlib.contextmanager
+def refinement_progress(effort: int):
+    """A progress bar on stderr for the latent refinement of one image at effort 2 or more (single-file mode);
+    yields the callback for :func:`semcodec.api.compress_image`'s ``progress`` (None: no bar)."""
+    if effort < 2:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, desc=f"effort {effort}", unit="it", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
 def engine_options(f):
     """Where a batch runs: this machine or a Ray cluster (batch mode)."""
     f = click.option("--ray-address", default=None, metavar="ADDR",
@@ -186,9 +209,11 @@ def rate_options(f):
     f = click.option("--bpp", type=FiniteFloatRange(min=0, min_open=True), default=None, help="Target bits per pixel of the whole stream (±2%).")(f)
     f = click.option("-q", "--quality", type=FiniteFloatRange(0, 100), default=None, help="Fixed quality, 0 (smallest) to 100 (best); default 75.")(f)
     f = click.option("-e", "--effort", type=click.IntRange(0, 3), default=0, show_default=True,
-                     help="Encoder effort: above 0, the pixel layer's latent is refined for the image "
+                     help="Encoder effort: above 0, the pixel layer's latents are refined for the image "
                           "(smaller streams at the same quality; much slower encoding; images of up to "
-                          "8 megapixels).")(f)
+                          "8 megapixels; a progress bar from 2 on).")(f)
+    f = click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda[:N]",
+                     help="Where the refinement of -e 1..3 searches; the stream decodes the same on any machine.")(f)
     return f
 
 
@@ -216,7 +241,7 @@ def rate_options(f):
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 @skip_existing_option
 @verbosity_options
-def compress(inputs, output, quality, effort, bpp, size, max_size, model, semantic, no_semantic, semantic_weights, semantic_only,
+def compress(inputs, output, quality, effort, device, bpp, size, max_size, model, semantic, no_semantic, semantic_weights, semantic_only,
              semantic_bytes, strip_metadata, jobs, engine, ray_address, shards, progress, force, skip_existing, quiet,
              verbose) -> None:
     """Compress images (any format Pillow reads, HEIC and JPEG XL too) into semcodec streams.
@@ -234,7 +259,7 @@ def compress(inputs, output, quality, effort, bpp, size, max_size, model, semant
         raise click.UsageError("--no-semantic contradicts --semantic/--semantic-only/--semantic-bytes")
     level = verbosity(quiet, verbose)
     check_skip_existing(skip_existing, force)
-    options = {"quality": quality, "bpp": bpp, "size": size, "max_size": max_size, "effort": effort,
+    options = {"quality": quality, "bpp": bpp, "size": size, "max_size": max_size, "effort": effort, "device": device,
                "semantic": False if no_semantic else semantic, "semantic_weights": semantic_weights,
                "semantic_only": semantic_only, "semantic_bytes": semantic_bytes,
                "strip_metadata": strip_metadata} | ({"model": model} if model else {})
@@ -256,7 +281,9 @@ def compress(inputs, output, quality, effort, bpp, size, max_size, model, semant
         return
     check_writable(out, force or skip_existing)      # with --skip-existing, an existing output here did not verify
     source = read_input_bytes(image) if image == "-" else image
-    result = api.compress_image(source, **options)
+    show_bar = (sys.stderr.isatty() if progress is None else progress) and level >= 0
+    with refinement_progress(effort if show_bar else 0) as on_iteration:
+        result = api.compress_image(source, **options, progress=on_iteration)
     write_output_bytes(out, result.data, force=force or skip_existing)
     done = compress_detail(result) if level > 0 else f"{len(result.data)} bytes, {result.bpp:.4f} bpp"
     report_single(f"{image} -> {out}: {done}" if out != "-" or level > 0 else None, result.notes,
