@@ -51,8 +51,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from semcodec.bench.runner import list_images, run_script  # noqa: E402
+from semcodec.layers.semantic import (  # noqa: E402
+    decode_tokens, find_calibration, load_calibration, semantic_only_stream)
 from semcodec.models.semantic import list_semantic_models, load_tower  # noqa: E402
-from semcodec.semantic_coder import decode_tokens, find_calibration, load_calibration, semantic_only_stream  # noqa: E402
 
 PIL_CODECS = {
     "jpeg": dict(format="JPEG", optimize=True),
@@ -152,7 +153,8 @@ def synthetic_calibration(spec, seed: int = 0):
     """A calibration of the tower's shape with a power-law spectrum and a random KLT (speed tests only)."""
     import numpy as np
 
-    from semcodec.semantic_coder import DROP_RADIUS_MAX, NUM_PASSES, Calibration, _q8_log2
+    from semcodec.layers.semantic.calibration import Calibration, _q8_log2
+    from semcodec.layers.semantic.payload import DROP_RADIUS_MAX, NUM_PASSES
 
     rng = np.random.default_rng(seed)
     n, d = spec.num_tokens, spec.token_dim

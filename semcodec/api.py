@@ -52,7 +52,7 @@ MAX_PIXEL_LAYER_PIXELS = 64_000_000
 #: Largest image whose latent the encoder refines (effort > 0): refinement backpropagates through the
 #: whole-image transforms, about 1 GiB per megapixel on top of the plain encode.
 MAX_REFINED_PIXELS = 8_000_000
-#: Rate index of layer 0 when no semantic budget is given (see semcodec.semantic_coder).
+#: Rate index of layer 0 when no semantic budget is given (see semcodec.layers.semantic).
 DEFAULT_SEMANTIC_RATE = 48
 
 
@@ -298,7 +298,7 @@ def _choose_semantic(semantic, weights, semantic_only: bool, semantic_bytes: int
     Weights, ``semantic_only`` or a layer-0 budget ask for layer 0: then the default tower
     is used, and an error (not a note) says why when it cannot be."""
     from .models.semantic import DEFAULT_SEMANTIC_MODEL, weights_path
-    from .semantic_coder import find_calibration
+    from .layers.semantic import find_calibration
 
     if semantic is False:
         if semantic_only or semantic_bytes is not None:
@@ -328,7 +328,7 @@ def _choose_semantic(semantic, weights, semantic_only: bool, semantic_bytes: int
 def _semantic_models(name: str, weights: str | None):
     """Tower and coder for one semantic model (cached per process)."""
     from .models.semantic import load_tower
-    from .semantic_coder import coder_for, find_calibration, load_calibration
+    from .layers.semantic import coder_for, find_calibration, load_calibration
 
     tower = load_tower(name, weights=weights)
     return tower, coder_for(load_calibration(find_calibration(tower.spec.name)))
@@ -413,13 +413,13 @@ def decode_tokens(data):
     (no pixels, no vision transformer).
 
     Returns:
-        :class:`semcodec.semantic_coder.Tokens`: ``tokens (N, D)``, ``positions`` of the coded
+        :class:`semcodec.layers.semantic.Tokens`: ``tokens (N, D)``, ``positions`` of the coded
         tokens, ``grid``, tower id, preprocessing and calibration.
 
     Raises:
         MissingLayerError: the stream has no semantic layer.
     """
-    from .semantic_coder import decode_tokens as _decode_tokens
+    from .layers.semantic import decode_tokens as _decode_tokens
 
     return _decode_tokens(stream_data(data))
 
@@ -451,7 +451,7 @@ def decompress(data) -> Image.Image:
     codec = codec_for_stream(h.codec_model, h.codec_checkpoint)
     condition = None
     if residual_is_conditioned(payload):
-        from .semantic_coder import decode_tokens as _decode_tokens
+        from .layers.semantic import decode_tokens as _decode_tokens
 
         tokens = _decode_tokens(data)      # raises a clear error when layer 0 or its calibration is missing
         condition = semantic_condition(h.semantic_model, tokens.tokens, tokens.grid, h.width, h.height)

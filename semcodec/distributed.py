@@ -136,7 +136,7 @@ def stream_row(item: BatchItem, options: dict) -> tuple[dict, BatchOutcome]:
 def tokens_row(item: BatchItem, calibration: Path | None) -> tuple[dict, BatchOutcome]:
     """Decode layer 0 of one stream into a row of a tokens shard."""
     from .cli.io import read_input_bytes
-    from .semantic_coder import decode_tokens
+    from .layers.semantic import decode_tokens
 
     data = read_input_bytes(item.source)
     tokens = decode_tokens(data, calibration=calibration)

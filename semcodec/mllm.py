@@ -34,7 +34,7 @@ import torch
 
 from . import _compat  # noqa: F401  (transformers imports torchvision)
 from .errors import InvalidInputError, ModelMismatchError
-from .semantic_coder import Tokens
+from .layers.semantic import Tokens
 
 __all__ = ["llava_input_ids", "llava_inputs_embeds", "projector"]
 

@@ -144,7 +144,7 @@ class TokenSource:
 
     def __init__(self, name: str, rates: tuple[int, int], rng: random.Random):
         from .models.semantic import load_tower
-        from .semantic_coder import coder_for, find_calibration, load_calibration
+        from .layers.semantic import coder_for, find_calibration, load_calibration
 
         self.tower = load_tower(name)
         self.coder = coder_for(load_calibration(find_calibration(self.tower.spec.name)))

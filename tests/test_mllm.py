@@ -10,8 +10,8 @@ import semcodec._compat  # noqa: F401  (before transformers, which imports torch
 transformers = pytest.importorskip("transformers", reason="the optional extra 'mllm' (transformers) is not installed")
 
 from semcodec.errors import InvalidInputError, ModelMismatchError  # noqa: E402
+from semcodec.layers.semantic import Calibration, decode_tokens, find_calibration, semantic_only_stream  # noqa: E402
 from semcodec.mllm import llava_input_ids, llava_inputs_embeds, projector  # noqa: E402
-from semcodec.semantic_coder import Calibration, decode_tokens, find_calibration, semantic_only_stream  # noqa: E402
 
 IMAGE_TOKEN = 30
 

@@ -177,7 +177,7 @@ def test_calibrate_cli(tmp_path):
 
     from semcodec.cli.main import SemcodecGroup
     from semcodec.cli.semantic import calibrate
-    from semcodec.semantic_coder import Calibration
+    from semcodec.layers.semantic import Calibration
 
     group = SemcodecGroup(commands={"calibrate": calibrate})
     folder = tmp_path / "imgs"

@@ -26,8 +26,7 @@ from semcodec.errors import (
     TruncatedStreamError,
     UnsupportedVersionError,
 )
-from semcodec.semantic_coder import (
-    RATE_MAX,
+from semcodec.layers.semantic import (
     Calibration,
     SemanticCoder,
     Tokens,
@@ -36,9 +35,9 @@ from semcodec.semantic_coder import (
     decode_tokens,
     find_calibration,
     padding_mask,
-    pass_map,
     semantic_only_stream,
 )
+from semcodec.layers.semantic.payload import RATE_MAX, pass_map
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,7 +222,7 @@ def test_encode_is_deterministic_and_decode_thread_independent(coder, tokens, tm
     (tmp_path / "p.bin").write_bytes(payload)
     script = (
         "import sys, torch; torch.set_num_threads(1)\n"
-        "from semcodec.semantic_coder import SemanticCoder, Calibration, find_calibration\n"
+        "from semcodec.layers.semantic import SemanticCoder, Calibration, find_calibration\n"
         "c = SemanticCoder(Calibration.load(find_calibration('tiny')))\n"
         "d = c.decode(open(sys.argv[1], 'rb').read())\n"
         "sys.stdout.buffer.write(d.full.numpy().tobytes())\n"
@@ -316,7 +315,7 @@ def test_decode_tokens_loads_neither_the_tower_nor_the_pixel_codec(cal, tokens, 
     (tmp_path / "s.smc").write_bytes(stream)
     script = (
         "import sys\n"
-        "from semcodec.semantic_coder import decode_tokens\n"
+        "from semcodec.layers.semantic import decode_tokens\n"
         "t = decode_tokens(open(sys.argv[1], 'rb').read())\n"
         "assert t.tokens.shape == (196, 192)\n"
         "assert not any(m.startswith(('open_clip', 'semcodec.models.semantic')) for m in sys.modules), 'tower imported'\n"

@@ -267,7 +267,7 @@ def _decode_tokens_fn() -> Callable | None:
     fn = getattr(api, "decode_tokens", None)
     if fn is None:
         try:
-            from ..semantic_coder import decode_tokens as fn
+            from ..layers.semantic import decode_tokens as fn
         except ImportError:
             return None
     return fn
@@ -464,7 +464,7 @@ def _semantic_stream(runner: _Runner, image: Image.Image, tokens) -> tuple[bytes
         return r.data, f"compress_image(quality={SPEED_QUALITY:g}, semantic={cfg.semantic!r})"
     try:  # until compress_image takes semantic=: a semantic-only stream from the layer-0 coder
         from ..bitstream.container import SEMANTIC_LAYER, Chunk, Container, Header, write_container
-        from ..semantic_coder import SemanticCoder, find_calibration, load_calibration
+        from ..layers.semantic import SemanticCoder, find_calibration, load_calibration
 
         cal = load_calibration(find_calibration(runner.tower.spec.name))
         coder = SemanticCoder(cal)

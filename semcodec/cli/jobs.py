@@ -156,7 +156,7 @@ def decompress_file(item: BatchItem, force: bool, resume: float | None = None) -
 
 
 def tokens_detail(tokens) -> str:
-    """What ``semcodec tokens`` says about the tokens it wrote (a :class:`~semcodec.semantic_coder.SemanticTokens`)."""
+    """What ``semcodec tokens`` says about the tokens it wrote (a :class:`~semcodec.layers.semantic.Tokens`)."""
     n, d = tokens.tokens.shape
     return (f"{n} tokens x {d} ({tokens.grid[0]}x{tokens.grid[1]}, {tokens.positions.numel()} coded) of "
             f"{tokens.model}, {tokens.preprocessing}")
@@ -164,7 +164,7 @@ def tokens_detail(tokens) -> str:
 
 def decode_tokens_bytes(data: bytes, calibration: Path | None) -> tuple[bytes, int, str]:
     """Layer 0 of a stream as a tokens file (safetensors bytes), the image's pixel count and a description."""
-    from ..semantic_coder import decode_tokens
+    from ..layers.semantic import decode_tokens
 
     tokens = decode_tokens(data, calibration=calibration)
     return tokens.to_bytes(), tokens.image_size[0] * tokens.image_size[1], tokens_detail(tokens)

@@ -49,7 +49,7 @@ def calibrate(semantic: str, semantic_weights: Path | None, images: Path, output
     so that encoders and decoders find it.
     """
     from ..models.semantic import load_tower
-    from ..semantic_coder import calibrate as run_calibration
+    from ..layers.semantic import calibrate as run_calibration
 
     output = output.expanduser()
     check_safetensors_name(output, "a calibration")
@@ -99,7 +99,7 @@ def tokens(inputs: tuple[str, ...], output: str | None, calibration: Path | None
     (the coded grid positions) and metadata (tower, preprocessing, grid, layer).
     INPUTS are .smc files, folders or glob patterns ('-' reads one stream from stdin).
     """
-    from ..semantic_coder import decode_tokens
+    from ..layers.semantic import decode_tokens
 
     from .jobs import tokens_detail, verify_tokens
     from .main import is_batch, report_single, run_batch_command, skipped_single

@@ -36,7 +36,7 @@ def _semantic_rows() -> list[dict]:
 
 def _how_to_get(row: dict) -> list[str]:
     """The steps that make a tower usable here: what is missing and the command or file that provides it."""
-    from ..semantic_coder import user_calibration_path
+    from ..layers.semantic.calibration import user_calibration_path
 
     steps = []
     if not row.get("weights_present"):

@@ -346,7 +346,7 @@ def list_semantic_models() -> list[dict]:
         ``preprocessing``, ``description``, ``weights_present``, ``weights``
         (path or None), ``calibration_present``, ``calibration`` (path or None).
     """
-    from ..semantic_coder import find_calibration
+    from ..layers.semantic import find_calibration
 
     rows = []
     for name in ("clip-l14-336", "clip-b16", "tiny"):
