@@ -3,6 +3,8 @@
 Both are plain click commands; :mod:`semcodec.cli.main` registers them on the
 ``semcodec`` group, whose error handling turns every
 :class:`~semcodec.errors.SemcodecError` into a one-line message and exit code.
+What ``tokens`` shares with ``compress`` and ``decompress`` (batch mode, reporting)
+comes from :mod:`semcodec.cli.batch_command`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import click
 
 from ..batch import IMAGE_SUFFIXES, files_in
 from ..errors import InvalidInputError
+from .batch_command import engine_options, is_batch, report_single, run_batch_command, skipped_single
 from .io import check_output_folder, check_safetensors_name, check_writable, read_input_bytes, single_output, write_output_bytes
 from .params import check_skip_existing, progress_option, skip_existing_option, verbosity, verbosity_options
 
@@ -78,10 +81,7 @@ def calibrate(semantic: str, semantic_weights: Path | None, images: Path, output
               help="Calibration file to use instead of looking it up by the stream's hash.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Parallel worker processes (batch mode); default 1, with --engine ray one per CPU of the cluster.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Run the batch on this machine, or on Ray workers (resumable; needs the ray extra).")
-@click.option("--ray-address", default=None, metavar="ADDR",
-              help="Ray cluster to join (implies --engine ray); default: start Ray on this machine.")
+@engine_options
 @click.option("--shards", type=click.IntRange(min=1), default=None,
               help="Write N Parquet shards of tokens (path, tokens as safetensors bytes, num_tokens, dim, grid, "
                    "size, model) into -o FOLDER instead of one file per stream.")
@@ -102,7 +102,6 @@ def tokens(inputs: tuple[str, ...], output: str | None, calibration: Path | None
     from ..layers.semantic import decode_tokens
 
     from .jobs import tokens_detail, verify_tokens
-    from .main import is_batch, report_single, run_batch_command, skipped_single
 
     level = verbosity(quiet, verbose)
     check_skip_existing(skip_existing, force)
