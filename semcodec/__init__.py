@@ -21,6 +21,7 @@ from .errors import (
     ModelError,
     ModelMismatchError,
     ModelNotAvailableError,
+    OutputClosedError,
     RateControlError,
     SemcodecError,
     StreamError,
@@ -31,9 +32,9 @@ from .errors import (
 from .version import __version__
 
 __all__ = ["CompressResult", "CorruptStreamError", "InvalidInputError", "MissingLayerError", "ModelError",
-           "ModelMismatchError", "ModelNotAvailableError", "RateControlError", "SemcodecError", "StreamError",
-           "StreamInfo", "TrainingDivergedError", "TruncatedStreamError", "UnsupportedVersionError", "__version__",
-           "compress", "compress_image", "decode_tokens", "decompress", "inspect"]
+           "ModelMismatchError", "ModelNotAvailableError", "OutputClosedError", "RateControlError", "SemcodecError",
+           "StreamError", "StreamInfo", "TrainingDivergedError", "TruncatedStreamError", "UnsupportedVersionError",
+           "__version__", "compress", "compress_image", "decode_tokens", "decompress", "inspect"]
 
 _API_NAMES = {"CompressResult", "compress", "compress_image", "decode_tokens", "decompress"}
 #: Parsing a stream needs no torch: these come from the light module.

@@ -458,13 +458,7 @@ def decompress(data) -> Image.Image:
     x_hat = codec.coder.decode(payload, h.width, h.height, condition)
     rgb = tensor_to_image(x_hat)                                  # (H, W, 3) uint8
     image = Image.fromarray(gray_from_rgb(rgb), mode="L") if h.gray else Image.fromarray(rgb, mode="RGB")
-    metadata = container.image_metadata()
-    if metadata.exif:
-        image.info["exif"] = b"Exif\x00\x00" + metadata.exif
-    if metadata.icc_profile:
-        image.info["icc_profile"] = metadata.icc_profile
-    if metadata.xmp:
-        image.info["xmp"] = metadata.xmp
+    image.info.update(container.image_metadata().image_info())
     return image
 
 

@@ -162,8 +162,6 @@ def compress(inputs, output, quality, effort, device, bpp, size, max_size, model
     INPUTS are image files, folders (searched recursively) or glob patterns; '-' reads one
     image from stdin. Give at most one of -q/--quality, --bpp and --size.
     """
-    from .. import api
-
     if sum(x is not None for x in (quality, bpp, size)) > 1:
         raise click.UsageError("give at most one of --quality, --bpp and --size")
     if max_size and bpp is None and size is None:
@@ -193,10 +191,15 @@ def compress(inputs, output, quality, effort, device, bpp, size, max_size, model
     if skipped_single(image, out, verify_stream, skip_existing, level):
         return
     check_writable(out, force or skip_existing)      # with --skip-existing, an existing output here did not verify
-    source = read_input_bytes(image) if image == "-" else image
+    from ..imageio import open_image
+
+    # Pillow reads the image before torch loads: a missing or unreadable input fails at once.
+    picture = open_image(read_input_bytes(image) if image == "-" else image)
+    from .. import api
+
     show_bar = (sys.stderr.isatty() if progress is None else progress) and level >= 0
     with refinement_progress(effort if show_bar else 0) as on_iteration:
-        result = api.compress_image(source, **options, progress=on_iteration)
+        result = api.compress_image(picture, **options, progress=on_iteration)
     write_output_bytes(out, result.data, force=force or skip_existing)
     done = compress_detail(result) if level > 0 else f"{len(result.data)} bytes, {result.bpp:.4f} bpp"
     report_single(f"{image} -> {out}: {done}" if out != "-" or level > 0 else None, result.notes,
@@ -220,8 +223,6 @@ def decompress(inputs, output, jobs, engine, ray_address, progress, force, skip_
 
     INPUTS are .smc files, folders or glob patterns; '-' reads one stream from stdin.
     """
-    from .. import api
-
     level = verbosity(quiet, verbose)
     check_skip_existing(skip_existing, force)
     if is_batch(inputs):
@@ -238,7 +239,12 @@ def decompress(inputs, output, jobs, engine, ray_address, progress, force, skip_
         return
     check_writable(out, force or skip_existing)
     image_format(out)                   # an output name we cannot honour fails before the decode
+    from ..bitstream.container import read_container
+
     data = read_input_bytes(stream)
+    read_container(data)                # a damaged or truncated stream fails before torch loads
+    from .. import api
+
     image = api.decompress(data)
     encoded = encode_image(image, out)
     write_output_bytes(out, encoded, force=force or skip_existing)
@@ -266,6 +272,8 @@ def models(as_json: bool) -> None:
                 else ("weights" if not r["weights_present"] else "calibration") + " not on this machine")
         click.echo(f"{r['name']:<16} {r['kind']:<9} {r['shape']:<22} {status}")
         click.echo(f"{'':<16} {r['description']}")
+        for step in r.get("how_to_get", ()):
+            click.echo(f"{'':<16} to get it, {step}")
 
 
 def _register_subcommands() -> None:
