@@ -25,7 +25,7 @@ from semcodec.api import _semantic_models, load_codec, semantic_condition
 from semcodec.bench.metrics import psnr
 from semcodec.bench.runner import list_images, run_script
 from semcodec.imageio import load_rgb
-from semcodec.residual_coder import image_to_tensor, tensor_to_image
+from semcodec.layers.pixels.coder import image_to_tensor, tensor_to_image
 
 REPO = Path(__file__).resolve().parents[1]
 LAYER0_RATE = 48

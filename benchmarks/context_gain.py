@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from semcodec.bench.runner import list_images, run_script
-from semcodec.checkpoints import load_residual_checkpoint
+from semcodec.layers.pixels.checkpoint import load_residual_checkpoint
 from semcodec.imageio import load_rgb
-from semcodec.residual_coder import ResidualCoder, image_to_tensor
+from semcodec.layers.pixels.coder import ResidualCoder, image_to_tensor
 
 REPO = Path(__file__).resolve().parents[1]
 KNOBS = (-3.0, -1.0, 1.0, 3.0, 5.0)

@@ -86,7 +86,7 @@ def main() -> None:
     for effort in efforts:
         bd = _bd(*base, *curves[effort]) if effort != efforts[0] else "0.0 %"
         against = "".join(f"{_bd(*others[n], *curves[effort])} | " for n in names)
-        print(f"| {effort} | {semcodec.refine.EFFORT_ITERATIONS[effort]} | {bd} | {against}"
+        print(f"| {effort} | {semcodec.layers.pixels.refine.EFFORT_ITERATIONS[effort]} | {bd} | {against}"
               f"{statistics.mean(times[effort]):.1f} |")
     if args.curve > 0:
         _iteration_curve(args, images, qualities, max(efforts))
@@ -129,11 +129,11 @@ def _baseline_curves(names: str, images: list[np.ndarray]) -> dict[str, tuple[li
 def _iteration_curve(args, images: list[np.ndarray], qualities: list[float], effort: int) -> None:
     """BD-rate against effort 0 of the best latents found after every ``args.curve`` iterations of one run."""
     from semcodec.api import load_codec, quality_to_rate
-    from semcodec.refine import refine_latents
-    from semcodec.residual_coder import image_to_tensor
+    from semcodec.layers.pixels.refine import refine_latents
+    from semcodec.layers.pixels.coder import image_to_tensor
 
     coder = load_codec(args.model).coder
-    iterations = semcodec.refine.EFFORT_ITERATIONS[effort]
+    iterations = semcodec.layers.pixels.refine.EFFORT_ITERATIONS[effort]
     points = list(range(args.curve, iterations + 1, args.curve))
     points += [iterations] if iterations not in points else []
     best: dict[int, list[list[tuple[float, float]]]] = {p: [] for p in [0] + points}   # point → quality → (bpp, dB)

@@ -25,9 +25,9 @@ from PIL import Image
 from semcodec.bench.bdrate import bd_rate
 from semcodec.bench.metrics import psnr
 from semcodec.bench.runner import list_images, run_script
-from semcodec.checkpoints import freeze_for_shipping, load_residual_checkpoint
+from semcodec.layers.pixels.checkpoint import freeze_for_shipping, load_residual_checkpoint
 from semcodec.imageio import load_rgb
-from semcodec.residual_coder import ResidualCoder, image_to_tensor, tensor_to_image
+from semcodec.layers.pixels.coder import ResidualCoder, image_to_tensor, tensor_to_image
 
 REPO = Path(__file__).resolve().parents[1]
 

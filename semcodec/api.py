@@ -33,16 +33,17 @@ from .bitstream.container import (
     write_container,
 )
 from .bitstream.info import StreamInfo, inspect, stream_data  # noqa: F401 - StreamInfo and inspect are public API
-from .checkpoints import load_residual_checkpoint
+from .bitstream.metadata import Metadata, icc_colour_space
 from .errors import InvalidInputError, MissingLayerError, ModelMismatchError, RateControlError, SemcodecError
 from .fsutil import file_digest8
-from .bitstream.metadata import Metadata, icc_colour_space
 from .imageio import GRAY_TOLERANCE, channel_spread, gray_from_rgb, load_image
+from .layers.pixels.checkpoint import load_residual_checkpoint
+from .layers.pixels.coder import ResidualCoder, image_to_tensor, tensor_to_image
+from .layers.pixels.payload import residual_is_conditioned
+from .layers.pixels.refine import Latents, ProgressCallback, effort_iterations, refine_latents, search_device
 from .models.registry import DEFAULT_CODEC_MODEL, earlier_checkpoints, require_checkpoint
-from .ratecontrol import RateCurve, search_rate
 from .models.residual import SemanticCondition
-from .refine import Latents, ProgressCallback, effort_iterations, refine_latents, search_device
-from .residual_coder import ResidualCoder, image_to_tensor, residual_is_conditioned, tensor_to_image
+from .ratecontrol import RateCurve, search_rate
 
 #: Quality used when neither a quality nor a rate target is given.
 DEFAULT_QUALITY = 75.0
@@ -387,7 +388,7 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
         semantic_only: write layer 0 alone (``size``/``bpp`` then budget it).
         semantic_bytes: byte budget of layer 0 (default: a fixed rate).
         effort: encoder effort 0–3; above 0 the pixel layer's latents are refined for this image
-            (:mod:`semcodec.refine`: smaller streams at the same quality, slower encoding; see
+            (:mod:`semcodec.layers.pixels.refine`: smaller streams at the same quality, slower encoding; see
             docs/benchmarks.md for the measured gain and time). Decoding is unchanged.
         device: where the refinement searches (``"cpu"`` or ``"cuda"``); the stream is the same kind
             either way and decodes bit-exactly on any machine.
@@ -469,7 +470,7 @@ def semantic_condition(model: str, tokens, grid, width: int, height: int) -> Sem
     so its region in the tower input extends the image's by the padding.
     """
     from .models.semantic import box_region, semantic_spec
-    from .residual_coder import padded_size
+    from .layers.pixels.coder import padded_size
 
     padded_w, padded_h = padded_size(width, height)
     return SemanticCondition(model=model, tokens=tokens[None].float(), grid=tuple(grid),

@@ -27,12 +27,12 @@ import torch
 from PIL import Image
 
 from .batch import IMAGE_SUFFIXES, files_in
-from .checkpoints import CDF_BUFFERS, load_residual_checkpoint, save_residual_checkpoint
+from .layers.pixels.checkpoint import CDF_BUFFERS, load_residual_checkpoint, save_residual_checkpoint
 from .errors import InvalidInputError, TrainingDivergedError
 from .imageio import load_rgb
 from .models.residual import ResidualCodec, ResidualConfig, SemanticCondition
 from .models.transforms import SemanticPrior
-from .residual_coder import ALIGN
+from .layers.pixels.payload import ALIGN
 
 #: Training stops (without writing the diverged weights) after this many skipped updates in a row.
 MAX_SKIPPED_IN_A_ROW = 100

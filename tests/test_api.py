@@ -278,7 +278,7 @@ def test_payload_damage_behind_a_valid_crc_is_detected(test_codec, rate):
 def test_pixel_layer_conditioned_on_layer_0(test_codec, tmp_path):
     """A codec with a semantic prior for the tower codes RES1 conditioned on the decoded tokens."""
     from semcodec.bitstream.container import SEMANTIC_LAYER
-    from semcodec.residual_coder import residual_is_conditioned
+    from semcodec.layers.pixels.payload import residual_is_conditioned
 
     cond = semcodec.compress(SAMPLE, quality=70, model="semcodec-test-cond", semantic="tiny")
     plain = semcodec.compress(SAMPLE, quality=70, model="semcodec-test-cond", semantic=False)
@@ -310,7 +310,7 @@ def test_too_large_for_the_pixel_layer(test_codec, monkeypatch):
 
 def test_effort_refines_the_latent_for_its_rd_cost(test_codec, monkeypatch):
     """Refined streams decode and meet size targets (the refinement itself: tests/test_refinement.py)."""
-    import semcodec.refine as refine
+    import semcodec.layers.pixels.refine as refine
     from semcodec.api import compress_image
 
     monkeypatch.setattr(refine, "EFFORT_ITERATIONS", (0, 6, 12, 18))     # a few iterations: seconds, not minutes
@@ -334,7 +334,7 @@ def test_large_images_run_the_transforms_tile_by_tile(test_codec, monkeypatch):
     result as the whole-image transforms up to float rounding, and streams still decode."""
     import torch
 
-    import semcodec.residual_coder as residual_coder
+    import semcodec.layers.pixels.coder as residual_coder
     from semcodec.api import load_codec
 
     coder = load_codec(test_codec).coder
@@ -384,7 +384,7 @@ def test_streams_decode_with_another_thread_count_at_every_rate():
     import torch
 
     from semcodec.api import load_codec
-    from semcodec.residual_coder import image_to_tensor
+    from semcodec.layers.pixels.coder import image_to_tensor
 
     coder = load_codec("semcodec-ms192").coder
     # The sample after one round trip: the image (and rates, 0.3 bpp among them) of the first failure seen.

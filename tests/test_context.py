@@ -11,11 +11,11 @@ from PIL import Image
 
 import semcodec
 from semcodec.bitstream.container import RESIDUAL_LAYER, Container, read_container, write_container
-from semcodec.checkpoints import load_residual_checkpoint
+from semcodec.layers.pixels.checkpoint import load_residual_checkpoint
 from semcodec.errors import InvalidInputError, ModelMismatchError, SemcodecError
 from semcodec.models.residual import ResidualCodec, ResidualConfig
 from semcodec.models.transforms import checkerboard_anchors
-from semcodec.residual_coder import ResidualCoder, pad_to_alignment
+from semcodec.layers.pixels.coder import ResidualCoder, pad_to_alignment
 from semcodec.training import TrainSettings, train
 
 from helpers import SAMPLE, TEST_DATA, pixels_digest, pixels_digest_in_another_process

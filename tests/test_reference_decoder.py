@@ -106,7 +106,7 @@ def test_reference_scale_table_and_gaussian_tables():
     back from the encoder's state after one symbol: lower = scale·C[s], range = scale·(C[s+1] − C[s]))."""
     import constriction
 
-    from semcodec.residual_coder import SCALE_TABLE, Y_SYMBOL_RANGE
+    from semcodec.layers.pixels.payload import SCALE_TABLE, Y_SYMBOL_RANGE
 
     assert np.array_equal(rd.SCALES, SCALE_TABLE.scales) and (rd.Y_LO, rd.Y_HI) == Y_SYMBOL_RANGE
     scale = ((1 << 64) - 1) >> rd.PRECISION

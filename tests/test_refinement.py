@@ -1,4 +1,4 @@
-"""Encoder effort (semcodec.refine): refined latents code valid streams that cost no more than effort 0's,
+"""Encoder effort (semcodec.layers.pixels.refine): refined latents code valid streams that cost no more than effort 0's,
 deterministically, with z refined on its own, with the semantic condition, rate targets and devices."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 import semcodec
-import semcodec.refine as refine
+import semcodec.layers.pixels.refine as refine
 from semcodec.api import compress_image, load_codec
 from semcodec.errors import InvalidInputError
-from semcodec.refine import Latents, refine_latents
-from semcodec.residual_coder import image_to_tensor, tensor_to_image
+from semcodec.layers.pixels.refine import Latents, refine_latents
+from semcodec.layers.pixels.coder import image_to_tensor, tensor_to_image
 
 from helpers import SAMPLE, pixels_digest, pixels_digest_in_another_process
 
@@ -120,7 +120,7 @@ def test_the_cost_stays_finite_in_the_tails(test_codec):
 
 def test_refinement_with_the_semantic_condition(test_codec, few_iterations):
     from semcodec.bitstream.container import RESIDUAL_LAYER, read_container
-    from semcodec.residual_coder import residual_is_conditioned
+    from semcodec.layers.pixels.payload import residual_is_conditioned
 
     plain = semcodec.compress(CROP, quality=100, model="semcodec-test-cond", semantic="tiny")
     refined = semcodec.compress(CROP, quality=100, model="semcodec-test-cond", semantic="tiny", effort=1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import TEST_DATA
 
-from semcodec.checkpoints import freeze_for_shipping, load_residual_checkpoint
+from semcodec.layers.pixels.checkpoint import freeze_for_shipping, load_residual_checkpoint
 from semcodec.errors import InvalidInputError
 from semcodec.models.residual import ResidualConfig
 from semcodec.training import TrainSettings, train
@@ -173,7 +173,7 @@ def test_resuming_without_optimizer_state_warms_the_learning_rate_up_again(photo
     assert _lr_at(settings, 5000, warmup_from=5000) == pytest.approx(_lr_at(settings, 5000) / 10)
     assert _lr_at(settings, 5009, warmup_from=5000) == pytest.approx(_lr_at(settings, 5009))
     # A checkpoint without Adam moments (as shipped): its first resumed step runs at a tenth of the scheduled rate.
-    from semcodec.checkpoints import save_residual_checkpoint
+    from semcodec.layers.pixels.checkpoint import save_residual_checkpoint
 
     model, _ = load_residual_checkpoint(TEST_DATA / "checkpoints" / "semcodec-test.safetensors")
     resumed_at = 5000
@@ -188,7 +188,7 @@ def test_resuming_without_optimizer_state_warms_the_learning_rate_up_again(photo
 
 
 def test_anneal_decays_the_lr_over_the_calls_own_budget(photos, tmp_path):
-    from semcodec.checkpoints import save_residual_checkpoint
+    from semcodec.layers.pixels.checkpoint import save_residual_checkpoint
     from semcodec.training import _budget_used, _lr_at
 
     settings = TrainSettings(data=str(photos), run_dir=str(tmp_path / "run"), crop=64, batch_size=2, lr=1e-3,
@@ -355,7 +355,7 @@ def test_an_added_gain_level_keeps_every_rate_the_model_had_and_trains(photos, t
 
 def test_a_model_grown_to_the_most_levels_codes_at_the_top_of_its_knob():
     from semcodec.models.config import RATE_KNOB_MAX
-    from semcodec.residual_coder import ResidualCoder, image_to_tensor
+    from semcodec.layers.pixels.coder import ResidualCoder, image_to_tensor
     from semcodec.training import _with_level
 
     model, _ = load_residual_checkpoint(TEST_DATA / "checkpoints" / "semcodec-test.safetensors")

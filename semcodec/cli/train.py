@@ -59,7 +59,7 @@ def train(data, run_dir, model_name, resume_from, hours, iterations, crop, batch
           context_only, add_level, compile_loss, export_to) -> None:
     """Train the residual codec with random crops and an RD loss over its λ levels (resumable)."""
     from ..batch import IMAGE_SUFFIXES, files_in
-    from ..checkpoints import freeze_for_shipping
+    from ..layers.pixels.checkpoint import freeze_for_shipping
     from ..models.registry import codec_models
     from ..training import TrainSettings
     from ..training import train as run_training

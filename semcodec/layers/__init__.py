@@ -9,8 +9,9 @@ checkpoint):
   an MLLM reads (``payload``: the bytes; ``calibration``: the tower's calibration
   file; ``coder``: :class:`~semcodec.layers.semantic.SemanticCoder`; ``tokens``:
   whole streams to tokens).
-* ``semcodec.layers.pixels`` — layer 1, chunk ``RES1``: the pixels beyond the tokens (its coder and
-  checkpoint handling move here from ``semcodec/residual_coder.py`` and ``semcodec/checkpoints.py``).
+* :mod:`semcodec.layers.pixels` — layer 1, chunk ``RES1``: the pixels beyond the tokens (``payload``: the
+  bytes; ``coder``: :class:`~semcodec.layers.pixels.ResidualCoder`; ``checkpoint``: the codec checkpoint
+  file; ``refine``: the encoder's per-image search of the latents).
 * ``semcodec.layers.refinement`` — layer 2 (to come).
 
 What the layers share lives elsewhere: the networks in :mod:`semcodec.models`,

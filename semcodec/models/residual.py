@@ -28,7 +28,7 @@ exists so that size targets above the trained range are still met).
 
 ``forward`` is the training path (noisy/straight-through quantization, likelihoods);
 ``code_latent(..., quantization="round")`` the same path with the coder's rounding;
-the encoder's per-image refinement of the latents is :mod:`semcodec.refine`;
+the encoder's per-image refinement of the latents is :mod:`semcodec.layers.pixels.refine`;
 coding a real stream is in :mod:`semcodec.codec` over :mod:`semcodec.bitstream.entropy`.
 """
 

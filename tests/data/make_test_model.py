@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from semcodec.checkpoints import freeze_for_shipping, save_residual_checkpoint
+from semcodec.layers.pixels.checkpoint import freeze_for_shipping, save_residual_checkpoint
 from semcodec.models.residual import ResidualCodec, ResidualConfig
 
 HERE = Path(__file__).parent

@@ -19,10 +19,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .errors import ModelError
-from .safetensors_io import read_checked_metadata, save_atomic
-from .models.residual import ResidualCodec, ResidualConfig
-from .version import __version__
+from ...errors import ModelError
+from ...models.residual import ResidualCodec, ResidualConfig
+from ...safetensors_io import read_checked_metadata, save_atomic
+from ...version import __version__
 
 #: Version of the checkpoint layout (independent of the package and bitstream versions).
 CHECKPOINT_FORMAT_VERSION = "1"
@@ -122,7 +122,7 @@ def freeze_for_shipping(source: str | Path, destination: str | Path, name: str, 
     computed, so the tables match the weights every decoder loads. With ``rate_images``
     ((H, W, 3) uint8 arrays), the model's size curve for rate control is measured and stored.
     """
-    from .residual_coder import ResidualCoder, measure_rate_curve
+    from .coder import ResidualCoder, measure_rate_curve
 
     model, meta = load_residual_checkpoint(source)
     with torch.no_grad():

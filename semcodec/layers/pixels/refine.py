@@ -45,10 +45,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InvalidInputError
-from .models.config import RATE_ONE
-from .models.residual import ResidualCodec, SemanticCondition
-from .residual_coder import ResidualCoder, rate_to_fixed
+from ...errors import InvalidInputError
+from ...models.config import RATE_ONE
+from ...models.residual import ResidualCodec, SemanticCondition
+from .coder import ResidualCoder
+from .payload import rate_to_fixed
 
 #: SGA iterations of each encoder effort level (0 = the plain analysis transform). Chosen for the time
 #: budgets of a 768×512 image on 2 CPU cores (e1 ≤ 15 s, e2 ≤ 60 s, e3 ≤ 300 s); see docs/benchmarks.md.
@@ -165,7 +166,7 @@ def refine_latents(coder: ResidualCoder, x: torch.Tensor, y: torch.Tensor, q: fl
 
     Args:
         coder: the pixel layer's coder.
-        x: (1, 3, H, W) the image in [0, 1] (from :func:`~semcodec.residual_coder.image_to_tensor`).
+        x: (1, 3, H, W) the image in [0, 1] (from :func:`~semcodec.layers.pixels.coder.image_to_tensor`).
         y: (1, M, Hp/16, Wp/16) its analysis ``g_a(x)`` (:meth:`ResidualCoder.analyze`).
         q: the rate knob the latents are refined for.
         iterations: SGA iterations (0: the plain latents, nothing is searched).
