@@ -25,7 +25,7 @@ from semcodec.api import _semantic_models, load_codec, semantic_condition
 from semcodec.bench.metrics import psnr
 from semcodec.bench.runner import list_images, run_script
 from semcodec.imageio import load_rgb
-from semcodec.layers.pixels.coder import image_to_tensor, tensor_to_image
+from semcodec.layers.pixels.coder import image_to_tensor
 
 REPO = Path(__file__).resolve().parents[1]
 LAYER0_RATE = 48
@@ -58,12 +58,12 @@ def main() -> None:
             row = {"image": path.name, "q": q, "layer0": len(payload0)}
             for name, cond in (("with", condition), ("without", None)):
                 res = codec.coder.encode_analyzed(y, q, cond)
-                out = tensor_to_image(codec.coder.decode(res, w, h, cond))
+                out = codec.coder.decode(res, w, h, cond)
                 row[f"res_{name}"], row[f"psnr_{name}"] = len(res), psnr(out, pixels)
             if baseline is not None:
                 res = baseline.coder.encode(x, q)
                 row["res_baseline"] = len(res)
-                row["psnr_baseline"] = psnr(tensor_to_image(baseline.coder.decode(res, w, h)), pixels)
+                row["psnr_baseline"] = psnr(baseline.coder.decode(res, w, h), pixels)
             rows.append(row)
     print(f"model {args.model}, tower {args.semantic} (layer-0 rate {LAYER0_RATE}), {len(rows)} points\n")
     print("| q | layer 0 B | RES1 with | RES1 without | saved | net | PSNR with | PSNR without |")

@@ -27,7 +27,7 @@ from semcodec.bench.metrics import psnr
 from semcodec.bench.runner import list_images, run_script
 from semcodec.layers.pixels.checkpoint import freeze_for_shipping, load_residual_checkpoint
 from semcodec.imageio import load_rgb
-from semcodec.layers.pixels.coder import ResidualCoder, image_to_tensor, tensor_to_image
+from semcodec.layers.pixels.coder import ResidualCoder, image_to_tensor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def rd_points(coder: ResidualCoder, images: list[np.ndarray], levels: int | None
         bpp, db = [], []
         for im in images:
             payload = coder.encode(image_to_tensor(im), q)
-            out = tensor_to_image(coder.decode(payload, im.shape[1], im.shape[0]))
+            out = coder.decode(payload, im.shape[1], im.shape[0])
             bpp.append(len(payload) * 8 / (im.shape[0] * im.shape[1]))
             db.append(psnr(out, im))
         rates.append(float(np.mean(bpp)))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from PIL import Image
 
 from .bitstream.container import (
     RESIDUAL_LAYER,
+    RESIDUAL_TILES_VERSION,
     SEMANTIC_LAYER,
     Chunk,
     Container,
@@ -34,12 +35,19 @@ from .bitstream.container import (
 )
 from .bitstream.info import StreamInfo, inspect, stream_data  # noqa: F401 - StreamInfo and inspect are public API
 from .bitstream.metadata import Metadata, icc_colour_space
-from .errors import InvalidInputError, MissingLayerError, ModelMismatchError, RateControlError, SemcodecError
+from .errors import (
+    CorruptStreamError,
+    InvalidInputError,
+    MissingLayerError,
+    ModelMismatchError,
+    RateControlError,
+    SemcodecError,
+)
 from .fsutil import file_digest8
 from .imageio import GRAY_TOLERANCE, channel_spread, gray_from_rgb, load_image
 from .layers.pixels.checkpoint import load_residual_checkpoint
-from .layers.pixels.coder import ResidualCoder, image_to_tensor, tensor_to_image
-from .layers.pixels.payload import residual_is_conditioned
+from .layers.pixels.coder import ResidualCoder, image_to_tensor
+from .layers.pixels.payload import container_version, residual_is_conditioned
 from .layers.pixels.refine import Latents, ProgressCallback, effort_iterations, refine_latents, search_device
 from .models.registry import DEFAULT_CODEC_MODEL, earlier_checkpoints, require_checkpoint
 from .models.residual import SemanticCondition
@@ -47,9 +55,9 @@ from .ratecontrol import RateCurve, search_rate
 
 #: Quality used when neither a quality nor a rate target is given.
 DEFAULT_QUALITY = 75.0
-#: Largest image the pixel layer codes (every camera's photos, up to 61 megapixels): encoding and decoding
-#: need about 0.2 GiB per megapixel (13 GiB at this size), which must fit in memory.
-MAX_PIXEL_LAYER_PIXELS = 64_000_000
+#: Largest image the pixel layer codes. Decoding works tile by tile (memory bounded by a row of 1024-pixel
+#: tiles, besides the decoded image); encoding holds the image and its latent (see the README's numbers).
+MAX_PIXEL_LAYER_PIXELS = 256_000_000
 #: Largest image whose latent the encoder refines (effort > 0): refinement backpropagates through the
 #: whole-image transforms, about 1 GiB per megapixel on top of the plain encode.
 MAX_REFINED_PIXELS = 8_000_000
@@ -200,9 +208,8 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
         return CompressResult(data, width, height, None, 1, tuple(notes))
 
     if width * height > MAX_PIXEL_LAYER_PIXELS:
-        raise InvalidInputError(f"the pixel layer codes images of up to {MAX_PIXEL_LAYER_PIXELS // 10**6} megapixels "
-                                f"(about 0.2 GiB of memory each); this one is {width}x{height}. "
-                                "Downscale it, or use --semantic-only")
+        raise InvalidInputError(f"the pixel layer codes images of up to {MAX_PIXEL_LAYER_PIXELS // 10**6} megapixels; "
+                                f"this one is {width}x{height}. Downscale it, or use --semantic-only")
     if steps and width * height > MAX_REFINED_PIXELS:
         notes.append(f"effort {effort}: the latent is refined only for images of up to "
                      f"{MAX_REFINED_PIXELS // 10**6} megapixels (about 1 GiB of memory each); coded at effort 0")
@@ -226,8 +233,8 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
                 residual = codec.coder.encode_analyzed(y, q, condition)
             else:
                 residual = latents.encode(codec.coder, q, condition)
-            return write_container(Container(header, chunks_before + (Chunk(RESIDUAL_LAYER, residual),),
-                                             metadata=metadata))
+            container = Container(header, chunks_before + (Chunk(RESIDUAL_LAYER, residual),), metadata=metadata)
+            return write_container(replace(container, version=container_version(residual, container.version)))
         return encode
 
     def refined(q: float) -> Latents:
@@ -447,8 +454,8 @@ def decompress(data) -> Image.Image:
         raise MissingLayerError("this stream has no pixel layer (it is semantic-only); "
                                 "use `semcodec tokens` to decode its tokens")
     if h.width * h.height > MAX_PIXEL_LAYER_PIXELS:
-        raise InvalidInputError(f"the stream's pixel layer is {h.width}x{h.height}, beyond the "
-                                f"{MAX_PIXEL_LAYER_PIXELS // 10**6} megapixels this decoder holds in memory")
+        raise CorruptStreamError(f"the stream's pixel layer claims {h.width}x{h.height} pixels, beyond the "
+                                 f"{MAX_PIXEL_LAYER_PIXELS // 10**6} megapixels any semcodec encoder writes")
     codec = codec_for_stream(h.codec_model, h.codec_checkpoint)
     condition = None
     if residual_is_conditioned(payload):
@@ -456,8 +463,8 @@ def decompress(data) -> Image.Image:
 
         tokens = _decode_tokens(data)      # raises a clear error when layer 0 or its calibration is missing
         condition = semantic_condition(h.semantic_model, tokens.tokens, tokens.grid, h.width, h.height)
-    x_hat = codec.coder.decode(payload, h.width, h.height, condition)
-    rgb = tensor_to_image(x_hat)                                  # (H, W, 3) uint8
+    rgb = codec.coder.decode(payload, h.width, h.height, condition,             # (H, W, 3) uint8
+                             tiles_allowed=container.version >= RESIDUAL_TILES_VERSION)
     image = Image.fromarray(gray_from_rgb(rgb), mode="L") if h.gray else Image.fromarray(rgb, mode="RGB")
     image.info.update(container.image_metadata().image_info())
     return image

@@ -396,7 +396,7 @@ def test_streams_decode_with_another_thread_count_at_every_rate():
             torch.set_num_threads(1)
             payload = coder.encode(x, float(q))
             torch.set_num_threads(2)
-            coder.decode(payload, pixels.shape[1], pixels.shape[0])      # raises ModelMismatchError on a flip
+            coder.decode(payload, pixels.shape[1], pixels.shape[0])      # raises CorruptStreamError on a flip
     finally:
         torch.set_num_threads(threads)
 

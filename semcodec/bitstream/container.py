@@ -1,4 +1,4 @@
-"""The semcodec container: a versioned, layered, checksummed envelope (format 1.2).
+"""The semcodec container: a versioned, layered, checksummed envelope (format 1.3).
 
 A stream is a fixed preamble, a header that names everything a decoder needs
 (models, checkpoint and calibration hashes, image size, entropy coder, layer
@@ -73,8 +73,8 @@ __all__ = [
 ]
 
 #: (major, minor): the newest format this module reads and writes. It reads every 1.x and writes
-#: the oldest minor that carries a container (1.0 unless it uses something 1.1 or 1.2 added).
-FORMAT_VERSION = (1, 2)
+#: the oldest minor that carries a container (1.0 unless it uses something 1.1, 1.2 or 1.3 added).
+FORMAT_VERSION = (1, 3)
 #: PNG-style signature: the high byte catches 7-bit transports, CR LF / LF catch
 #: line-ending conversion, 0x1A stops ``type`` on DOS.
 MAGIC = b"\x89SMC\r\n\x1a\n"
@@ -108,7 +108,12 @@ GRAY_FLAG = 0x0001
 #: it is truncated rather than a stream without metadata. A 1.0 or 1.1 reader ignores it (and the chunk).
 METADATA_FLAG = 0x0002
 # The flag bits each minor version defines.
-_KNOWN_FLAGS = {0: 0x0000, 1: GRAY_FLAG, 2: GRAY_FLAG | METADATA_FLAG}
+_KNOWN_FLAGS = {0: 0x0000, 1: GRAY_FLAG, 2: GRAY_FLAG | METADATA_FLAG, 3: GRAY_FLAG | METADATA_FLAG}
+#: Format 1.3 adds no container field: it lets the pixel layer compute its entropy parameters by tiles (a
+#: flag of the RES1 payload, :mod:`semcodec.layers.pixels.payload`). Its encoder writes such a stream as 1.3
+#: (``Container(..., version=RESIDUAL_TILES_VERSION)``), so a 1.2 reader, which refuses that flag, meets it
+#: only in a stream that says it is newer.
+RESIDUAL_TILES_VERSION = (1, 3)
 _HASH_LENGTH = 8
 _NO_HASH = bytes(_HASH_LENGTH)
 
@@ -316,7 +321,8 @@ class Container:
         chunks: The layer chunks, in stream order (a list is stored as a tuple).
         version: ``(major, minor)`` of the stream (what :func:`write_container`
             writes). Default: the oldest version that carries the container, 1.0
-            unless it uses a 1.1 flag (1.1) or has metadata (1.2).
+            unless it uses a 1.1 flag (1.1) or has metadata (1.2); a pixel layer coded by tiles needs 1.3
+            (:data:`RESIDUAL_TILES_VERSION`), which its encoder asks for.
         metadata: The payload of the ``META`` chunk (see :meth:`image_metadata`
             and :class:`~semcodec.bitstream.metadata.Metadata`), written after the
             last layer; None when the stream has none (or, for a prefix read, when
@@ -410,7 +416,7 @@ def _encode_header(h: Header) -> bytes:
 
 
 def write_container(container: Container) -> bytes:
-    """Serializes a container as a format 1.x stream (its ``version``, 1.0 to 1.2).
+    """Serializes a container as a format 1.x stream (its ``version``, 1.0 to 1.3).
 
     Args:
         container: The header, one chunk per listed layer in the header's order,
@@ -421,7 +427,7 @@ def write_container(container: Container) -> bytes:
 
     Raises:
         InvalidInputError: The chunks do not match ``header.layers``, or the
-            header uses something format 1.2 does not define (an unknown layer
+            header uses something format 1.3 does not define (an unknown layer
             type, model fields set for an absent layer), or the metadata is not
             a valid ``META`` payload, or ``container.version`` is newer than
             :data:`FORMAT_VERSION` or older than the container needs.
@@ -431,7 +437,7 @@ def write_container(container: Container) -> bytes:
     major, minor = container.version
     oldest = _oldest_version(container.header, container.metadata)
     if not oldest <= (major, minor) <= FORMAT_VERSION:
-        # Rewriting a newer stream as 1.2 would silently drop what we do not understand; an older
+        # Rewriting a newer stream as 1.3 would silently drop what we do not understand; an older
         # version would drop the flags or the metadata it lacks.
         raise InvalidInputError(
             f"cannot write format version {major}.{minor}; this semcodec writes "

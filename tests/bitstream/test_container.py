@@ -438,7 +438,7 @@ def test_newer_minor_version_extensions_are_ignored():
     gray = Header(**{**container.header.__dict__, "gray": True})
     assert read_container(build(container, version=NEWER, flags=0x8005)).header == gray
     # The same extensions in a 1.0 or 1.1 stream are damage; bit 0 is only defined from 1.1 on.
-    for version, flags in (((1, 0), 0x0001), ((1, 1), 0x0002), ((1, 0), 0x8000), ((1, 2), 0x0004)):
+    for version, flags in (((1, 0), 0x0001), ((1, 1), 0x0002), ((1, 0), 0x8000), ((1, 2), 0x0004), ((1, 3), 0x0004)):
         with pytest.raises(CorruptStreamError, match="reserved flag"):
             read_container(build(container, version=version, flags=flags))
     for version in ((1, 0), (1, 1), (1, 2)):
@@ -454,7 +454,7 @@ def test_the_oldest_version_that_carries_a_stream_is_written():
     # A 1.1 stream without the flag is valid and written as asked; a gray image cannot be 1.0.
     as_1_1 = Container(container.header, container.chunks, version=(1, 1))
     assert read_container(write_container(as_1_1)) == as_1_1
-    with pytest.raises(InvalidInputError, match="writes 1.1 to 1.2 for this stream"):
+    with pytest.raises(InvalidInputError, match="writes 1.1 to 1.3 for this stream"):
         write_container(Container(gray.header, gray.chunks, version=(1, 0)))
     # Metadata needs 1.2; a gray image with metadata is 1.2 with bit 0 set.
     meta = with_metadata()
@@ -462,7 +462,7 @@ def test_the_oldest_version_that_carries_a_stream_is_written():
     gray_meta = Container(gray.header, gray.chunks, metadata=meta.metadata)
     assert write_container(gray_meta)[8:12] == bytes([1, 2, 3, 0])
     assert read_container(write_container(gray_meta)) == gray_meta
-    with pytest.raises(InvalidInputError, match="writes 1.2 to 1.2 for this stream"):
+    with pytest.raises(InvalidInputError, match="writes 1.2 to 1.3 for this stream"):
         write_container(Container(meta.header, meta.chunks, version=(1, 1), metadata=meta.metadata))
 
 

@@ -8,6 +8,7 @@ and the transforms.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -15,11 +16,20 @@ import torch
 import torch.nn.functional as F
 
 from ...bitstream.entropy import CategoricalTables, EntropyDecoder, EntropyEncoder, param_digest
-from ...errors import InvalidInputError, ModelMismatchError
+from ...errors import CorruptStreamError, InvalidInputError, ModelMismatchError, SemcodecError
 from ...models.config import RATE_ONE
 from ...models.residual import ResidualCodec, SemanticCondition
 from ...models.transforms import checkerboard_anchors
-from .payload import ALIGN, SCALE_TABLE, Y_SYMBOL_RANGE, ResidualPayload, rate_to_fixed
+from .payload import (
+    ALIGN,
+    MIN_BITS_PER_Y_SYMBOL,
+    PARAM_MARGIN,
+    SCALE_TABLE,
+    Y_SYMBOL_RANGE,
+    ResidualPayload,
+    param_tiles,
+    rate_to_fixed,
+)
 
 #: ``g_a`` and ``g_s`` run tile by tile on an image of more than TILE latents (1024 px) a side, so that
 #: their peak memory stays near that of a 1024² image whatever the image size. Neighbouring tiles
@@ -28,6 +38,9 @@ from .payload import ALIGN, SCALE_TABLE, Y_SYMBOL_RANGE, ResidualPayload, rate_t
 #: whole-image transform would use.
 TILE = 64
 TILE_MARGIN = 4
+#: The largest image whose pixel layer is coded whole (a stream from before format 1.3: their encoders
+#: refused larger images); larger ones are coded by tiles.
+MAX_UNTILED_PIXELS = 64_000_000
 
 
 class ResidualCoder:
@@ -102,20 +115,25 @@ class ResidualCoder:
         """
         rate = rate_to_fixed(q, self.rate_range)
         z_sym, z_hat = self._quantize_z(z)
-        params = self._y_parameters(z_hat, rate, y.shape[-2:], semantic)
-        if self.model.context is not None:     # the non-anchors' parameters depend on the coded anchors
-            params = self._after_anchors(params, _y_symbols(y, params.chunk(2, dim=1)[1].float()))
-        scale_index, means = _scale_index_and_means(params)
-        y_sym = _y_symbols(y, means)             # the anchors' symbols are those the context saw
-
         enc = EntropyEncoder()
         enc.encode_categorical(z_sym, self.z_tables, self._z_table_index(z_sym.shape))
         lo, hi = Y_SYMBOL_RANGE
-        for part in self._y_passes(y_sym.shape):
-            enc.encode_gaussian(y_sym[part], scale_index[part], SCALE_TABLE, lo=lo, hi=hi)
-        payload = ResidualPayload(rate=rate, conditioned=semantic is not None,
-                                  digest=param_digest(scale_index), words=enc.to_bytes()).to_bytes()
-        return payload, torch.from_numpy(y_sym).float() + means
+        y_hat = torch.empty_like(y)                                          # (1, M, h, w)
+        digests = []
+        for rows, cols in param_tiles(y.shape[-2:]):                        # one tile unless the latent is large
+            y_tile = y[:, :, rows[0]:rows[1], cols[0]:cols[1]]
+            params = self._tile_parameters(z_hat, rate, y.shape[-2:], rows, cols, semantic)
+            if self.model.context is not None:  # the non-anchors' parameters depend on the coded anchors
+                params = self._after_anchors(params, _y_symbols(y_tile, params.chunk(2, dim=1)[1].float()))
+            scale_index, means = _scale_index_and_means(params)
+            y_sym = _y_symbols(y_tile, means)     # the anchors' symbols are those the context saw
+            for part in self._y_passes(y_sym.shape):
+                enc.encode_gaussian(y_sym[part], scale_index[part], SCALE_TABLE, lo=lo, hi=hi)
+            digests.append(param_digest(scale_index))
+            y_hat[:, :, rows[0]:rows[1], cols[0]:cols[1]] = torch.from_numpy(y_sym).float() + means
+        payload = ResidualPayload(rate=rate, conditioned=semantic is not None, digest=digests[0],
+                                  words=enc.to_bytes(), tile_digests=tuple(digests[1:])).to_bytes()
+        return payload, y_hat
 
     def encode(self, x: torch.Tensor, q: float, semantic: SemanticCondition | None = None) -> bytes:
         """Encode an image x (1, 3, H, W) in [0, 1] at rate knob ``q``."""
@@ -123,44 +141,81 @@ class ResidualCoder:
 
     # ------------------------------------------------------------------ decode
     @torch.no_grad()
-    def decode(self, payload: bytes, width: int, height: int,
-               semantic: SemanticCondition | None = None) -> torch.Tensor:
-        """Decode a RES1 payload into x_hat (1, 3, height, width) in [0, 1].
+    def decode(self, payload: bytes, width: int, height: int, semantic: SemanticCondition | None = None,
+               tiles_allowed: bool = True) -> np.ndarray:
+        """Decode a RES1 payload into the image's pixels (height, width, 3) uint8.
+
+        The work goes tile by tile (see :mod:`.payload`): each tile's digest is checked as soon as its
+        parameters are known, and ``g_s`` turns the decoded rows into pixels as they become complete, so
+        memory is bounded by a tile's row of the image (besides the image itself). A stream written
+        before tiles existed (a large latent without the tiled flag) is decoded whole, as it was coded.
+
+        Args:
+            tiles_allowed: the stream's format version defines tiled payloads (1.3 and later).
 
         Raises:
-            CorruptStreamError / TruncatedStreamError: damaged payload.
-            ModelMismatchError: the payload needs layer 0 conditioning that was not supplied,
-                or this machine computed other entropy parameters than the encoder.
+            CorruptStreamError / TruncatedStreamError: damaged payload (too short for the image it claims,
+                a digest that does not match, data left over).
+            ModelMismatchError: the payload needs layer 0 conditioning that was not supplied.
         """
-        p = ResidualPayload.from_bytes(payload, self.rate_range)
+        hp, wp = _aligned(height), _aligned(width)
+        latent_size = (hp // 16, wp // 16)
+        tiles = param_tiles(latent_size)
+        p = ResidualPayload.from_bytes(payload, self.rate_range, len(tiles), tiles_allowed)
         if p.conditioned and semantic is None:
             raise ModelMismatchError("the pixel layer was coded conditioned on the semantic layer, which is missing")
         if not p.conditioned:
             semantic = None
-        hp, wp = _aligned(height), _aligned(width)
+        self._check_plausible_size(p, latent_size)
+        if not p.tiled:                                                    # coded whole (every stream before 1.3)
+            if len(tiles) > 1 and height * width > MAX_UNTILED_PIXELS:
+                raise CorruptStreamError(f"the pixel layer of a {width}x{height} image is not coded by tiles, which "
+                                         f"no encoder wrote above {MAX_UNTILED_PIXELS // 10**6} megapixels")
+            tiles = [((0, latent_size[0]), (0, latent_size[1]))]
         dec = EntropyDecoder(p.words)
         z_shape = (1, self.model.config.N, hp // ALIGN, wp // ALIGN)
         z_sym = dec.decode_categorical(self.z_tables, self._z_table_index(z_shape))
         z_hat = torch.from_numpy(z_sym).float() + self.z_medians[None, :, None, None]
-        latent_size = (hp // 16, wp // 16)
-        params = self._y_parameters(z_hat, p.rate, latent_size, semantic)
-        scale_index, means = _scale_index_and_means(params)
+        synthesis = _BandSynthesis(self, p.rate, latent_size, width, height)
         lo, hi = Y_SYMBOL_RANGE
-        y_sym = np.zeros(scale_index.shape, dtype=np.int32)                # (1, M, h, w)
-        passes = self._y_passes(y_sym.shape)
-        if self.model.context is not None:
-            anchors = passes.pop(0)
-            y_sym[anchors] = dec.decode_gaussian(scale_index[anchors], SCALE_TABLE, lo=lo, hi=hi)
-            params = self._after_anchors(params, y_sym)
+        for tile, ((rows, cols), digest) in enumerate(zip(tiles, p.digests)):
+            params = self._tile_parameters(z_hat, p.rate, latent_size, rows, cols, semantic)
             scale_index, means = _scale_index_and_means(params)
-        if param_digest(scale_index) != p.digest:
-            raise ModelMismatchError("this machine computed different entropy parameters than the encoder "
-                                     "(checkpoint or platform mismatch); refusing to decode garbage")
-        for part in passes:
-            y_sym[part] = dec.decode_gaussian(scale_index[part], SCALE_TABLE, lo=lo, hi=hi)
+            y_sym = np.zeros(scale_index.shape, dtype=np.int32)            # (1, M, tile h, tile w)
+            passes = self._y_passes(y_sym.shape)
+            if self.model.context is not None:
+                anchors = passes.pop(0)
+                y_sym[anchors] = dec.decode_gaussian(scale_index[anchors], SCALE_TABLE, lo=lo, hi=hi)
+                params = self._after_anchors(params, y_sym)
+                scale_index, means = _scale_index_and_means(params)
+            if param_digest(scale_index) != digest:
+                raise self._digest_failure(tile, len(tiles))
+            for part in passes:
+                y_sym[part] = dec.decode_gaussian(scale_index[part], SCALE_TABLE, lo=lo, hi=hi)
+            synthesis.add(rows, cols, torch.from_numpy(y_sym).float() + means)   # (1, M, tile h, tile w)
         dec.finish()
-        y_hat = torch.from_numpy(y_sym).float() + means                    # (1, M, h, w)
-        return self.reconstruct(y_hat, p.rate / RATE_ONE, width, height)
+        return synthesis.pixels
+
+    def _check_plausible_size(self, p: ResidualPayload, latent_size: tuple[int, int]) -> None:
+        """Refuse a payload too short to hold the image its header claims, before any work: every symbol of
+        ``y`` costs at least :data:`~.payload.MIN_BITS_PER_Y_SYMBOL` bits (the range coder ends within
+        64 bits of the information it carries)."""
+        symbols = self.model.config.M * latent_size[0] * latent_size[1]
+        if len(p.words) * 8 + 64 < symbols * MIN_BITS_PER_Y_SYMBOL:
+            raise CorruptStreamError(f"the pixel layer's {len(p.words)} bytes of coded data cannot hold the "
+                                     f"{latent_size[1] * 16}x{latent_size[0] * 16} image the header claims "
+                                     f"(at least {math.ceil(symbols * MIN_BITS_PER_Y_SYMBOL / 8)} bytes)")
+
+    @staticmethod
+    def _digest_failure(tile: int, tiles: int) -> SemcodecError:
+        """The error for a tile whose scale indices do not match the digest the encoder stored. The stream
+        names this very checkpoint (checked before) and its CRCs passed, so the likely cause is damage that
+        kept a valid CRC (a crafted or mis-repaired stream); the other, a machine whose float64 arithmetic
+        differs from the encoder's, is named too."""
+        where = f"tile {tile + 1} of {tiles}" if tiles > 1 else "the whole latent"
+        return CorruptStreamError(f"the pixel layer's entropy parameters do not match the digest its encoder stored "
+                                  f"({where}): the stream is damaged (or was written on a machine whose float64 "
+                                  "arithmetic differs from this one's); refusing to decode garbage")
 
     @torch.no_grad()
     def reconstruct(self, y_hat: torch.Tensor, q: float, width: int, height: int) -> torch.Tensor:
@@ -182,14 +237,24 @@ class ResidualCoder:
         """Channel index of every z symbol: (1, N, a, b)."""
         return np.broadcast_to(np.arange(shape[1], dtype=np.int32)[None, :, None, None], shape)
 
-    def _y_parameters(self, z_hat: torch.Tensor, rate: int, latent_size, semantic) -> torch.Tensor:
-        """Entropy parameters (scales ‖ means) (1, 2M, h, w) of y from z_hat, in float64
-        (final for the anchors; the others get :meth:`ResidualCodec.context_parameters`)."""
+    def _tile_parameters(self, z_hat: torch.Tensor, rate: int, latent_size: tuple[int, int],
+                         rows: tuple[int, int], cols: tuple[int, int],
+                         semantic: SemanticCondition | None) -> torch.Tensor:
+        """Entropy parameters (scales ‖ means) (1, 2M, tile h, tile w) float64 of the latent's tile ``rows`` ×
+        ``cols``, from ``ẑ`` (1, N, h/4, w/4) (and the tokens) of the tile's area widened by
+        :data:`~.payload.PARAM_MARGIN` (final for the anchors; the others get
+        :meth:`ResidualCodec.context_parameters`). A tile that is the whole latent is computed whole."""
+        (h, w), (r0, r1), (c0, c1) = latent_size, rows, cols
+        a0, a1 = max(r0 - PARAM_MARGIN, 0), min(r1 + PARAM_MARGIN, h)     # multiples of 4, as are r0 and c0
+        b0, b1 = max(c0 - PARAM_MARGIN, 0), min(c1 + PARAM_MARGIN, w)
         exact = self._parameter_path
         gains = exact.gains(torch.tensor([rate / RATE_ONE], dtype=torch.float64))
         if semantic is not None:
-            semantic = replace(semantic, tokens=semantic.tokens.double())
-        return exact.entropy_parameters(z_hat.double(), gains, tuple(latent_size), semantic)
+            semantic = replace(semantic, tokens=semantic.tokens.double(),
+                               region=_sub_region(semantic.region, (h, w), (a0, a1), (b0, b1)))
+        z_area = z_hat[:, :, a0 // 4:a1 // 4, b0 // 4:b1 // 4].double()
+        params = exact.entropy_parameters(z_area, gains, (a1 - a0, b1 - b0), semantic)
+        return params[:, :, r0 - a0:r1 - a0, c0 - b0:c1 - b0]
 
     def _after_anchors(self, params: torch.Tensor, y_sym: np.ndarray) -> torch.Tensor:
         """Parameters (1, 2M, h, w) float64 of every position once the anchors' symbols (in ``y_sym``,
@@ -204,6 +269,65 @@ class ResidualCoder:
             return [...]
         anchors = np.broadcast_to(checkerboard_anchors(shape[-2:]).numpy(), shape)
         return [anchors, ~anchors]
+
+
+def _sub_region(region, latent_size: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int]):
+    """The semantic prior's region (top, left, height, width; fractions of the tower input) of the latent's
+    area ``rows`` × ``cols``, from the whole latent's ``region``; the region itself for the whole latent."""
+    (h, w), (a0, a1), (b0, b1) = latent_size, rows, cols
+    if (a0, a1, b0, b1) == (0, h, 0, w):
+        return region
+    if isinstance(region, list):
+        return [_sub_region(r, latent_size, rows, cols) for r in region]
+    top, left, height, width = region
+    return (top + height * a0 / h, left + width * b0 / w, height * (a1 - a0) / h, width * (b1 - b0) / w)
+
+
+class _BandSynthesis:
+    """``g_s`` of a latent that arrives tile by tile, turned into uint8 pixels band by band.
+
+    The synthesis tiles are those of :func:`_run_tiled` (so the pixels equal a whole decode's); a band of
+    them is run as soon as the decoded rows reach its lower margin, and the rows no band needs any more
+    are dropped: besides the output image, memory holds at most a parameter tile's row of the latent
+    and the band being synthesized.
+    """
+
+    def __init__(self, coder: "ResidualCoder", rate: int, latent_size: tuple[int, int], width: int, height: int):
+        self.g_s = coder.model.g_s
+        self.inverse_gain = coder.model.gains(torch.tensor([rate / RATE_ONE]))["y_inv"]      # (1, M, 1, 1)
+        self.h, self.w = latent_size
+        self.width, self.height = width, height
+        self.pixels = np.empty((height, width, 3), dtype=np.uint8)
+        self.bands = _tile_spans(self.h)                   # synthesis rows, pending
+        self.rows: list[tuple[int, torch.Tensor]] = []     # (first latent row, (1, M, n, w) decoded rows)
+        self.pending: dict[int, list[tuple[tuple[int, int], torch.Tensor]]] = {}   # a row of tiles being decoded
+
+    def add(self, rows: tuple[int, int], cols: tuple[int, int], y_hat: torch.Tensor) -> None:
+        """Take the decoded ``ŷ`` (1, M, tile h, tile w) of one tile; synthesize what is complete."""
+        parts = self.pending.setdefault(rows[0], [])
+        parts.append((cols, y_hat))
+        if cols[1] < self.w:
+            return                                         # the row of tiles is not complete yet
+        del self.pending[rows[0]]
+        self.rows.append((rows[0], torch.cat([t for _, t in sorted(parts, key=lambda p: p[0])], dim=-1)))
+        done = rows[1]
+        while self.bands and min(self.bands[0][1] + TILE_MARGIN, self.h) <= done:
+            self._synthesize(*self.bands.pop(0))
+
+    def _synthesize(self, r0: int, r1: int) -> None:
+        a0, a1 = max(r0 - TILE_MARGIN, 0), min(r1 + TILE_MARGIN, self.h)
+        self.rows = [(start, t) for start, t in self.rows if start + t.shape[-2] > a0]   # drop what is behind
+        first = self.rows[0][0]
+        band = torch.cat([t for _, t in self.rows], dim=-2)[:, :, a0 - first:a1 - first] * self.inverse_gain
+        top, bottom = r0 * 16, min(r1 * 16, self.height)
+        for c0, c1 in _tile_spans(self.w):
+            b0, b1 = max(c0 - TILE_MARGIN, 0), min(c1 + TILE_MARGIN, self.w)
+            x_hat = _run_channels_last(self.g_s, band[:, :, :, b0:b1])        # (1, 3, 16·band h, 16·tile w)
+            left, right = c0 * 16, min(c1 * 16, self.width)
+            if top >= bottom or left >= right:
+                continue                                   # padding only
+            crop = x_hat[:, :, (r0 - a0) * 16:(r0 - a0) * 16 + bottom - top, (c0 - b0) * 16:(c0 - b0) * 16 + right - left]
+            self.pixels[top:bottom, left:right] = tensor_to_image(crop)
 
 
 def _scale_index_and_means(params: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
