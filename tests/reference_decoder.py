@@ -6,11 +6,12 @@ payload with its own integer arithmetic. It exists to show that the documents sp
 ``tests/test_reference_decoder.py`` checks that it computes the same scale-index digest that the payload stores and
 pixels within one level of semcodec's on golden streams of the shipped model.
 
-Scope: streams whose pixel layer is not conditioned on layer 0 (RES1 flag bit 0 clear). The semantic prior needs
-layer 0's decoded tokens (docs/semantic.md) and is specified in docs/pixels.md, but not implemented here.
+Scope: streams whose pixel layer is not conditioned on layer 0 (RES1 flag bit 0 clear), coded whole or by tiles
+(format 1.3, flag bit 1; docs/pixels.md §6.4). The semantic prior needs layer 0's decoded tokens (docs/semantic.md)
+and is specified in docs/pixels.md, but not implemented here.
 
-Each step is one function named after its section of docs/pixels.md; the whole-latent entropy-parameter path is
-:func:`entropy_parameters` and :func:`context_parameters`, so a tiled variant can replace those two.
+Each step is one function named after its section of docs/pixels.md. A latent coded whole is the one-tile case of
+the tiled decode: :func:`tile_parameters` of the whole latent is its entropy-parameter path.
 
 Usage::
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -39,6 +41,11 @@ SCALE_MIN, SCALE_MAX, SCALE_COUNT, SCALE_BITS = 0.11, 256.0, 64, 20
 DIGEST_PREFIX = b"semcodec-param-digest-v1"
 LEAKY_SLOPE = 0.01
 FLAG_SEMANTIC = 0x01
+FLAG_TILED = 0x02             # format 1.3: entropy parameters by tiles (pixels.md §6.4)
+TILES_VERSION = (1, 3)        # the container version from which the tiled flag exists
+PARAM_TILE, PARAM_MARGIN = 64, 8                       # tile side and margin of ẑ, latent positions
+MAX_UNTILED_PIXELS = 64_000_000                        # no encoder coded a larger image whole
+MIN_BITS_PER_Y_SYMBOL = -math.log2(1 - (Y_HI - Y_LO) / 2**PRECISION)   # the fewest bits a y symbol costs
 MAGIC = b"\x89SMC\r\n\x1a\n"
 MASK64 = (1 << 64) - 1
 
@@ -56,13 +63,14 @@ class Container:
     codec_model: str
     codec_checkpoint: bytes
     layers: dict[str, bytes]
+    version: tuple[int, int]     # (major, minor)
 
 
 def read_container(data: bytes) -> Container:
     """The header fields and the listed layers' payloads of a format-1 stream (optional chunks are skipped)."""
     if data[:8] != MAGIC or len(data) < 16:
         raise ReferenceDecodeError("not a semcodec stream")
-    major, _minor, flags, hlen = struct.unpack_from("<BBHI", data, 8)
+    major, minor, flags, hlen = struct.unpack_from("<BBHI", data, 8)
     if major != 1:
         raise ReferenceDecodeError(f"format {major}.x is not format 1")
     header = data[16:16 + hlen]
@@ -93,7 +101,7 @@ def read_container(data: bytes) -> Container:
         if kind in listed:
             layers[kind] = data[at + 8:at + 8 + n]
         at += 12 + n
-    return Container(width, height, bool(flags & 1), codec_model, codec_checkpoint, layers)
+    return Container(width, height, bool(flags & 1), codec_model, codec_checkpoint, layers, (major, minor))
 
 
 # --------------------------------------------------------------------------- checkpoint (pixels.md §3)
@@ -259,12 +267,34 @@ def param_digest(index: np.ndarray) -> bytes:
 
 
 def entropy_parameters(codec: Codec, z_hat: np.ndarray, q: float) -> np.ndarray:
-    """(scales ‖ means) (2M, h, w) float64 of y from ẑ (N, a, b), before the context."""
+    """(scales ‖ means) (2M, 4a, 4b) float64 of y from ẑ (N, a, b), before the context."""
     return h_s(codec, z_hat.astype(np.float64) * codec.gains("log_hyper_inv_gain", q)[:, None, None])
 
 
+def param_tiles(h: int, w: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The (rows, columns) ``[start, end)`` spans of the entropy-parameter tiles of an (h, w) latent, in coding
+    order (rows of tiles top to bottom, left to right in a row): edges at multiples of 64, the last ones shorter."""
+    def spans(n: int) -> list[tuple[int, int]]:
+        return [(start, min(start + PARAM_TILE, n)) for start in range(0, n, PARAM_TILE)]
+
+    return [(rows, cols) for rows in spans(h) for cols in spans(w)]
+
+
+def tile_parameters(codec: Codec, z_hat: np.ndarray, q: float, latent: tuple[int, int], rows: tuple[int, int],
+                    cols: tuple[int, int]) -> np.ndarray:
+    """(scales ‖ means) (2M, tile h, tile w) float64 of the tile ``rows`` × ``cols`` of an (h, w) latent, before
+    the context: ``h_s`` of ẑ (N, h/4, w/4) over the tile's area widened by the margin and clipped to the latent,
+    cropped to the tile. For the whole latent as one tile, the whole-latent parameters."""
+    (h, w), (r0, r1), (c0, c1) = latent, rows, cols
+    a0, a1 = max(r0 - PARAM_MARGIN, 0), min(r1 + PARAM_MARGIN, h)           # multiples of 4
+    b0, b1 = max(c0 - PARAM_MARGIN, 0), min(c1 + PARAM_MARGIN, w)
+    area = entropy_parameters(codec, z_hat[:, a0 // 4:a1 // 4, b0 // 4:b1 // 4], q)  # (2M, a1 - a0, b1 - b0)
+    return area[:, r0 - a0:r1 - a0, c0 - b0:c1 - b0]
+
+
 def context_parameters(codec: Codec, params: np.ndarray, y_sym: np.ndarray) -> np.ndarray:
-    """Parameters after the anchors' symbols ``y_sym`` (M, h, w) are known: the non-anchors corrected."""
+    """Parameters after the anchors' symbols ``y_sym`` (M, h, w) are known: the non-anchors corrected. On a tile,
+    the tile alone (its border is zero-padded like the latent's)."""
     anchors = anchors_mask(*params.shape[1:])
     y_hat = (y_sym.astype(np.float64) + params[codec.M:]) * anchors
     return np.where(anchors, params, params + context_correction(codec, y_hat, params))
@@ -416,28 +446,53 @@ class RangeDecoder:
 @dataclass
 class Decoded:
     pixels: np.ndarray           # (H, W, 3) uint8
-    digest: bytes                # param_digest of the scale indices this decoder computed
-    stored_digest: bytes         # the payload's
+    digests: tuple[bytes, ...]   # param_digest of each tile's scale indices, as this decoder computed them
+    stored_digests: tuple[bytes, ...]    # the payload's (one when coded whole)
+    tiles: list                  # (rows, columns) spans of the tiles, in coding order ([whole latent] when untiled)
     z_symbols: np.ndarray        # (N, a, b)
     y_symbols: np.ndarray        # (M, h, w)
     scale_index: np.ndarray      # (M, h, w)
     rate: int
+    words: bytes                 # the range-coded data (after the digest table)
 
 
-def decode_res1(codec: Codec, payload: bytes, width: int, height: int, check_digest: bool = True) -> Decoded:
-    """Decode a RES1 payload of a ``width × height`` image (not conditioned on layer 0)."""
+def decode_res1(codec: Codec, payload: bytes, width: int, height: int, check_digest: bool = True,
+                version: tuple[int, int] = TILES_VERSION) -> Decoded:
+    """Decode a RES1 payload of a ``width × height`` image (not conditioned on layer 0) from a stream of format
+    ``version``, in the order of pixels.md §6.2 and §6.4."""
+    if len(payload) < 7:
+        raise ReferenceDecodeError("the pixel layer is shorter than its prefix")
     rate, flags, stored = struct.unpack_from("<hB4s", payload)
     q_min, q_max = codec.rate_range
     if not q_min * RATE_ONE <= rate <= q_max * RATE_ONE:
         raise ReferenceDecodeError(f"rate knob {rate / RATE_ONE} outside the model's range")
-    if flags & FLAG_SEMANTIC:
-        raise ReferenceDecodeError("a pixel layer conditioned on layer 0 (not implemented by this reference)")
-    if flags or (len(payload) - 7) % 4:
-        raise ReferenceDecodeError("damaged pixel layer")
+    known = FLAG_SEMANTIC | (FLAG_TILED if version >= TILES_VERSION else 0)
+    if flags & ~known:
+        raise ReferenceDecodeError(f"the pixel layer has unknown flags 0x{flags:02x}")
     q = rate / RATE_ONE
-    dec = RangeDecoder(np.frombuffer(payload, dtype="<u4", offset=7))
     hp, wp = -(-height // ALIGN) * ALIGN, -(-width // ALIGN) * ALIGN
     h, w, M = hp // 16, wp // 16, codec.M
+    tiles = param_tiles(h, w)
+    stored_digests, start = (stored,), 7
+    if flags & FLAG_TILED:
+        if len(tiles) < 2:
+            raise ReferenceDecodeError("the tiled flag is set, but the latent fits one tile")
+        start += 4 * (len(tiles) - 1)
+        if len(payload) < start:
+            raise ReferenceDecodeError("the pixel layer ends inside its table of tile digests")
+        stored_digests += tuple(payload[i:i + 4] for i in range(7, start, 4))
+    words = payload[start:]
+    if len(words) % 4:
+        raise ReferenceDecodeError("damaged pixel layer (its words are not whole)")
+    if flags & FLAG_SEMANTIC:
+        raise ReferenceDecodeError("a pixel layer conditioned on layer 0 (not implemented by this reference)")
+    if len(words) * 8 + 64 < M * h * w * MIN_BITS_PER_Y_SYMBOL:
+        raise ReferenceDecodeError("the pixel layer's coded data is too short for the image it claims")
+    if not flags & FLAG_TILED:
+        if len(tiles) > 1 and width * height > MAX_UNTILED_PIXELS:
+            raise ReferenceDecodeError("a pixel layer above 64 megapixels that is not coded by tiles")
+        tiles = [((0, h), (0, w))]                                   # coded whole (every stream before 1.3)
+    dec = RangeDecoder(np.frombuffer(words, dtype="<u4"))
 
     # z: raster order, one categorical table per channel
     z_sym = np.zeros((codec.N, hp // ALIGN, wp // ALIGN), dtype=np.int64)
@@ -448,39 +503,47 @@ def decode_res1(codec: Codec, payload: bytes, width: int, height: int, check_dig
                 z_sym[c, r, col] = codec.z_offset[c] + index
     z_hat = z_sym.astype(np.float32) + codec.z_medians[:, None, None]                 # float32 sum
 
-    params = entropy_parameters(codec, z_hat, q)[:, :h, :w]
-    index = scale_index(params[:M])
+    # y: tile after tile; within a tile the anchors, then the others (or everything at once without the context)
     y_sym = np.zeros((M, h, w), dtype=np.int64)
+    index = np.zeros((M, h, w), dtype=np.int64)
+    means = np.zeros((M, h, w), dtype=np.float32)
     cdfs: dict[int, np.ndarray] = {}
+    digests = []
+    for t, (((r0, r1), (c0, c1)), expected) in enumerate(zip(tiles, stored_digests)):
+        params = tile_parameters(codec, z_hat, q, (h, w), (r0, r1), (c0, c1))           # (2M, th, tw)
+        tile_sym = np.zeros((M, r1 - r0, c1 - c0), dtype=np.int64)
+        tile_index = scale_index(params[:M])
 
-    def decode_y(mask: np.ndarray) -> None:
-        for c, r, col in zip(*np.nonzero(mask)):
-            k = int(index[c, r, col])
-            if k not in cdfs:
-                cdfs[k] = gaussian_cdf(float(SCALES[k]))
-            y_sym[c, r, col] = Y_LO + dec.decode(cdfs[k])
+        def decode_y(mask: np.ndarray) -> None:
+            for c, r, col in zip(*np.nonzero(mask)):
+                k = int(tile_index[c, r, col])
+                if k not in cdfs:
+                    cdfs[k] = gaussian_cdf(float(SCALES[k]))
+                tile_sym[c, r, col] = Y_LO + dec.decode(cdfs[k])
 
-    everything = np.ones((M, h, w), dtype=bool)
-    passes = [everything]
-    if codec.context:
-        anchors = np.broadcast_to(anchors_mask(h, w), (M, h, w))
-        decode_y(anchors)
-        params = context_parameters(codec, params, y_sym)
-        index = scale_index(params[:M])
-        passes = [~anchors]
-    digest = param_digest(index[None])
-    if check_digest and digest != stored:
-        raise ReferenceDecodeError("computed other entropy parameters than the encoder (digest mismatch)")
-    for mask in passes:
-        decode_y(mask)
+        passes = [np.ones(tile_sym.shape, dtype=bool)]
+        if codec.context:
+            anchors = np.broadcast_to(anchors_mask(r1 - r0, c1 - c0), tile_sym.shape)
+            decode_y(anchors)
+            params = context_parameters(codec, params, tile_sym)
+            tile_index = scale_index(params[:M])
+            passes = [~anchors]
+        digests.append(param_digest(tile_index[None]))
+        if check_digest and digests[-1] != expected:
+            where = f"tile {t + 1} of {len(tiles)}" if len(tiles) > 1 else "the whole latent"
+            raise ReferenceDecodeError(f"computed other entropy parameters than the encoder ({where}: digest mismatch)")
+        for mask in passes:
+            decode_y(mask)
+        y_sym[:, r0:r1, c0:c1], index[:, r0:r1, c0:c1] = tile_sym, tile_index
+        means[:, r0:r1, c0:c1] = params[M:].astype(np.float32)
     if not dec.maybe_exhausted():
         raise ReferenceDecodeError("data left after the last symbol")
 
-    means = params[M:].astype(np.float32)
     y_hat = y_sym.astype(np.float32) + means
     x = g_s(codec, y_hat * codec.gains("log_inv_gain", q, np.float32)[:, None, None])[:, :height, :width]
     pixels = np.floor(np.clip(x, 0, 1) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
-    return Decoded(pixels.transpose(1, 2, 0).copy(), digest, stored, z_sym, y_sym, index, rate)
+    return Decoded(pixels.transpose(1, 2, 0).copy(), tuple(digests), stored_digests, tiles, z_sym, y_sym, index,
+                   rate, bytes(words))
 
 
 def decode_stream(data: bytes, checkpoint: str | Path | Codec) -> tuple[Decoded, Container]:
@@ -491,7 +554,8 @@ def decode_stream(data: bytes, checkpoint: str | Path | Codec) -> tuple[Decoded,
     codec = checkpoint if isinstance(checkpoint, Codec) else Codec(checkpoint)
     if codec.sha256[:8] != container.codec_checkpoint:
         raise ReferenceDecodeError("the stream was written with another checkpoint")
-    return decode_res1(codec, container.layers["RES1"], container.width, container.height), container
+    return decode_res1(codec, container.layers["RES1"], container.width, container.height,
+                       version=container.version), container
 
 
 def gray(pixels: np.ndarray) -> np.ndarray:

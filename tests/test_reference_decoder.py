@@ -20,14 +20,18 @@ from helpers import REPO, SAMPLE, TEST_DATA, pixels_digest
 
 GOLDEN = TEST_DATA / "golden"
 SHIPPED = REPO / "checkpoints" / "semcodec-ms192.safetensors"
-#: name → (left, top, width, height) of the crop of assets/sample.jpg, quality, gray.
+#: name → (left, top, width, height) of the crop of assets/sample.jpg (resized first to ``resize`` when given),
+#: quality, gray, resize.
 GOLDENS = {
     # quality 30 is knob q = -1.3: gains extrapolated below level 0 (the level index clamps to 0)
-    "ms192-sample-64x48-q30": ((200, 100, 64, 48), 30, False),
+    "ms192-sample-64x48-q30": ((200, 100, 64, 48), 30, False, None),
     # q = 2.75 between two trained levels; a 2×2 hyper-latent and an 8×8 latent, cropped on both sides
-    "ms192-sample-120x90-q75": ((150, 60, 120, 90), 75, False),
+    "ms192-sample-120x90-q75": ((150, 60, 120, 90), 75, False, None),
     # a gray image: the container's gray flag, decoded as one channel
-    "ms192-gray-40x56-q50": ((300, 180, 40, 56), 50, True),
+    "ms192-gray-40x56-q50": ((300, 180, 40, 56), 50, True, None),
+    # the smallest images coded by tiles (format 1.3): a 4×68 latent, two tiles (64 and 4 columns wide), so
+    # the context of the first tile's last columns does not see the second tile's anchors; q = -2.2
+    "ms192-sample-1040x48-q20-tiled": ((0, 300, 1040, 48), 20, False, (1040, 692)),
 }
 REGEN = os.environ.get("SEMCODEC_REGEN") == "1"
 
@@ -36,8 +40,11 @@ def _golden(name: str) -> bytes:
     """The golden stream ``name`` (rewritten with its pixels' digest under ``SEMCODEC_REGEN=1``)."""
     path = GOLDEN / f"{name}.smc"
     if REGEN:
-        (left, top, width, height), quality, gray = GOLDENS[name]
-        image = Image.open(SAMPLE).convert("L" if gray else "RGB").crop((left, top, left + width, top + height))
+        (left, top, width, height), quality, gray, resize = GOLDENS[name]
+        image = Image.open(SAMPLE).convert("L" if gray else "RGB")
+        if resize is not None:
+            image = image.resize(resize, Image.Resampling.BICUBIC)
+        image = image.crop((left, top, left + width, top + height))
         data = semcodec.compress(np.asarray(image), quality=quality, semantic=False)
         path.write_bytes(data)
         path.with_suffix(".sha256").write_text(pixels_digest(semcodec.decompress(data)) + "\n")
@@ -49,17 +56,32 @@ def reference_codec() -> rd.Codec:
     return rd.Codec(SHIPPED)
 
 
+@pytest.fixture(scope="module")
+def reference_decode(reference_codec):
+    """``name → (rd.Decoded, rd.Container)`` of a golden, decoded once per module (the tiled one takes seconds)."""
+    decoded = {}
+
+    def decode(name: str) -> tuple[rd.Decoded, rd.Container]:
+        if name not in decoded:
+            decoded[name] = rd.decode_stream(_golden(name), reference_codec)
+        return decoded[name]
+    return decode
+
+
 @pytest.mark.parametrize("name", GOLDENS)
-def test_reference_decoder_matches_semcodec(name, reference_codec):
+def test_reference_decoder_matches_semcodec(name, reference_decode):
     """semcodec decodes the golden to its recorded pixels; the reference computes the same scale-index digest
-    as the payload stores and pixels within one level of semcodec's everywhere."""
-    data = _golden(name)
-    image = semcodec.decompress(data)
+    as the payload stores (of every tile, when coded by tiles) and pixels within one level of semcodec's."""
+    image = semcodec.decompress(_golden(name))
     assert pixels_digest(image) == (GOLDEN / f"{name}.sha256").read_text().strip()
 
-    decoded, container = rd.decode_stream(data, reference_codec)
-    assert decoded.digest == decoded.stored_digest
-    (_, _, width, height), _, gray = GOLDENS[name]
+    decoded, container = reference_decode(name)
+    assert decoded.digests == decoded.stored_digests
+    if name.endswith("-tiled"):
+        assert container.version == (1, 3) and len(decoded.tiles) == len(decoded.stored_digests) == 2
+    else:
+        assert container.version < (1, 3) and len(decoded.tiles) == 1
+    (_, _, width, height), _, gray, _ = GOLDENS[name]
     assert (container.width, container.height, container.gray) == (width, height, gray)
     ours = rd.gray(decoded.pixels) if gray else decoded.pixels
     theirs = np.asarray(image)
@@ -68,14 +90,14 @@ def test_reference_decoder_matches_semcodec(name, reference_codec):
 
 
 @pytest.mark.parametrize("name", GOLDENS)
-def test_reference_symbols_reencode_to_the_payload(name, reference_codec):
+def test_reference_symbols_reencode_to_the_payload(name, reference_decode):
     """The reference's decoded symbols and scale indices, coded again by semcodec's entropy coder in the order
-    docs/pixels.md gives, reproduce the payload's words exactly: the entropy decoding is identical."""
+    docs/pixels.md gives (z, then tile after tile its anchors and the others), reproduce the payload's words
+    exactly: the entropy decoding is identical."""
     from semcodec.bitstream.entropy import CategoricalTables, EntropyEncoder, ScaleTable
 
-    container = rd.read_container(_golden(name))
+    decoded, container = reference_decode(name)
     payload = container.layers["RES1"]
-    decoded = rd.decode_res1(reference_codec, payload, container.width, container.height)
     ckpt, _ = rd.read_safetensors(SHIPPED)
     tables = CategoricalTables.from_quantized_cdf(ckpt["entropy_bottleneck._quantized_cdf"],
                                                   ckpt["entropy_bottleneck._cdf_length"],
@@ -83,11 +105,13 @@ def test_reference_symbols_reencode_to_the_payload(name, reference_codec):
     enc = EntropyEncoder()
     z = decoded.z_symbols
     enc.encode_categorical(z, tables, np.broadcast_to(np.arange(z.shape[0])[:, None, None], z.shape))
-    anchors = np.broadcast_to(rd.anchors_mask(*decoded.y_symbols.shape[1:]), decoded.y_symbols.shape)
     table = ScaleTable.geometric(min=rd.SCALE_MIN, max=rd.SCALE_MAX, count=rd.SCALE_COUNT)
-    for part in (anchors, ~anchors):
-        enc.encode_gaussian(decoded.y_symbols[part], decoded.scale_index[part], table, lo=rd.Y_LO, hi=rd.Y_HI)
-    assert enc.to_bytes() == payload[7:]
+    for (r0, r1), (c0, c1) in decoded.tiles:                     # tile after tile: anchors, then the others
+        symbols, index = decoded.y_symbols[:, r0:r1, c0:c1], decoded.scale_index[:, r0:r1, c0:c1]
+        anchors = np.broadcast_to(rd.anchors_mask(r1 - r0, c1 - c0), symbols.shape)
+        for part in (anchors, ~anchors):
+            enc.encode_gaussian(symbols[part], index[part], table, lo=rd.Y_LO, hi=rd.Y_HI)
+    assert enc.to_bytes() == payload[7 + 4 * (len(decoded.tiles) - 1):]
 
 
 def test_reference_decoder_refuses_other_parameters(reference_codec):
@@ -98,6 +122,30 @@ def test_reference_decoder_refuses_other_parameters(reference_codec):
     payload[0] ^= 0x04                                        # rate knob 4/4096 off, inside the model's range
     with pytest.raises(rd.ReferenceDecodeError, match="digest"):
         rd.decode_res1(reference_codec, bytes(payload), container.width, container.height)
+
+
+def test_reference_decoder_tile_checks(reference_codec):
+    """On the tiled golden, the reference refuses what semcodec refuses: a wrong digest of tile 2 (after tile 1
+    decoded), the tiled flag in a stream older than 1.3 (semcodec's payload parser gives the same message), and
+    the tiled flag on a latent of one tile; on another golden, coded data too short for the image a header claims."""
+    from semcodec.layers.pixels.payload import ResidualPayload
+
+    container = rd.read_container(_golden("ms192-sample-1040x48-q20-tiled"))
+    payload, size = container.layers["RES1"], (container.width, container.height)
+    damaged = bytearray(payload)
+    damaged[7] ^= 0x01                                        # tile 2's digest, first in the table
+    with pytest.raises(rd.ReferenceDecodeError, match="tile 2 of 2"):
+        rd.decode_res1(reference_codec, bytes(damaged), *size)
+    with pytest.raises(rd.ReferenceDecodeError, match="unknown flags 0x02"):
+        rd.decode_res1(reference_codec, payload, *size, version=(1, 2))
+    with pytest.raises(semcodec.CorruptStreamError, match="unknown flags 0x02"):
+        ResidualPayload.from_bytes(payload, reference_codec.rate_range, tiles=2, tiles_allowed=False)
+    with pytest.raises(rd.ReferenceDecodeError, match="fits one tile"):
+        rd.decode_res1(reference_codec, payload, 1024, 48)
+
+    untiled = rd.read_container(_golden("ms192-sample-120x90-q75")).layers["RES1"]
+    with pytest.raises(rd.ReferenceDecodeError, match="too short"):
+        rd.decode_res1(reference_codec, untiled, 16384, 16384)
 
 
 def test_reference_scale_table_and_gaussian_tables():
