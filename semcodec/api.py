@@ -58,8 +58,11 @@ DEFAULT_QUALITY = 75.0
 #: Largest image the pixel layer codes. Decoding works tile by tile (memory bounded by a row of 1024-pixel
 #: tiles, besides the decoded image); encoding holds the image and its latent (see the README's numbers).
 MAX_PIXEL_LAYER_PIXELS = 256_000_000
-#: Largest image whose latent the encoder refines (effort > 0): refinement backpropagates through the
-#: whole-image transforms, about 1 GiB per megapixel on top of the plain encode.
+#: Largest image whose latents the encoder refines (effort > 0): the refinement backpropagates through the
+#: whole-image synthesis, about 0.65 GiB per megapixel on top of the plain encode with the bfloat16 synthesis,
+#: 1.2 GiB without (measured peaks for a 1-megapixel image, process included: 1.23 and 1.79 GiB), and time in
+#: proportion to the pixels. Larger images are coded at effort 0 with a note (refining them tile by tile is not
+#: implemented).
 MAX_REFINED_PIXELS = 8_000_000
 #: Rate index of layer 0 when no semantic budget is given (see semcodec.layers.semantic).
 DEFAULT_SEMANTIC_RATE = 48
@@ -212,13 +215,13 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
                                 f"this one is {width}x{height}. Downscale it, or use --semantic-only")
     if steps and width * height > MAX_REFINED_PIXELS:
         notes.append(f"effort {effort}: the latent is refined only for images of up to "
-                     f"{MAX_REFINED_PIXELS // 10**6} megapixels (about 1 GiB of memory each); coded at effort 0")
+                     f"{MAX_REFINED_PIXELS // 10**6} megapixels (0.7–1.2 GiB of memory each); coded at effort 0")
         steps = 0
     codec = load_codec(model)
     header = _header(width, height, layer0, codec, gray)
     chunks_before = (Chunk(SEMANTIC_LAYER, layer0.payload),) if layer0 else ()
-    x = image_to_tensor(pixels)                                   # (1, 3, H, W)
-    y = codec.coder.analyze(x)                                    # (1, M, Hp/16, Wp/16), reused by every trial
+    y = codec.coder.analyze_pixels(pixels)                        # (1, M, Hp/16, Wp/16), reused by every trial
+    x = image_to_tensor(pixels) if steps else None                # (1, 3, H, W): the refinement's distortion
 
     condition = None
     if layer0 is not None and codec.coder.model.has_semantic_prior(layer0.model):

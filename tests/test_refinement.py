@@ -13,7 +13,7 @@ import semcodec.layers.pixels.refine as refine
 from semcodec.api import compress_image, load_codec
 from semcodec.errors import InvalidInputError
 from semcodec.layers.pixels.refine import Latents, refine_latents
-from semcodec.layers.pixels.coder import image_to_tensor, tensor_to_image
+from semcodec.layers.pixels.coder import image_to_tensor
 
 from helpers import SAMPLE, pixels_digest, pixels_digest_in_another_process
 
@@ -33,7 +33,7 @@ def true_cost(coder, payload: bytes, pixels: np.ndarray, q: float, semantic=None
     """What the refinement minimizes, measured independently: bits per pixel of the payload + λ(q) · MSE of
     the image the normal decoder makes of it."""
     height, width = pixels.shape[:2]
-    decoded = tensor_to_image(coder.decode(payload, width, height, semantic)).astype(np.float64)
+    decoded = coder.decode(payload, width, height, semantic).astype(np.float64)       # (H, W, 3) as decompress
     return len(payload) * 8 / (width * height) + coder.model.rd_lambda(q) * np.mean((decoded - pixels) ** 2)
 
 
@@ -158,6 +158,8 @@ def test_the_command_line_takes_a_device(runner, test_codec, few_iterations, tmp
     assert r.exit_code == 0, r.output
     assert "effort 2" not in r.stderr                                    # no bar: stderr is not a terminal
     assert semcodec.decompress(tmp_path / "crop.smc").size == (CROP.shape[1], CROP.shape[0])
+    r = runner.invoke(main, ["compress", str(tmp_path / "crop.png"), "-e", "2", "--progress", "-f", "--model", test_codec])
+    assert r.exit_code == 0 and "effort 2" in r.stderr and "12/12" in r.stderr         # asked for: a bar
     r = runner.invoke(main, ["compress", str(tmp_path / "crop.png"), "-o", str(tmp_path / "x.smc"), "-e", "1",
                              "--device", "nonsense", "--model", test_codec])
     assert r.exit_code != 0 and "device" in r.stderr and "Traceback" not in r.output

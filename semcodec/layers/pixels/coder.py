@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -87,9 +88,25 @@ class ResidualCoder:
         return _run_tiled(self.model.g_a, pad_to_alignment(x), pixels_per_input=16, pixels_per_output=1)
 
     @torch.no_grad()
+    def analyze_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """:meth:`analyze` of an (H, W, 3) uint8 image, converted to float tile by tile: the float image
+        (12 bytes a pixel, 24 with its padding) is never held whole. → y (1, M, Hp/16, Wp/16), the same values."""
+        height, width = pixels.shape[:2]
+        hp, wp = _aligned(height), _aligned(width)
+
+        def read(rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+            top, bottom, left, right = rows[0] * 16, rows[1] * 16, cols[0] * 16, cols[1] * 16
+            block = pixels[top:min(bottom, height), left:min(right, width)]
+            block = np.pad(block, ((0, bottom - top - block.shape[0]), (0, right - left - block.shape[1]), (0, 0)),
+                           mode="edge")                         # the padding of pad_to_alignment, where it falls
+            return image_to_tensor(block)                        # (1, 3, bottom - top, right - left)
+
+        return _run_tiled_from(self.model.g_a, read, (hp // 16, wp // 16), pixels_per_output=1)
+
+    @torch.no_grad()
     def encode_analyzed(self, y: torch.Tensor, q: float, semantic: SemanticCondition | None = None) -> bytes:
         """Encode an analyzed image at rate knob ``q`` into a RES1 payload."""
-        return self.encode_latents(*self.latents(y, q), q, semantic)[0]
+        return self._encode(*self.latents(y, q), q, semantic, keep_y_hat=False)[0]
 
     @torch.no_grad()
     def latents(self, y: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,12 +130,17 @@ class ResidualCoder:
             The RES1 payload, and ``ŷ`` (1, M, h, w) in the gained domain exactly as the decoder will
             reconstruct it (see :meth:`reconstruct`).
         """
+        return self._encode(y, z, q, semantic, keep_y_hat=True)
+
+    def _encode(self, y: torch.Tensor, z: torch.Tensor, q: float, semantic: SemanticCondition | None,
+                keep_y_hat: bool) -> tuple[bytes, torch.Tensor | None]:
+        """:meth:`encode_latents`; ``ŷ`` (another latent-sized tensor) only when ``keep_y_hat``."""
         rate = rate_to_fixed(q, self.rate_range)
         z_sym, z_hat = self._quantize_z(z)
         enc = EntropyEncoder()
         enc.encode_categorical(z_sym, self.z_tables, self._z_table_index(z_sym.shape))
         lo, hi = Y_SYMBOL_RANGE
-        y_hat = torch.empty_like(y)                                          # (1, M, h, w)
+        y_hat = torch.empty_like(y) if keep_y_hat else None                 # (1, M, h, w)
         digests = []
         for rows, cols in param_tiles(y.shape[-2:]):                        # one tile unless the latent is large
             y_tile = y[:, :, rows[0]:rows[1], cols[0]:cols[1]]
@@ -130,7 +152,8 @@ class ResidualCoder:
             for part in self._y_passes(y_sym.shape):
                 enc.encode_gaussian(y_sym[part], scale_index[part], SCALE_TABLE, lo=lo, hi=hi)
             digests.append(param_digest(scale_index))
-            y_hat[:, :, rows[0]:rows[1], cols[0]:cols[1]] = torch.from_numpy(y_sym).float() + means
+            if y_hat is not None:
+                y_hat[:, :, rows[0]:rows[1], cols[0]:cols[1]] = torch.from_numpy(y_sym).float() + means
         payload = ResidualPayload(rate=rate, conditioned=semantic is not None, digest=digests[0],
                                   words=enc.to_bytes(), tile_digests=tuple(digests[1:])).to_bytes()
         return payload, y_hat
@@ -378,16 +401,25 @@ def _run_tiled(transform: torch.nn.Module, x: torch.Tensor, pixels_per_input: in
     Returns:
         The output, equal to ``transform(x)`` up to the floating-point rounding of the convolutions.
     """
-    h, w = x.shape[-2] // pixels_per_input, x.shape[-1] // pixels_per_input
+    pi = pixels_per_input
+    return _run_tiled_from(transform, lambda rows, cols: x[:, :, rows[0] * pi:rows[1] * pi, cols[0] * pi:cols[1] * pi],
+                           (x.shape[-2] // pi, x.shape[-1] // pi), pixels_per_output)
+
+
+def _run_tiled_from(transform: torch.nn.Module, read: Callable[[tuple[int, int], tuple[int, int]], torch.Tensor],
+                    latent_size: tuple[int, int], pixels_per_output: int) -> torch.Tensor:
+    """:func:`_run_tiled` with the input given by ``read(rows, cols)``: the input of latent rows and columns
+    ``[start, end)`` (so that it need not exist whole, e.g. the float image of :meth:`ResidualCoder.analyze_pixels`)."""
+    h, w = latent_size
     if h <= TILE and w <= TILE:
-        return _run_channels_last(transform, x)
-    pi, po = pixels_per_input, pixels_per_output
+        return _run_channels_last(transform, read((0, h), (0, w)))
+    po = pixels_per_output
     out = None
     for r0, r1 in _tile_spans(h):
         a0, a1 = max(r0 - TILE_MARGIN, 0), min(r1 + TILE_MARGIN, h)            # with the margin
         for c0, c1 in _tile_spans(w):
             b0, b1 = max(c0 - TILE_MARGIN, 0), min(c1 + TILE_MARGIN, w)
-            tile = _run_channels_last(transform, x[:, :, a0 * pi:a1 * pi, b0 * pi:b1 * pi])
+            tile = _run_channels_last(transform, read((a0, a1), (b0, b1)))
             if out is None:
                 out = tile.new_empty((1, tile.shape[1], h * po, w * po))
             out[:, :, r0 * po:r1 * po, c0 * po:c1 * po] = \
