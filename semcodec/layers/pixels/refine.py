@@ -59,12 +59,13 @@ EFFORT_ITERATIONS = (0, 32, 160, 800)
 #: LONG_SCHEDULE iterations, and of a longer one. Measured on 384×256 Kodak crops at quality 30 and 70 (see
 #: docs/benchmarks.md): a larger step diverges (2e-2 at 120 iterations, 3e-2 at 30), a colder end
 #: (τ 0.05 or 0.02) leaves less gain at 30–120 iterations; over 480 iterations the smaller step and the colder
-#: end gain about one point more.
-LEARNING_RATE = ((1e-2, 1e-2), (5e-3, 5e-3))
+#: end gain about one point more, and over 800 a step decaying to 1e-3 about one more than a constant one (which
+#: stops gaining after ≈ 500).
+LEARNING_RATE = ((1e-2, 1e-2), (5e-3, 1e-3))
 TEMPERATURE = ((0.5, 0.15), (0.5, 0.1))
 LONG_SCHEDULE = 300
 #: The true cost is measured (besides the plain latents') at the end of the schedule and, from its middle
-#: on, every eighth of it but at most once per EVALUATION_SPACING iterations: one costs about two iterations.
+#: on, every eighth of it but at most once per EVALUATION_SPACING iterations (one costs about 1.2 iterations).
 EVALUATION_SPACING = 16
 #: Lower bound of a likelihood in the cost (the training value; the shipped checkpoint stores 0).
 LIKELIHOOD_BOUND = 1e-9
