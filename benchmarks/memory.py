@@ -97,9 +97,9 @@ def main() -> None:
             for f in (source, stream, decoded):
                 f.unlink(missing_ok=True)
         hostile = work / "hostile.smc"
-        hostile_stream(hostile, 16384, 16384)
+        hostile_stream(hostile, 16000, 16000)
         seconds, peak, status, err = run([semcodec, "decompress", str(hostile), "-o", str(work / "h.png"), "-f"])
-        print(f"| {hostile.stat().st_size}-byte stream claiming 16384x16384 | decompress (refused) | {seconds:.1f} "
+        print(f"| {hostile.stat().st_size}-byte stream claiming 16000x16000 | decompress (refused) | {seconds:.1f} "
               f"| {peak:.0f} | – | {status} |")
         print(f"\n{err.strip()}")
     finally:

@@ -102,3 +102,24 @@ def jpeg_with_metadata(size=(64, 48), orientation: int = 6) -> bytes:
     Image.open(SAMPLE).convert("RGB").resize(size).save(buf, "JPEG", quality=90, exif=exif, icc_profile=srgb,
                                                          xmp=XMP_PACKET.replace(b'"6"', b'"%d"' % orientation))
     return buf.getvalue()
+
+
+def run_cli_in_fresh_interpreter(*args: str, forbidden: tuple[str, ...] = (), env: dict | None = None):
+    """``semcodec ARGS`` in a fresh Python process (imports are per process); returns the completed process and
+    the modules of ``forbidden`` that the command imported (read from the last line of its stdout)."""
+    import ast
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "from semcodec.cli.main import main\n"
+              "sys.argv = ['semcodec', *sys.argv[1:]]\n"
+              "try:\n"
+              "    main()\n"
+              "finally:\n"
+              f"    print('imported:', [m for m in {forbidden!r} if m in sys.modules])\n")
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300,
+                            env=env)
+    last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    imported = ast.literal_eval(last.removeprefix("imported:").strip()) if last.startswith("imported:") else None
+    return result, imported

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import SAMPLE, TEST_DATA
+from helpers import SAMPLE, TEST_DATA, run_cli_in_fresh_interpreter
 
 #: Modules a compress or decompress never needs: CompressAI's package __init__ pulls them in (torch_geometric,
 #: torchvision, its datasets and registry), and torch.compiler.disable used as a decorator imports torch._dynamo.
@@ -18,18 +18,10 @@ HEAVY = ("torch_geometric", "torchvision", "compressai.datasets", "compressai.re
          "compressai.models.google", "torch._dynamo", "open_clip", "transformers", "scipy.stats._stats_py")
 
 
-def _cli(*args: str, forbidden: tuple[str, ...]) -> subprocess.CompletedProcess:
-    """``semcodec ARGS`` in a fresh interpreter; its stdout's last line lists the ``forbidden`` modules it imported."""
-    script = ("import sys\n"
-              "from semcodec.cli.main import main\n"
-              "sys.argv = ['semcodec', *sys.argv[1:]]\n"
-              "try:\n"
-              "    main()\n"
-              "finally:\n"
-              f"    print('imported:', [m for m in {forbidden!r} if m in sys.modules])\n")
-    env = {"SEMCODEC_CHECKPOINTS": str(TEST_DATA / "checkpoints"), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300,
-                          env=env)
+def _cli(*args: str, forbidden: tuple[str, ...]):
+    """``semcodec ARGS`` in a fresh interpreter with the test checkpoints; (process, forbidden modules imported)."""
+    return run_cli_in_fresh_interpreter(*args, forbidden=forbidden,
+                                        env={"SEMCODEC_CHECKPOINTS": str(TEST_DATA / "checkpoints"), "PATH": "/usr/bin:/bin"})
 
 
 @pytest.mark.parametrize("args, status, message", [
@@ -41,20 +33,17 @@ def _cli(*args: str, forbidden: tuple[str, ...]) -> subprocess.CompletedProcess:
     (("compress", str(SAMPLE), "-q", "5", "--bpp", "1"), 2, "at most one of"),
 ])
 def test_bad_input_is_refused_before_torch_loads(args, status, message, tmp_path):
-    r = _cli(*args, forbidden=("torch",))
+    r, imported = _cli(*args, forbidden=("torch",))
     assert r.returncode == status, r.stderr
-    assert message in r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "imported: []"
+    assert message in r.stderr and imported == []
 
 
 def test_compress_and_decompress_import_no_heavy_module(tmp_path):
     stream, image = tmp_path / "s.smc", tmp_path / "s.png"
-    r = _cli("compress", str(SAMPLE), "-o", str(stream), "--model", "semcodec-test", forbidden=HEAVY)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "imported: []"
-    r = _cli("decompress", str(stream), "-o", str(image), forbidden=HEAVY)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "imported: []"
+    r, imported = _cli("compress", str(SAMPLE), "-o", str(stream), "--model", "semcodec-test", forbidden=HEAVY)
+    assert r.returncode == 0 and imported == [], r.stderr
+    r, imported = _cli("decompress", str(stream), "-o", str(image), forbidden=HEAVY)
+    assert r.returncode == 0 and imported == [], r.stderr
     assert image.stat().st_size > 0
 
 

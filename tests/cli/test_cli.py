@@ -14,7 +14,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from helpers import SAMPLE, TEST_DATA
+from helpers import SAMPLE, TEST_DATA, run_cli_in_fresh_interpreter
 from PIL import Image
 
 from semcodec.cli.main import main
@@ -124,31 +124,19 @@ def test_info_text_and_json(runner, test_codec, sample, tmp_path):
     assert (info["width"], info["height"]) == Image.open(sample).size
 
 
-def _run_cli_without(modules: tuple[str, ...], *args: str) -> subprocess.CompletedProcess:
-    """``semcodec ARGS`` in a fresh interpreter that fails if it imported any of ``modules``."""
-    script = ("import sys\n"
-              "from semcodec.cli.main import main\n"
-              "sys.argv = ['semcodec', *sys.argv[1:]]\n"
-              "try:\n"
-              "    main()\n"
-              "finally:\n"
-              f"    assert not [m for m in {modules!r} if m in sys.modules], 'imported'\n")
-    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
-
-
 def test_info_needs_no_torch(runner, test_codec, sample, tmp_path):
     """Reading a container is header parsing: `semcodec info` starts at once, without torch or the models."""
     stream = tmp_path / "s.smc"
     assert runner.invoke(main, ["compress", str(sample), "-o", str(stream), "--model", test_codec]).exit_code == 0
-    r = _run_cli_without(("torch",), "info", str(stream))
-    assert r.returncode == 0, r.stderr
+    r, imported = run_cli_in_fresh_interpreter("info", str(stream), forbidden=("torch",))
+    assert r.returncode == 0 and imported == [], r.stderr
     assert "layer 1 (pixels)" in r.stdout
 
 
 def test_models_needs_no_pixel_codec():
     """Listing models reads configs and looks for files: it loads no network code of the pixel codec."""
-    r = _run_cli_without(("compressai", "semcodec.models.residual"), "models")
-    assert r.returncode == 0, r.stderr
+    r, imported = run_cli_in_fresh_interpreter("models", forbidden=("compressai", "semcodec.models.residual"))
+    assert r.returncode == 0 and imported == [], r.stderr
     assert "semcodec-ms192" in r.stdout and "tiny" in r.stdout
 
 
