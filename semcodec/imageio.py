@@ -56,9 +56,9 @@ def register_photo_formats() -> None:
         import pillow_jxl  # noqa: F401  (registers JPEG XL with Pillow on import)
 
 
-def open_image(source) -> Image.Image:
+def open_image(source, load: bool = True) -> Image.Image:
     """Open ``source`` (path, bytes, binary file object or PIL image) as a PIL image, with clear
-    errors for non-images."""
+    errors for non-images; without ``load``, only its header is read (a cheap check of an input)."""
     if isinstance(source, Image.Image):
         return source
     register_photo_formats()
@@ -92,6 +92,8 @@ def open_image(source) -> Image.Image:
     check_image_size(im.width, im.height, name)   # before a single pixel is decoded
     if _sixteen_bit_samples(im):                  # known from the decoder's raw mode, before it runs
         im.info[_SOURCE_BITS] = 16
+    if not load:
+        return im
     try:
         im.load()
     except (OSError, SyntaxError, ValueError) as e:

@@ -193,13 +193,15 @@ def compress(inputs, output, quality, effort, device, bpp, size, max_size, model
     check_writable(out, force or skip_existing)      # with --skip-existing, an existing output here did not verify
     from ..imageio import open_image
 
-    # Pillow reads the image before torch loads: a missing or unreadable input fails at once.
-    picture = open_image(read_input_bytes(image) if image == "-" else image)
+    # Pillow reads the image's header before torch loads: a missing or unreadable input fails at once. (The
+    # pixels are read by compress_image, which lets go of the decoded image once it has them.)
+    source = read_input_bytes(image) if image == "-" else image
+    open_image(source, load=False)
     from .. import api
 
     show_bar = (sys.stderr.isatty() if progress is None else progress) and level >= 0
     with refinement_progress(effort if show_bar else 0) as on_iteration:
-        result = api.compress_image(picture, **options, progress=on_iteration)
+        result = api.compress_image(source, **options, progress=on_iteration)
     write_output_bytes(out, result.data, force=force or skip_existing)
     done = compress_detail(result) if level > 0 else f"{len(result.data)} bytes, {result.bpp:.4f} bpp"
     report_single(f"{image} -> {out}: {done}" if out != "-" or level > 0 else None, result.notes,
