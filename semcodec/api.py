@@ -468,7 +468,10 @@ def decompress(data) -> Image.Image:
         condition = semantic_condition(h.semantic_model, tokens.tokens, tokens.grid, h.width, h.height)
     rgb = codec.coder.decode(payload, h.width, h.height, condition,             # (H, W, 3) uint8
                              tiles_allowed=container.version >= RESIDUAL_TILES_VERSION)
-    image = Image.fromarray(gray_from_rgb(rgb), mode="L") if h.gray else Image.fromarray(rgb, mode="RGB")
+    # The image shares the decoded array's memory (no second copy of a large image).
+    pixels = gray_from_rgb(rgb) if h.gray else rgb                   # (H, W) or (H, W, 3) uint8
+    mode = "L" if h.gray else "RGB"
+    image = Image.frombuffer(mode, (h.width, h.height), pixels, "raw", mode, 0, 1)
     image.info.update(container.image_metadata().image_info())
     return image
 

@@ -107,7 +107,7 @@ def image_format(path: str | os.PathLike) -> str:
     return _IMAGE_FORMATS.get(suffix, "PNG")
 
 
-def encode_image(image, path: str | os.PathLike) -> bytes:
+def encode_image(image, path: str | os.PathLike) -> memoryview:
     """Encode a decoded PIL image losslessly in the format its output name asks for (PNG by default), with
     the metadata in its ``info`` (see :func:`metadata_options`).
 
@@ -121,7 +121,7 @@ def encode_image(image, path: str | os.PathLike) -> bytes:
     except (ValueError, OSError) as e:             # e.g. WebP holds at most 16383 px a side
         raise InvalidInputError(f"cannot write the decoded {image.width}x{image.height} image as {fmt} ({e}); "
                                 f"choose another format, e.g. .png") from None
-    return buf.getvalue()
+    return buf.getbuffer()                      # the buffer itself: no copy of a large image
 
 
 def metadata_options(image, fmt: str) -> dict:
