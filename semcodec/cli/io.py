@@ -114,14 +114,43 @@ def encode_image(image, path: str | os.PathLike) -> memoryview:
     Raises:
         InvalidInputError: the format cannot hold this image (e.g. WebP beyond 16383 px a side).
     """
-    fmt = image_format(path)
     buf = io.BytesIO()
+    _save_image(image, buf, path)
+    return buf.getbuffer()                      # the buffer itself: no copy of a large image
+
+
+def write_output_image(path: str | os.PathLike, image, force: bool = False) -> int:
+    """Write a decoded image to ``path`` as :func:`encode_image` encodes it, saved straight into the atomic
+    write's temporary file (a large image is not held encoded in memory too), or to stdout for '-'.
+
+    Returns:
+        The bytes written.
+
+    Raises:
+        InvalidInputError: as :func:`encode_image` and :func:`write_output_bytes`.
+        OutputClosedError: '-' is a pipe whose reader has gone.
+    """
+    p = Path(path)
+    if str(path) == "-" or (p.exists() and not p.is_file()):     # stdout, a pipe or a device: cannot seek
+        data = encode_image(image, path)
+        write_output_bytes(path, data, force=force)
+        return len(data)
+    refuse_overwrite(p, force)
+    _write_atomically(p, lambda tmp: _save_image(image, tmp, path))
+    return p.stat().st_size
+
+
+def _save_image(image, target, path: str | os.PathLike) -> None:
+    """``image.save`` into ``target`` (a file name or object) in the format ``path`` names, with its metadata."""
+    fmt = image_format(path)
     try:
-        image.save(buf, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}), **metadata_options(image, fmt))
+        image.save(target, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}),
+                   **metadata_options(image, fmt))
     except (ValueError, OSError) as e:             # e.g. WebP holds at most 16383 px a side
+        if isinstance(e, (FileNotFoundError, PermissionError)):
+            raise
         raise InvalidInputError(f"cannot write the decoded {image.width}x{image.height} image as {fmt} ({e}); "
                                 f"choose another format, e.g. .png") from None
-    return buf.getbuffer()                      # the buffer itself: no copy of a large image
 
 
 def metadata_options(image, fmt: str) -> dict:
@@ -196,6 +225,11 @@ def write_output_bytes(path: str | os.PathLike, data: bytes, force: bool = False
         with open(tmp, "wb") as f:
             f.write(data)
 
+    _write_atomically(p, write)
+
+
+def _write_atomically(p: Path, write) -> None:
+    """:func:`~semcodec.fsutil.atomic_write` with its failures as one-line errors."""
     try:
         atomic_write(p, write)
     except FileNotFoundError:

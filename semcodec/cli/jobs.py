@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..batch import BatchItem, BatchOutcome, failure
 from ..errors import SemcodecError
-from .io import encode_image, read_input_bytes, write_output_bytes
+from .io import read_input_bytes, write_output_bytes, write_output_image
 
 
 def kept_output(path: Path, verify: Callable[[bytes], object], force: bool, resume: float | None) -> bytes | None:
@@ -71,9 +71,9 @@ def compress_detail(result) -> str:
     return f"{len(result.data)} bytes, {result.bpp:.4f} bpp ({stream_detail(result.data)}); {rate}"
 
 
-def decompress_detail(image, encoded: bytes, stream: bytes) -> str:
-    """What ``-v/--verbose`` says about a decoded image."""
-    return (f"{image.width}x{image.height} {image.mode}, {len(encoded)} bytes "
+def decompress_detail(image, written: int, stream: bytes) -> str:
+    """What ``-v/--verbose`` says about a decoded image (``written``: the bytes of its file)."""
+    return (f"{image.width}x{image.height} {image.mode}, {written} bytes "
             f"(from {len(stream)} bytes: {stream_detail(stream)})")
 
 
@@ -145,12 +145,11 @@ def decompress_file(item: BatchItem, force: bool, resume: float | None = None) -
             return BatchOutcome(item, True, bytes_in=len(data), bytes_out=len(kept), stream_bytes=len(data),
                                 pixels=h.width * h.height, skipped=True)
         image = api.decompress(data)
-        encoded = encode_image(image, item.output)
         item.output.parent.mkdir(parents=True, exist_ok=True)
-        write_output_bytes(item.output, encoded, force=force or resume is not None)
-        return BatchOutcome(item, True, bytes_in=len(data), bytes_out=len(encoded), stream_bytes=len(data),
+        written = write_output_image(item.output, image, force=force or resume is not None)
+        return BatchOutcome(item, True, bytes_in=len(data), bytes_out=written, stream_bytes=len(data),
                             pixels=image.width * image.height, notes=notes,
-                            detail=decompress_detail(image, encoded, data), seconds=time.perf_counter() - t0)
+                            detail=decompress_detail(image, written, data), seconds=time.perf_counter() - t0)
     except SemcodecError as e:
         return failure(item, e)
 

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -21,7 +22,15 @@ from ..errors import SemcodecError
 from ..version import __version__
 from .batch_command import engine_options, is_batch, report_single, run_batch_command, skipped_single
 from .jobs import compress_detail, compress_file, decompress_detail, decompress_file, verify_image, verify_stream
-from .io import check_stream_name, check_writable, encode_image, image_format, read_input_bytes, single_output, write_output_bytes
+from .io import (
+    check_stream_name,
+    check_writable,
+    image_format,
+    read_input_bytes,
+    single_output,
+    write_output_bytes,
+    write_output_image,
+)
 from .params import (FiniteFloatRange, check_skip_existing, progress_option, skip_existing_option, verbosity,
                      verbosity_options)
 
@@ -195,7 +204,8 @@ def compress(inputs, output, quality, effort, device, bpp, size, max_size, model
 
     # Pillow reads the image's header before torch loads: a missing or unreadable input fails at once. (The
     # pixels are read by compress_image, which lets go of the decoded image once it has them.)
-    source = read_input_bytes(image) if image == "-" else image
+    # stdin or a pipe (bash's <(…)) can be read once: its bytes are what both read.
+    source = read_input_bytes(image) if image == "-" or not Path(image).is_file() else image
     open_image(source, load=False)
     from .. import api
 
@@ -248,10 +258,9 @@ def decompress(inputs, output, jobs, engine, ray_address, progress, force, skip_
     from .. import api
 
     image = api.decompress(data)
-    encoded = encode_image(image, out)
-    write_output_bytes(out, encoded, force=force or skip_existing)
+    written = write_output_image(out, image, force=force or skip_existing)
     if level > 0:
-        report_single(f"{stream} -> {out}: {decompress_detail(image, encoded, data)}", (), time.perf_counter() - t0,
+        report_single(f"{stream} -> {out}: {decompress_detail(image, written, data)}", (), time.perf_counter() - t0,
                       level)
 
 
