@@ -344,13 +344,14 @@ class _BandSynthesis:
         band = torch.cat([t for _, t in self.rows], dim=-2)[:, :, a0 - first:a1 - first] * self.inverse_gain
         top, bottom = r0 * 16, min(r1 * 16, self.height)
         for c0, c1 in _tile_spans(self.w):
-            b0, b1 = max(c0 - TILE_MARGIN, 0), min(c1 + TILE_MARGIN, self.w)
-            x_hat = _run_channels_last(self.g_s, band[:, :, :, b0:b1])        # (1, 3, 16·band h, 16·tile w)
             left, right = c0 * 16, min(c1 * 16, self.width)
             if top >= bottom or left >= right:
                 continue                                   # padding only
-            crop = x_hat[:, :, (r0 - a0) * 16:(r0 - a0) * 16 + bottom - top, (c0 - b0) * 16:(c0 - b0) * 16 + right - left]
-            self.pixels[top:bottom, left:right] = tensor_to_image(crop)
+            b0, b1 = max(c0 - TILE_MARGIN, 0), min(c1 + TILE_MARGIN, self.w)
+            x_hat = _run_channels_last(self.g_s, band[:, :, :, b0:b1])        # (1, 3, 16·band h, 16·tile w)
+            y0, x0 = (r0 - a0) * 16, (c0 - b0) * 16                          # the tile's kept part in x_hat
+            self.pixels[top:bottom, left:right] = tensor_to_image(x_hat[:, :, y0:y0 + bottom - top,
+                                                                         x0:x0 + right - left])
 
 
 def _scale_index_and_means(params: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
