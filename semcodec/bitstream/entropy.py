@@ -39,7 +39,7 @@ Why the parameters are integers (determinism)
     deterministic path; :func:`param_digest` gives a short hash of the integer
     parameters that a container can store so that a mismatch is reported as an
     error instead of silently producing garbage. constriction's own arithmetic
-    is pinned by the ``constriction~=0.5.0`` requirement and by a golden test,
+    is pinned by the ``constriction==0.5.0`` requirement and by a golden test,
     and ``Categorical`` is always built with an explicit ``perfect=False``.
 
 Stream layout
