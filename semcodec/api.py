@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from .bitstream.container import (
+    CHUNK_OVERHEAD,
     RESIDUAL_LAYER,
     RESIDUAL_TILES_VERSION,
     SEMANTIC_LAYER,
@@ -178,7 +179,7 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     if gray and spread:
         notes.append(f"nearly gray (its channels differ by at most {spread} level): decoded as grayscale")
     metadata = _stream_metadata(loaded.metadata, gray)           # META payload (None: no chunk)
-    metadata_bytes = len(metadata) + 12 if metadata is not None else 0      # + chunk frame and CRC
+    metadata_bytes = len(metadata) + CHUNK_OVERHEAD if metadata is not None else 0
     if bpp is not None:
         if not (bpp > 0 and math.isfinite(bpp)):
             raise InvalidInputError(f"bpp must be a positive finite number, got {bpp}")

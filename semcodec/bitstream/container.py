@@ -47,6 +47,7 @@ from semcodec.errors import (
 )
 
 __all__ = [
+    "CHUNK_OVERHEAD",
     "CONSTRICTION_RANGE_CODER",
     "FORMAT_VERSION",
     "GRAY_FLAG",
@@ -63,6 +64,7 @@ __all__ = [
     "METADATA_FLAG",
     "MIN_HEADER_LENGTH",
     "RESIDUAL_LAYER",
+    "RESIDUAL_TILES_VERSION",
     "SEMANTIC_LAYER",
     "Chunk",
     "Container",
@@ -120,6 +122,8 @@ _NO_HASH = bytes(_HASH_LENGTH)
 _PREAMBLE = struct.Struct("<8sBBHI")  # magic, major, minor, flags, header_length
 _CHUNK_FRAME = struct.Struct("<4sI")  # type, payload length
 _CRC = struct.Struct("<I")
+#: Bytes a chunk adds to its payload: its type and length before it, its CRC after it.
+CHUNK_OVERHEAD = _CHUNK_FRAME.size + _CRC.size
 
 _TYPE_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")

@@ -268,8 +268,7 @@ class ResidualCoder:
         :data:`~.payload.PARAM_MARGIN` (final for the anchors; the others get
         :meth:`ResidualCodec.context_parameters`). A tile that is the whole latent is computed whole."""
         (h, w), (r0, r1), (c0, c1) = latent_size, rows, cols
-        a0, a1 = max(r0 - PARAM_MARGIN, 0), min(r1 + PARAM_MARGIN, h)     # multiples of 4, as are r0 and c0
-        b0, b1 = max(c0 - PARAM_MARGIN, 0), min(c1 + PARAM_MARGIN, w)
+        (a0, a1), (b0, b1) = _widened(rows, PARAM_MARGIN, h), _widened(cols, PARAM_MARGIN, w)   # multiples of 4
         exact = self._parameter_path
         gains = exact.gains(torch.tensor([rate / RATE_ONE], dtype=torch.float64))
         if semantic is not None:
@@ -334,11 +333,11 @@ class _BandSynthesis:
         del self.pending[rows[0]]
         self.rows.append((rows[0], torch.cat([t for _, t in sorted(parts, key=lambda p: p[0])], dim=-1)))
         done = rows[1]
-        while self.bands and min(self.bands[0][1] + TILE_MARGIN, self.h) <= done:
+        while self.bands and _widened(self.bands[0], TILE_MARGIN, self.h)[1] <= done:   # its lower margin is in
             self._synthesize(*self.bands.pop(0))
 
     def _synthesize(self, r0: int, r1: int) -> None:
-        a0, a1 = max(r0 - TILE_MARGIN, 0), min(r1 + TILE_MARGIN, self.h)
+        a0, a1 = _widened((r0, r1), TILE_MARGIN, self.h)
         self.rows = [(start, t) for start, t in self.rows if start + t.shape[-2] > a0]   # drop what is behind
         first = self.rows[0][0]
         band = torch.cat([t for _, t in self.rows], dim=-2)[:, :, a0 - first:a1 - first] * self.inverse_gain
@@ -347,7 +346,7 @@ class _BandSynthesis:
             left, right = c0 * 16, min(c1 * 16, self.width)
             if top >= bottom or left >= right:
                 continue                                   # padding only
-            b0, b1 = max(c0 - TILE_MARGIN, 0), min(c1 + TILE_MARGIN, self.w)
+            b0, b1 = _widened((c0, c1), TILE_MARGIN, self.w)
             x_hat = _run_channels_last(self.g_s, band[:, :, :, b0:b1])        # (1, 3, 16·band h, 16·tile w)
             y0, x0 = (r0 - a0) * 16, (c0 - b0) * 16                          # the tile's kept part in x_hat
             self.pixels[top:bottom, left:right] = tensor_to_image(x_hat[:, :, y0:y0 + bottom - top,
@@ -417,15 +416,20 @@ def _run_tiled_from(transform: torch.nn.Module, read: Callable[[tuple[int, int],
     po = pixels_per_output
     out = None
     for r0, r1 in _tile_spans(h):
-        a0, a1 = max(r0 - TILE_MARGIN, 0), min(r1 + TILE_MARGIN, h)            # with the margin
+        a0, a1 = _widened((r0, r1), TILE_MARGIN, h)                           # with the margin
         for c0, c1 in _tile_spans(w):
-            b0, b1 = max(c0 - TILE_MARGIN, 0), min(c1 + TILE_MARGIN, w)
+            b0, b1 = _widened((c0, c1), TILE_MARGIN, w)
             tile = _run_channels_last(transform, read((a0, a1), (b0, b1)))
             if out is None:
                 out = tile.new_empty((1, tile.shape[1], h * po, w * po))
             out[:, :, r0 * po:r1 * po, c0 * po:c1 * po] = \
                 tile[:, :, (r0 - a0) * po:(r1 - a0) * po, (c0 - b0) * po:(c1 - b0) * po]
     return out
+
+
+def _widened(span: tuple[int, int], margin: int, n: int) -> tuple[int, int]:
+    """``[start, end)`` widened by ``margin`` on both sides, clipped to ``[0, n)``."""
+    return max(span[0] - margin, 0), min(span[1] + margin, n)
 
 
 def _tile_spans(n: int) -> list[tuple[int, int]]:
