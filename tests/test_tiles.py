@@ -103,6 +103,13 @@ def test_damaged_or_cut_coded_data_is_refused(tiled_stream):
             semcodec.decompress(_rewrite_payload(data, change))
 
 
+@pytest.mark.parametrize("word", [bytes(4), b"\x5a\xa5\x00\x7f"])
+def test_a_payload_with_a_trailing_word_is_refused(tiled_stream, word):
+    data, _ = tiled_stream
+    with pytest.raises(CorruptStreamError, match="continues for 1 word"):
+        semcodec.decompress(_rewrite_payload(data, lambda payload: payload.extend(word)))
+
+
 def test_a_tiled_flag_in_a_stream_older_than_1_3_is_refused(tiled_stream):
     data, _ = tiled_stream
     container = read_container(data)

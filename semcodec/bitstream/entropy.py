@@ -51,8 +51,8 @@ Stream layout
     container's job (chunk length and CRC32). What this module guarantees is
     that decoding bad bytes raises nothing but :class:`~semcodec.errors.
     CorruptStreamError` (or returns symbols inside the declared range), and
-    :meth:`EntropyDecoder.finish` rejects left-over data (beyond the decoder's
-    two-word look-ahead).
+    :meth:`EntropyDecoder.finish` rejects any data that is not exactly the
+    encoding of the decoded symbols (left-over words included).
 
 Example:
     >>> import numpy as np
@@ -820,8 +820,9 @@ class EntropyDecoder:
                 f"The entropy-coded data is {len(data)} bytes long, which is not a multiple of 4; "
                 "the stream is damaged."
             )
-        words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
-        self._coder = constriction.stream.queue.RangeDecoder(words)
+        self._words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+        self._coder = constriction.stream.queue.RangeDecoder(self._words)
+        self._replay = constriction.stream.queue.RangeEncoder()  # re-encodes what was decoded (see finish)
         self._failed: str | None = None
 
     def decode_gaussian(
@@ -895,22 +896,33 @@ class EntropyDecoder:
         return out.astype(np.int32).reshape(index.shape)
 
     def finish(self) -> None:
-        """Checks that the whole stream was consumed.
+        """Checks that the data is exactly the encoding of what was decoded.
 
-        Call it after the last segment. This is a best-effort check: the
-        range decoder keeps two words (64 bits) of look-ahead, so only
-        left-over data beyond that is caught (constriction's
-        ``maybe_exhausted``). Exact lengths and damage are the container's job
-        (see the module docstring).
+        Call it after the last segment. Every decoded segment is re-encoded
+        as it is read (the range encoder is deterministic), and the result
+        must equal the input word for word. This catches data left over after
+        the last symbol (even a single word, which the decoder's two-word
+        look-ahead would hide) and any change of the bytes that still decodes
+        to valid symbols. It costs one encoding pass, about as much as the
+        decoding itself.
 
         Raises:
-            CorruptStreamError: if data remains or decoding failed earlier.
+            CorruptStreamError: if data remains, the data is not the encoding
+                of the decoded symbols, or decoding failed earlier.
         """
         self._check_usable()
-        if not self._coder.maybe_exhausted():
+        expected = self._replay.get_compressed()
+        if np.array_equal(expected, self._words):
+            return
+        if expected.size < self._words.size and np.array_equal(expected, self._words[: expected.size]):
+            extra = self._words.size - expected.size
             raise CorruptStreamError(
-                "The entropy-coded data continues after the last expected symbol; the stream is damaged."
+                f"The entropy-coded data continues for {extra} word(s) after the last expected symbol; "
+                "the stream is damaged."
             )
+        raise CorruptStreamError(
+            "The entropy-coded data is not the encoding of the symbols it decodes to; the stream is damaged."
+        )
 
     def _check_usable(self) -> None:
         if self._failed is not None:
@@ -920,8 +932,12 @@ class EntropyDecoder:
             )
 
     def _decode(self, model: Any, *params: Any) -> np.ndarray:
+        """Decodes one segment (``params``: per-symbol parameter arrays, or one symbol count) and re-encodes it."""
         try:
-            return np.asarray(self._coder.decode(model, *params))
+            decoded = np.asarray(self._coder.decode(model, *params))
+            model_params = params if params and isinstance(params[0], np.ndarray) else ()
+            self._replay.encode(decoded.astype(np.int32, copy=False), model, *model_params)
+            return decoded
         except BaseException as exc:
             if not _is_constriction_failure(exc):
                 raise

@@ -361,13 +361,33 @@ def test_valid_stream_decodes_and_bad_length_is_corrupt():
         EntropyDecoder(data[:-1])
 
 
-def test_trailing_words_are_rejected():
+@pytest.mark.parametrize("extra", [bytes(4), b"\xff" * 4, b"\x01\x00\x00\x80", bytes(12)])
+def test_trailing_words_are_rejected(extra):
+    # A single trailing word hides inside the decoder's two-word look-ahead; the re-encoding check still sees it.
     data = encode_all(DAMAGE_SEGMENTS)
-    dec = EntropyDecoder(data + bytes(12))
+    dec = EntropyDecoder(data + extra)
     for seg in DAMAGE_SEGMENTS:
-        decode_one(dec, seg)
-    with pytest.raises(CorruptStreamError):
+        np.testing.assert_array_equal(decode_one(dec, seg), seg["symbols"])
+    with pytest.raises(CorruptStreamError, match=f"continues for {len(extra) // 4} word"):
         dec.finish()
+
+
+def test_data_that_is_not_the_encoding_of_its_symbols_is_rejected():
+    data = bytearray(encode_all(DAMAGE_SEGMENTS))
+    found = False
+    for i in range(len(data)):  # find a bit flip that still decodes to in-range symbols
+        damaged = bytearray(data)
+        damaged[i] ^= 1
+        dec = EntropyDecoder(bytes(damaged))
+        try:
+            for seg in DAMAGE_SEGMENTS:
+                decode_one(dec, seg)
+        except CorruptStreamError:
+            continue
+        found = True
+        with pytest.raises(CorruptStreamError):
+            dec.finish()
+    assert found
 
 
 def test_decoder_refuses_after_a_failure():
