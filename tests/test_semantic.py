@@ -20,11 +20,15 @@ def tiny():
     return load_tower("tiny")
 
 
-def test_registry_lists_the_three_towers():
+def test_registry_lists_the_towers():
     rows = {r["name"]: r for r in list_semantic_models()}
-    assert set(rows) == {"clip-l14-336", "clip-b16", "tiny"}
+    assert set(rows) == {"clip-l14-336", "clip-b16", "siglip-so400m-384", "siglip-b16-224", "tiny"}
     assert rows["clip-l14-336"]["token_shape"] == "576x1024 (24x24)"
     assert rows["clip-b16"]["token_shape"] == "196x768 (14x14)"
+    assert rows["siglip-so400m-384"]["token_shape"] == "729x1152 (27x27)"
+    assert rows["siglip-so400m-384"]["preprocessing"] == "squash-384-inception"
+    assert "LLaVA-OneVision" in rows["siglip-so400m-384"]["description"]
+    assert rows["siglip-b16-224"]["token_shape"] == "196x768 (14x14)"
     assert rows["tiny"]["token_shape"] == "196x192 (14x14)"
     assert rows["tiny"]["weights_present"] and rows["tiny"]["calibration_present"]
     assert "NOT semantic" in rows["tiny"]["description"]
@@ -38,10 +42,40 @@ def test_registry_data_matches_open_clip():
     for name, r in sem._REGISTERED.items():
         oc = get_model_config(r["arch"])
         pc = get_pretrained_cfg(r["arch"], r["tag"])
+        if r["config"].get("family") == "siglip":
+            check_siglip_entry(r, oc, pc)
+            continue
         assert r["config"]["vision_cfg"] == oc["vision_cfg"] and r["config"]["embed_dim"] == oc["embed_dim"], name
         assert r["config"]["quick_gelu"] == pc.get("quick_gelu", False), name
         assert (r["hf_hub"], r["url"]) == (pc["hf_hub"], pc["url"]), name
         assert tuple(pc.get("mean", sem.OPENAI_MEAN)) == sem.OPENAI_MEAN
+
+
+def check_siglip_entry(r: dict, oc: dict, pc: dict) -> None:
+    """A SigLIP entry: open_clip's timm model, pretrained hub file and preprocessing; the dims are timm's."""
+    import timm
+    from open_clip.timm_model import TimmModel
+
+    vc = r["config"]["vision_cfg"]
+    assert oc["vision_cfg"]["timm_model_name"] == vc["timm_model_name"]
+    assert oc["vision_cfg"]["image_size"] == vc["image_size"]
+    assert (pc["hf_hub"], pc["resize_mode"], pc["interpolation"]) == (r["hf_hub"], "squash", "bicubic")
+    assert tuple(pc["mean"]) == r["mean"] and tuple(pc["std"]) == r["std"]
+    assert r["preprocessing"] == "squash"
+    with torch.device("meta"):
+        trunk = timm.create_model(vc["timm_model_name"], pretrained=False, num_classes=0)
+        visual = TimmModel(vc["timm_model_name"], oc["embed_dim"], image_size=vc["image_size"], pool="map",
+                           proj="none")
+    assert (trunk.patch_embed.patch_size[0], trunk.embed_dim, len(trunk.blocks), trunk.blocks[0].attn.num_heads,
+            trunk.blocks[0].mlp.fc1.out_features, trunk.norm.eps) == \
+        (vc["patch_size"], vc["width"], vc["layers"], vc["heads"], vc["mlp_dim"], vc["ln_eps"])
+    assert not trunk.cls_token and trunk.patch_embed.grid_size == (vc["image_size"] // vc["patch_size"],) * 2
+    # semcodec's parameters are open_clip's, by name and shape (the unused head and final norm aside).
+    from semcodec.models.siglip import UNUSED_PREFIXES, SiglipTrunk
+
+    ours = {k: tuple(v.shape) for k, v in SiglipTrunk(vc).state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in visual.state_dict().items() if not k.startswith(UNUSED_PREFIXES)}
+    assert ours == theirs
 
 
 def test_listing_does_not_import_open_clip():
@@ -118,6 +152,27 @@ def test_offline_failure_is_immediate(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "--semantic-weights" in msg and "--semantic tiny" in msg and "online" in msg
     assert not list_semantic_models()[0]["weights_present"]
+
+
+@pytest.mark.parametrize("name", ["siglip-so400m-384", "siglip-b16-224"])
+def test_siglip_weights_missing_or_cached(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.monotonic()
+    with pytest.raises(ModelNotAvailableError) as e:
+        load_tower(name)
+    assert time.monotonic() - t0 < 3
+    msg = str(e.value)
+    assert "\n" not in msg and name in msg and "--semantic-weights" in msg and "--semantic tiny" in msg
+    repo, names = sem._hub_files(semantic_spec(name))
+    assert repo.startswith("timm/ViT-") and "SigLIP" in repo and names[0] == "open_clip_model.safetensors"
+    snap = tmp_path / "hub" / ("models--" + repo.replace("/", "--")) / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("abc123")
+    (snap / names[0]).write_bytes(b"x")
+    assert sem.weights_path(name) == snap / names[0]
 
 
 def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):

@@ -19,6 +19,15 @@ Registered towers (see :func:`list_semantic_models`):
 * ``clip-l14-336`` — open_clip ``ViT-L-14-336`` / ``openai``: LLaVA-1.5's tower,
   24×24 tokens × 1024. The default for users.
 * ``clip-b16`` — open_clip ``ViT-B-16`` / ``openai``: 14×14 tokens × 768, lighter.
+* ``siglip-so400m-384`` — open_clip ``ViT-SO400M-14-SigLIP-384`` / ``webli``: LLaVA-OneVision's
+  tower, 27×27 tokens × 1152: the output of block 26 of 27 (``SiglipVisionModel`` with
+  LLaVA-OneVision's 26 layers, ``hidden_states[-1]``, all tokens), after a bicubic
+  squash-resize to 384×384 (the base view of OneVision's anyres processing), mean/std 0.5.
+* ``siglip-b16-224`` — open_clip ``ViT-B-16-SigLIP`` / ``webli``: 14×14 tokens × 768, the
+  same layer rule (penultimate block) and preprocessing at 224; lighter.
+
+SigLIP towers are computed by :mod:`semcodec.models.siglip` (plain torch, Hugging Face's
+tanh GELU) from open_clip's or Hugging Face's weight files.
 * ``tiny`` — a 6-block, width-192 ViT built by open_clip's own code from a config
   dict, with **random fixed-seed weights** shipped in
   ``checkpoints/semantic-tiny.safetensors``. It is **not semantic**: its tokens
@@ -88,7 +97,9 @@ HUB_PROBE_TIMEOUT_S = 2.0
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-_PREPROCESSING_MODES = ("pad-square", "resize-crop")
+INCEPTION_MEAN = (0.5, 0.5, 0.5)  # SigLIP's normalization (open_clip INCEPTION_MEAN/STD, HF SigLIP processors)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+_PREPROCESSING_MODES = ("pad-square", "resize-crop", "squash")
 _NAME_RE = re.compile(r"^[a-z0-9._-]{1,64}$")
 _LAYER_SUFFIX_RE = re.compile(r"^(?P<base>.+)\.l(?P<layer>-?\d+)$")
 
@@ -108,7 +119,7 @@ class SemanticSpec:
     Attributes:
         name: Registered name, also the stream's ``semantic_model`` id
             (``[a-z0-9._-]``, at most 64 characters).
-        open_clip_arch: open_clip architecture (``ViT-L-14-336``), or
+        open_clip_arch: open_clip architecture (``ViT-L-14-336``, ``ViT-SO400M-14-SigLIP-384``), or
             ``semcodec-tiny-vit`` for the shipped random tower.
         pretrained: open_clip pretrained tag (``openai``); ``seed0`` for ``tiny``.
         layer: Which transformer block's output to take, as a negative index
@@ -121,11 +132,14 @@ class SemanticSpec:
         preprocessing: ``"pad-square"`` (LLaVA's ``expand2square``: pad to a
             square with the mean colour, centred, then bicubic resize to S×S) or
             ``"resize-crop"`` (open_clip's default: bicubic resize of the short
-            side to S, centre crop).
+            side to S, centre crop) or ``"squash"`` (bicubic resize to S×S whatever
+            the aspect ratio: SigLIP's, and LLaVA-OneVision's base view).
         preprocessing_id: Short id recorded in streams, e.g. ``pad-square-336-openai``.
         description: One line for ``semcodec models``.
         config_json: open_clip model config (``embed_dim``, ``vision_cfg``,
-            ``quick_gelu``) as JSON; the architecture is built from it.
+            ``quick_gelu``) as JSON; the architecture is built from it. SigLIP
+            towers: ``{"family": "siglip", "vision_cfg": {image_size, patch_size,
+            width, layers, heads, mlp_dim, ln_eps, timm_model_name}}``.
     """
 
     name: str
@@ -165,6 +179,11 @@ class SemanticSpec:
     def is_tiny(self) -> bool:
         return self.open_clip_arch == "semcodec-tiny-vit"
 
+    @property
+    def family(self) -> str:
+        """``"clip"`` (open_clip's ``VisionTransformer``) or ``"siglip"`` (:mod:`semcodec.models.siglip`)."""
+        return self.config.get("family", "clip")
+
 
 # --------------------------------------------------------------------------- registry
 
@@ -184,10 +203,13 @@ def _mean_tag(mean, std) -> str:
 def _make_spec(name: str, arch: str, tag: str, config: dict, layer: int, mean, std,
                preprocessing: str, description: str) -> SemanticSpec:
     vc = config["vision_cfg"]
-    if not isinstance(vc.get("layers", 12), int) or vc.get("timm_model_name") or vc.get("attentional_pool"):
+    siglip = config.get("family") == "siglip"
+    if not isinstance(vc.get("layers", 12), int) or (vc.get("timm_model_name") and not siglip) \
+            or vc.get("attentional_pool"):
         raise InvalidInputError(
             f"open_clip model {arch} is not a plain VisionTransformer (ResNet, timm or attention-pooled "
-            "towers have no CLIP patch tokens); semcodec supports open_clip ViT towers only")
+            "towers have no CLIP patch tokens); semcodec supports open_clip ViT towers and the registered "
+            "SigLIP towers (siglip-so400m-384, siglip-b16-224)")
     size = vc.get("image_size", 224)
     patch = vc.get("patch_size", 16)
     if isinstance(size, (list, tuple)) or isinstance(patch, (list, tuple)):
@@ -262,6 +284,30 @@ _REGISTERED = {
         "url": "https://openaipublic.azureedge.net/clip/models/"
                "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
     },
+    # SigLIP: the layer, token selection and preprocessing of LLaVA-OneVision (docs/semantic.md §1):
+    # SiglipVisionModel cut to 26 of 27 layers, vision_feature_layer=-1, vision_feature_select_strategy="full",
+    # base view resized to 384×384 (bicubic), mean = std = 0.5. The dims are those of the timm model
+    # open_clip names (a test checks them against timm).
+    "siglip-so400m-384": {
+        "arch": "ViT-SO400M-14-SigLIP-384", "tag": "webli", "preprocessing": "squash",
+        "description": "LLaVA-OneVision's vision tower (open_clip ViT-SO400M-14-SigLIP-384/webli), penultimate "
+                       "block, all 729 tokens, its 384x384 base view",
+        "config": {"family": "siglip",
+                   "vision_cfg": {"image_size": 384, "patch_size": 14, "width": 1152, "layers": 27, "heads": 16,
+                                  "mlp_dim": 4304, "ln_eps": 1e-6, "timm_model_name": "vit_so400m_patch14_siglip_384"}},
+        "mean": INCEPTION_MEAN, "std": INCEPTION_STD,
+        "hf_hub": "timm/ViT-SO400M-14-SigLIP-384/", "url": "",
+    },
+    "siglip-b16-224": {
+        "arch": "ViT-B-16-SigLIP", "tag": "webli", "preprocessing": "squash",
+        "description": "open_clip ViT-B-16-SigLIP/webli with LLaVA-OneVision's layer rule and preprocessing "
+                       "(penultimate block, all tokens, 224x224 squash); lighter",
+        "config": {"family": "siglip",
+                   "vision_cfg": {"image_size": 224, "patch_size": 16, "width": 768, "layers": 12, "heads": 12,
+                                  "mlp_dim": 3072, "ln_eps": 1e-6, "timm_model_name": "vit_base_patch16_siglip_224"}},
+        "mean": INCEPTION_MEAN, "std": INCEPTION_STD,
+        "hf_hub": "timm/ViT-B-16-SigLIP/", "url": "",
+    },
 }
 _HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"       # open_clip.constants.HF_WEIGHTS_NAME
 _HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"  # open_clip.constants.HF_SAFE_WEIGHTS_NAME
@@ -273,8 +319,8 @@ def semantic_spec(name: str, layer: int | None = None) -> SemanticSpec:
     """Resolves a tower name to its spec (no weights are touched).
 
     Args:
-        name: ``clip-l14-336``, ``clip-b16``, ``tiny``, an open_clip ``Arch:tag``
-            (``ViT-B-32:laion2b_s34b_b79k``) or its stream id (``vit-b-32.laion2b_s34b_b79k``),
+        name: ``clip-l14-336``, ``clip-b16``, ``siglip-so400m-384``, ``siglip-b16-224``, ``tiny``, an
+            open_clip ``Arch:tag`` (``ViT-B-32:laion2b_s34b_b79k``) or its stream id (``vit-b-32.laion2b_s34b_b79k``),
             optionally with a ``.l<layer>`` suffix.
         layer: Overrides the layer (negative block index); the name then gets a
             ``.l<layer>`` suffix unless it is the default ``-2``.
@@ -305,8 +351,8 @@ def semantic_spec(name: str, layer: int | None = None) -> SemanticSpec:
                           OPENAI_STD, "pad-square", _TINY_DESCRIPTION)
     if base in _REGISTERED:
         r = _REGISTERED[base]
-        return _make_spec(full, r["arch"], r["tag"], r["config"], eff, OPENAI_MEAN, OPENAI_STD,
-                          r["preprocessing"], r["description"])
+        return _make_spec(full, r["arch"], r["tag"], r["config"], eff, r.get("mean", OPENAI_MEAN),
+                          r.get("std", OPENAI_STD), r["preprocessing"], r["description"])
 
     arch, tag = _parse_open_clip_name(base)
     stream_id = f"{arch.lower()}.{tag.lower()}"
@@ -349,7 +395,7 @@ def list_semantic_models() -> list[dict]:
     from ..layers.semantic import find_calibration
 
     rows = []
-    for name in ("clip-l14-336", "clip-b16", "tiny"):
+    for name in (*_REGISTERED, "tiny"):
         spec = semantic_spec(name)
         weights = weights_path(spec)
         try:
@@ -463,9 +509,10 @@ def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
 
 def _not_available(spec: SemanticSpec, why: str) -> ModelNotAvailableError:
+    cache = "the Hugging Face cache" if spec.family == "siglip" else "its cache"
     return ModelNotAvailableError(
         f"the weights of semantic tower {spec.name} (open_clip {spec.open_clip_arch}/{spec.pretrained}) are not "
-        f"on this machine and {why}; either run once online (open_clip downloads them to its cache), "
+        f"on this machine and {why}; either run once online (open_clip downloads them to {cache}), "
         f"pass --semantic-weights FILE, or use --semantic tiny (offline, not semantic)")
 
 
@@ -477,6 +524,8 @@ def _resolve_weights(spec: SemanticSpec) -> Path:
         raise _not_available(spec, "HF_HUB_OFFLINE is set")
     if not _hub_reachable():
         raise _not_available(spec, "the model hub cannot be reached")
+    if spec.family == "siglip":
+        return _download_from_hub(spec)
     _open_clip()
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
@@ -488,6 +537,39 @@ def _resolve_weights(spec: SemanticSpec) -> Path:
     if not path or not os.path.isfile(path):
         raise _not_available(spec, "open_clip returned no weights file")
     return Path(path)
+
+
+def _download_from_hub(spec: SemanticSpec) -> Path:
+    """Downloads a hub-hosted tower file (the one open_clip would fetch) without importing open_clip."""
+    from huggingface_hub import hf_hub_download
+
+    repo, names = _hub_files(spec)
+    error: Exception | None = None
+    for filename in names:
+        try:
+            return Path(hf_hub_download(repo, filename, cache_dir=str(_hub_cache_dir())))
+        except Exception as e:  # network failures and missing files surface as many exception types
+            error = error or e
+    raise _not_available(spec, f"downloading them failed ({type(error).__name__}: {str(error)[:200]})") from None
+
+
+def _read_plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Reads a safetensors file or a torch state dict (tensors only, ``weights_only``) without open_clip."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path}: no such file") from None
+    except Exception as e:
+        raise ModelError(f"cannot read weights file {path}: {type(e).__name__}: {str(e)[:200]}") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ModelError(f"cannot read weights file {path}: not a state dict of tensors")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -513,7 +595,12 @@ def _visual_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _build_visual(spec: SemanticSpec) -> torch.nn.Module:
-    """Builds the (randomly initialized) vision tower from the spec's config, via open_clip."""
+    """Builds the (randomly initialized) vision tower from the spec's config, via open_clip (SigLIP: in plain torch,
+    up to the block whose tokens are taken)."""
+    if spec.family == "siglip":
+        from .siglip import SiglipTrunk
+
+        return SiglipTrunk(spec.config["vision_cfg"], depth=spec.num_layers + spec.layer + 1)
     _open_clip()
     from open_clip.model import _build_vision_tower
 
@@ -524,6 +611,8 @@ def _build_visual(spec: SemanticSpec) -> torch.nn.Module:
 def _load_visual(spec: SemanticSpec, path: Path) -> torch.nn.Module:
     if spec.is_tiny:
         return _load_tiny(spec, path)
+    if spec.family == "siglip":
+        return _load_siglip(spec, path)
     visual = _build_visual(spec)
     sd = _visual_state_dict(_read_state_dict(path))
     try:
@@ -531,6 +620,33 @@ def _load_visual(spec: SemanticSpec, path: Path) -> torch.nn.Module:
     except RuntimeError as e:
         first = str(e).splitlines()[0][:300]
         raise ModelMismatchError(f"{path} does not hold the vision tower of {spec.open_clip_arch}: {first}") from None
+    return visual
+
+
+def _load_siglip(spec: SemanticSpec, path: Path) -> torch.nn.Module:
+    """A SigLIP trunk from open_clip's file (``visual.trunk.…``), its vision tower alone (``trunk.…``) or a Hugging
+    Face SigLIP / LLaVA-OneVision file: every built parameter must be there with its shape; blocks past the
+    selected one may be absent (LLaVA-OneVision keeps 26 of 27); anything else is a mismatch."""
+    from .siglip import UNUSED_PREFIXES, to_trunk_names
+
+    visual = _build_visual(spec)
+    sd = to_trunk_names(_visual_state_dict(_read_plain_state_dict(path)))
+    own = visual.state_dict()
+    where = f"{path} does not hold the vision tower of {spec.open_clip_arch}"
+    missing = sorted(k for k in own if k not in sd)
+    if missing:
+        more = f" and {len(missing) - 1} more" if missing[1:] else ""
+        raise ModelMismatchError(f"{where}: missing {missing[0]}{more}")
+    for k, v in own.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise ModelMismatchError(f"{where}: {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}")
+    block_re = re.compile(r"^trunk\.blocks\.(\d+)\.")
+    for k in sd:
+        m = block_re.match(k)
+        unused_block = m is not None and len(visual.trunk.blocks) <= int(m.group(1)) < spec.num_layers
+        if k not in own and not unused_block and not k.startswith(UNUSED_PREFIXES):
+            raise ModelMismatchError(f"{where}: unexpected tensor {k}")
+    visual.load_state_dict({k: sd[k].float() for k in own}, strict=True)
     return visual
 
 
@@ -632,6 +748,8 @@ class SemanticTower:
     def _square(self, image: Image.Image) -> Image.Image:
         S = self.spec.image_size
         w, h = image.size
+        if self.spec.preprocessing == "squash":  # SigLIP / LLaVA-OneVision base view: resize to S×S, any aspect
+            return image.resize((S, S), Image.BICUBIC)
         if self.spec.preprocessing == "pad-square":
             if w != h:  # LLaVA's expand2square: centred on a canvas of the mean colour
                 bg = tuple(int(m * 255) for m in self.spec.mean)

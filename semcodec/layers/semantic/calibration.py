@@ -49,7 +49,7 @@ class Calibration:
         preprocessing_id: The tower's preprocessing id.
         grid: Token grid ``(gh, gw)``.
         token_dim: ``D``.
-        preprocessing: ``"pad-square"`` or ``"resize-crop"`` (decides which tokens are padding).
+        preprocessing: ``"pad-square"``, ``"resize-crop"`` or ``"squash"`` (decides which tokens are padding).
         input_size: Side of the tower input in pixels.
         position_mean: ``(N, D)`` float32 mean image token at each grid position.
         padding_mean: ``(N, D)`` float32 mean padding token at each grid position
@@ -199,7 +199,7 @@ class Calibration:
             raise ModelError(f"{where}: grid {gh}x{gw} / token_dim {d} outside the supported range")
         if self.family not in FAMILIES:
             raise ModelError(f"{where}: unknown entropy model family {self.family!r}")
-        if self.preprocessing not in ("pad-square", "resize-crop") or not 1 <= self.input_size <= 16384:
+        if self.preprocessing not in ("pad-square", "resize-crop", "squash") or not 1 <= self.input_size <= 16384:
             raise ModelError(f"{where}: unknown preprocessing {self.preprocessing!r} / input size {self.input_size}")
         shapes = {"position_mean": (n, d), "padding_mean": (n, d), "log2_std_pad_q": (d,),
                   "mean": (d,), "klt": (d, d), "variances": (d,), "log2_std_q": (d,),
