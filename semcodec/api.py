@@ -392,8 +392,8 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
         size: target bytes.
         max_size: treat the target as a ceiling.
         model: registered codec model name.
-        semantic: tower of layer 0 (``"clip-l14-336"``, ``"clip-b16"``, ``"tiny"``, any open_clip
-            ``Arch:tag``); ``None`` uses the default tower when its weights and calibration are
+        semantic: tower of layer 0 (``"clip-l14-336"``, ``"clip-b16"``, ``"siglip-so400m-384"``,
+            ``"siglip-b16-224"``, ``"tiny"``, any open_clip ``Arch:tag``); ``None`` uses the default tower when its weights and calibration are
             on this machine (else the stream holds pixels only, with a note); ``False``: no layer 0.
         semantic_weights: weights file of the tower (instead of the cache or a download).
         semantic_only: write layer 0 alone (``size``/``bpp`` then budget it).

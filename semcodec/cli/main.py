@@ -146,7 +146,8 @@ def rate_options(f):
 @rate_options
 @click.option("--model", default=None, help="Codec model name (see `semcodec models`).")
 @click.option("--semantic", default=None,
-              help="Tower of layer 0: clip-l14-336, clip-b16, tiny (offline, not semantic) or an open_clip Arch:tag. "
+              help="Tower of layer 0: clip-l14-336, clip-b16, siglip-so400m-384, siglip-b16-224, tiny (offline, "
+                   "not semantic) or an open_clip Arch:tag. "
                    "Default: clip-l14-336 when its weights and calibration are on this machine, else no layer 0.")
 @click.option("--no-semantic", is_flag=True, help="Write the pixel layer only.")
 @click.option("--semantic-weights", type=click.Path(dir_okay=False), default=None, help="Weights file of the tower.")
@@ -274,6 +275,7 @@ def models(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    w = max([16, *(len(r["name"]) for r in rows)])  # name column
     for r in rows:
         if r["kind"] == "codec":
             status = f"available ({r['bytes'] / 1e6:.1f} MB)" if r["available"] else "checkpoint not on this machine"
@@ -281,10 +283,10 @@ def models(as_json: bool) -> None:
             status = "available" if r["available"] else (
                 "weights and calibration not on this machine" if not r["weights_present"] and not r["calibration_present"]
                 else ("weights" if not r["weights_present"] else "calibration") + " not on this machine")
-        click.echo(f"{r['name']:<16} {r['kind']:<9} {r['shape']:<22} {status}")
-        click.echo(f"{'':<16} {r['description']}")
+        click.echo(f"{r['name']:<{w}} {r['kind']:<9} {r['shape']:<22} {status}")
+        click.echo(f"{'':<{w}} {r['description']}")
         for step in r.get("how_to_get", ()):
-            click.echo(f"{'':<16} to get it, {step}")
+            click.echo(f"{'':<{w}} to get it, {step}")
 
 
 def _register_subcommands() -> None:

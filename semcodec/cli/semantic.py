@@ -32,7 +32,8 @@ def _image_files(folder: Path) -> list[Path]:
 
 @click.command()
 @click.option("--semantic", "semantic", required=True,
-              help="Semantic tower: clip-l14-336, clip-b16, tiny, or an open_clip Arch:tag.")
+              help="Semantic tower: clip-l14-336, clip-b16, siglip-so400m-384, siglip-b16-224, tiny, or an "
+                   "open_clip Arch:tag.")
 @click.option("--semantic-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Weights file of the tower (instead of the local cache or a download).")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), required=True,
