@@ -224,3 +224,29 @@ def test_clip_tokens_equal_llava_1_5(size):
     assert (ours - theirs).abs().max() < ATOL
     with torch.no_grad():
         assert (hf(pixel, output_hidden_states=True).hidden_states[-1][0, 1:] - ours).abs().max() > 1e-2
+
+
+def test_siglip_tower_calibrates_and_codes(onevision_file, tmp_path):
+    """A ``squash`` tower goes through calibration, the SEM0 coder and decode_tokens (no padding tokens)."""
+    from semcodec.layers.semantic import Calibration, calibrate, decode_tokens, semantic_only_stream
+
+    tower = load_tower(siglip_spec(), weights=onevision_file)
+    paths = []
+    for i in range(12):
+        path = tmp_path / f"im{i}.png"
+        photo(40 + 9 * i, 90 - 4 * i, seed=100 + i).save(path)
+        paths.append(path)
+    cal = calibrate(tower, paths)
+    assert (cal.preprocessing, cal.preprocessing_id, cal.grid, cal.token_dim) == ("squash", "squash-56-inception",
+                                                                                 (4, 4), 64)
+    assert cal.stats["padding_tokens"] == 0
+    cal.save(tmp_path / "cal.safetensors")
+    cal = Calibration.load(tmp_path / "cal.safetensors")
+    image = photo(90, 40, seed=7)
+    t = tower.tokens([image])[0]
+    stream = semantic_only_stream(t.numpy(), cal, 90, 40, rate=120)
+    decoded = decode_tokens(stream, cal)
+    assert decoded.model == "siglip-test" and decoded.preprocessing == "squash-56-inception"
+    assert decoded.tokens.shape == (16, 64) and list(decoded.positions) == list(range(16))
+    err = float(((torch.as_tensor(decoded.tokens) - t) ** 2).mean() / (t ** 2).mean())
+    assert err < 0.05
