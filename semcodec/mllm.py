@@ -1,4 +1,4 @@
-"""Hand-off of decoded semantic tokens to a Hugging Face LLaVA model (optional extra ``mllm``).
+"""Hand-off of decoded semantic tokens to Hugging Face LLaVA models (optional extra ``mllm``).
 
 ::
 
@@ -12,6 +12,15 @@ The tokens replace what LLaVA computes as
 (``vision_feature_select_strategy="default"``): the patch tokens of the layer the
 calibration names, without CLS, before the projector. No pixels are decoded and
 the vision tower does not run.
+
+**LLaVA-OneVision** (:func:`onevision_input_ids`, :func:`onevision_inputs_embeds`): the
+tokens of a SigLIP tower (``siglip-so400m-384``) are one 384×384 view; they go in as
+OneVision lays out an image of one view (``pack_image_features`` for a single patch, the
+path of images in multi-image prompts): the ``N`` projected tokens, then the model's
+learned ``image_newline``, i.e. ``N + 1`` image tokens (730), what
+``LlavaOnevisionProcessor`` expands an image of a multi-image prompt into. The anyres
+tiles OneVision adds to a lone image (2,709 image tokens in all for a 768×512 photo) are
+not in layer 0: OneVision sees the coarse base view only (docs/semantic.md §4).
 
 Requires ``transformers`` (``pip install semcodec[mllm]``).
 
@@ -36,7 +45,8 @@ from . import _compat  # noqa: F401  (transformers imports torchvision)
 from .errors import InvalidInputError, ModelMismatchError
 from .layers.semantic import Tokens
 
-__all__ = ["llava_input_ids", "llava_inputs_embeds", "projector"]
+__all__ = ["llava_input_ids", "llava_inputs_embeds", "onevision_input_ids", "onevision_inputs_embeds",
+           "onevision_num_image_tokens", "projector"]
 
 
 def _require_transformers() -> None:
@@ -93,15 +103,26 @@ def llava_input_ids(tokenizer, prompt: str, config, tokens: Tokens, image_placeh
     Returns:
         ``(1, L)`` int64 input ids.
     """
+    return _expand_prompt(tokenizer, prompt, _image_token_id(config), tokens.tokens.shape[0], image_placeholder,
+                          add_bos)
+
+
+def _expand_prompt(tokenizer, prompt: str, image_id: int, counts: int | list[int], image_placeholder: str,
+                   add_bos: bool) -> torch.Tensor:
+    """``(1, L)`` ids of ``prompt`` with the ``i``-th placeholder expanded into ``counts[i]`` image tokens."""
     if image_placeholder not in prompt:
         raise InvalidInputError(f"the prompt has no {image_placeholder} placeholder")
-    image_id = _image_token_id(config)
-    n = tokens.tokens.shape[0]
+    parts = prompt.split(image_placeholder)
+    if isinstance(counts, int):
+        counts = [counts] * (len(parts) - 1)
+    if len(counts) != len(parts) - 1:
+        raise InvalidInputError(f"the prompt has {len(parts) - 1} {image_placeholder} placeholders for "
+                                f"{len(counts)} images")
     bos = getattr(tokenizer, "bos_token_id", None)
     ids: list[int] = [bos] if add_bos and bos is not None else []
-    for i, part in enumerate(prompt.split(image_placeholder)):
+    for i, part in enumerate(parts):
         if i:
-            ids.extend([image_id] * n)
+            ids.extend([image_id] * counts[i - 1])
         if part:
             ids.extend(tokenizer(part, add_special_tokens=False).input_ids)
     return torch.tensor([ids], dtype=torch.long)
@@ -136,21 +157,158 @@ def llava_inputs_embeds(model, tokens: Tokens | Sequence[Tokens], input_ids: tor
     if check:
         for t in items:
             _check_compatible(config, t)
-    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
-        raise InvalidInputError("input_ids must be a (batch, length) tensor")
-    embed = model.get_input_embeddings()
     param = next(projector(model).parameters())
-    input_ids = input_ids.to(embed.weight.device)
-    image_id = _image_token_id(config)
-    mask = input_ids == image_id
-    expected = sum(t.tokens.shape[0] for t in items)
-    if int(mask.sum()) != expected:
-        raise InvalidInputError(f"input_ids hold {int(mask.sum())} image tokens, the tokens given fill {expected}; "
-                                "expand each image placeholder into N image tokens (llava_input_ids)")
     with torch.no_grad():
         feats = torch.cat([t.tokens.to(param.device, param.dtype) for t in items])  # (sum N, D)
         feats = projector(model)(feats)                                             # (sum N, H)
+    return _splice(model, input_ids, feats, "llava_input_ids")
+
+
+def _splice(model, input_ids: torch.Tensor, feats: torch.Tensor, helper: str) -> torch.Tensor:
+    """Text embeddings of ``input_ids`` with the image-token positions replaced, in order, by the rows of ``feats``."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
+        raise InvalidInputError("input_ids must be a (batch, length) tensor")
+    embed = model.get_input_embeddings()
+    input_ids = input_ids.to(embed.weight.device)
+    mask = input_ids == _image_token_id(model.config)
+    if int(mask.sum()) != feats.shape[0]:
+        raise InvalidInputError(f"input_ids hold {int(mask.sum())} image tokens, the tokens given fill "
+                                f"{feats.shape[0]}; expand each image placeholder with {helper}")
+    with torch.no_grad():
         safe_ids = input_ids.masked_fill(mask, 0)  # the image token may lie outside the text vocabulary
         embeds = embed(safe_ids)                                                    # (B, L, H)
-        embeds = embeds.masked_scatter(mask.unsqueeze(-1).expand_as(embeds), feats.to(embeds.dtype))
+        embeds = embeds.masked_scatter(mask.unsqueeze(-1).expand_as(embeds), feats.to(embeds.device, embeds.dtype))
     return embeds
+
+
+# --------------------------------------------------------------------------- LLaVA-OneVision
+
+
+def _onevision_block(config) -> int:
+    """The 0-based index of the vision block whose output a LLaVA-OneVision model projects."""
+    layer = getattr(config, "vision_feature_layer", -1)
+    if not isinstance(layer, int):
+        raise ModelMismatchError(f"the model concatenates several vision layers {layer}; semcodec tokens hold one")
+    depth = int(config.vision_config.num_hidden_layers)
+    block = depth + layer if layer < 0 else layer - 1  # hidden_states[0] is the embedding output
+    if not 0 <= block < depth:
+        raise ModelMismatchError(f"the model projects vision_feature_layer={layer}, which is no block's output")
+    return block
+
+
+def _check_onevision(config, tokens: Tokens, tower_layers: int | None) -> None:
+    strategy = getattr(config, "vision_feature_select_strategy", "full")
+    if strategy != "full":
+        raise ModelMismatchError(f"the model uses vision_feature_select_strategy={strategy!r} (drops the first "
+                                 "token); semcodec's SigLIP tokens are all of the view's tokens ('full')")
+    vc = config.vision_config
+    if tower_layers is None:
+        from .models.semantic import semantic_spec
+
+        try:
+            tower_layers = semantic_spec(tokens.model).num_layers
+        except Exception:
+            raise ModelMismatchError(f"cannot tell which block the tokens of {tokens.model} come from; pass "
+                                     "tower_layers (the number of blocks of the full tower)") from None
+    ours, theirs = tower_layers + tokens.layer, _onevision_block(config)
+    if ours != theirs:
+        raise ModelMismatchError(f"the model projects the output of vision block {theirs} (0-based), the tokens "
+                                 f"come from block {ours} ({tokens.model}, layer {tokens.layer})")
+    if int(vc.hidden_size) != tokens.tokens.shape[-1]:
+        raise ModelMismatchError(f"the model's vision tower has width {vc.hidden_size}, the tokens have "
+                                 f"{tokens.tokens.shape[-1]} ({tokens.model})")
+    side = int(vc.image_size) // int(vc.patch_size)
+    if tuple(tokens.grid) != (side, side) or tokens.tokens.shape[0] != side * side:
+        raise ModelMismatchError(f"the model's view is a {side}x{side} token grid, the tokens are "
+                                 f"{tokens.grid[0]}x{tokens.grid[1]} ({tokens.model})")
+    mode, _, size = tokens.preprocessing.rpartition("-")[0].rpartition("-")  # "squash-384-inception"
+    if mode not in ("squash", "pad-square") or size != str(vc.image_size):
+        raise ModelMismatchError(f"the tokens were made with preprocessing {tokens.preprocessing}; a LLaVA-OneVision "
+                                 f"view is a {vc.image_size}x{vc.image_size} squash (or pad-square) resize")
+
+
+def onevision_num_image_tokens(tokens: Tokens) -> int:
+    """How many image tokens one image of decoded tokens fills in a LLaVA-OneVision prompt: ``N + 1``.
+
+    The ``N`` tokens of the one view, then the model's ``image_newline``: what
+    ``LlavaOnevisionModel.pack_image_features`` gives an image of one view and what
+    ``LlavaOnevisionProcessor`` expands an image of a multi-image prompt into
+    (``num_image_tokens + 1``; 730 for ``siglip-so400m-384``).
+    """
+    return int(tokens.tokens.shape[0]) + 1
+
+
+def onevision_input_ids(tokenizer, prompt: str, config, tokens: Tokens | Sequence[Tokens],
+                        image_placeholder: str = "<image>", add_bos: bool = False) -> torch.Tensor:
+    """Tokenizes a LLaVA-OneVision prompt and expands each ``<image>`` into :func:`onevision_num_image_tokens` tokens.
+
+    Args:
+        tokenizer: the model's tokenizer (called as ``tokenizer(text, add_special_tokens=False).input_ids``).
+        prompt: text with one ``<image>`` per image, e.g. the chat template's
+            ``"<|im_start|>user <image>\nWhat is shown?<|im_end|><|im_start|>assistant\n"``.
+        config: the model config (for the image token id).
+        tokens: the decoded tokens of one image (used for every placeholder) or one per placeholder, in order.
+        add_bos: start with the tokenizer's BOS token (OneVision's Qwen2 tokenizer has none).
+
+    Returns:
+        ``(1, L)`` int64 input ids.
+    """
+    items = [tokens] if isinstance(tokens, Tokens) else list(tokens)
+    if not items:
+        raise InvalidInputError("no tokens given")
+    counts: int | list[int] = [onevision_num_image_tokens(t) for t in items]
+    if len(items) == 1:
+        counts = counts[0]
+    return _expand_prompt(tokenizer, prompt, _image_token_id(config), counts, image_placeholder, add_bos)
+
+
+def onevision_inputs_embeds(model, tokens: Tokens | Sequence[Tokens], input_ids: torch.Tensor, check: bool = True,
+                            tower_layers: int | None = None) -> torch.Tensor:
+    """Feeds decoded SigLIP tokens to LLaVA-OneVision as one view per image, and splices them into the text.
+
+    For each image: ``multi_modal_projector(tokens)`` ``(N, H)`` followed by the model's
+    ``image_newline`` ``(1, H)``, exactly what ``LlavaOnevisionModel`` computes for an image of one
+    view (``pack_image_features``), here from the decoded tokens instead of the vision tower.
+
+    Args:
+        model: a ``transformers`` ``LlavaOnevisionForConditionalGeneration`` (or ``LlavaOnevisionModel``).
+        tokens: the decoded tokens of one image, or a list (one per image placeholder, in the order they
+            appear in ``input_ids``, row by row).
+        input_ids: ``(B, L)`` ids in which every image is ``N + 1`` image tokens (:func:`onevision_input_ids`).
+        check: verify that the model consumes this token space: the same block of the same tower
+            (``vision_feature_layer`` over the model's cut tower), ``"full"`` selection, width, grid,
+            and a ``squash`` / ``pad-square`` view of the model's input size.
+        tower_layers: the number of blocks of the tower the tokens' ``layer`` counts from; by default that
+            of the registered tower named by the tokens (27 for ``siglip-so400m-384``).
+
+    Returns:
+        ``inputs_embeds`` ``(B, L, H)`` in the model's dtype and device, for ``model(inputs_embeds=...)``
+        or ``model.generate(inputs_embeds=...)``.
+
+    Raises:
+        InvalidInputError: the number of image tokens in ``input_ids`` differs from ``sum(N + 1)``.
+        ModelMismatchError: the model consumes another block, width, grid or selection.
+    """
+    _require_transformers()
+    items = [tokens] if isinstance(tokens, Tokens) else list(tokens)
+    if not items:
+        raise InvalidInputError("no tokens given")
+    if check:
+        for t in items:
+            _check_onevision(model.config, t, tower_layers)
+    newline = None
+    for owner in (model, getattr(model, "model", None)):
+        value = getattr(owner, "image_newline", None) if owner is not None else None
+        if isinstance(value, torch.Tensor):
+            newline = value
+            break
+    if newline is None:
+        raise InvalidInputError(f"{type(model).__name__} has no image_newline; is it a LLaVA-OneVision model?")
+    proj = projector(model)
+    param = next(proj.parameters())
+    with torch.no_grad():
+        feats = []
+        for t in items:
+            x = proj(t.tokens.to(param.device, param.dtype))                            # (N, H)
+            feats.append(torch.cat([x, newline[None].to(x)]))                           # (N + 1, H)
+    return _splice(model, input_ids, torch.cat(feats), "onevision_input_ids")
