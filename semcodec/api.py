@@ -25,6 +25,7 @@ from PIL import Image
 
 from .bitstream.container import (
     CHUNK_OVERHEAD,
+    REFINEMENT_LAYER,
     RESIDUAL_LAYER,
     RESIDUAL_TILES_VERSION,
     SEMANTIC_LAYER,
@@ -53,6 +54,7 @@ from .layers.pixels.refine import Latents, ProgressCallback, effort_iterations, 
 from .models.registry import DEFAULT_CODEC_MODEL, earlier_checkpoints, require_checkpoint
 from .models.residual import SemanticCondition
 from .ratecontrol import RateCurve, search_rate
+from .layers.refinement import STEP_ONE, RefinementCoder
 
 #: Quality used when neither a quality nor a rate target is given.
 DEFAULT_QUALITY = 75.0
@@ -67,6 +69,12 @@ MAX_PIXEL_LAYER_PIXELS = 256_000_000
 MAX_REFINED_PIXELS = 8_000_000
 #: Rate index of layer 0 when no semantic budget is given (see semcodec.layers.semantic).
 DEFAULT_SEMANTIC_RATE = 48
+#: Qualities above this add layer 2 (the refinement) to the pixel layer, whose knob keeps its meaning: its step
+#: shrinks geometrically from REFINEMENT_STEPS[0] levels just above to REFINEMENT_STEPS[1] at quality 100.
+REFINEMENT_QUALITY = 90.0
+REFINEMENT_STEPS = (32.0, 4.0)
+#: Quality of the pixel layer under a lossless layer 2 when none is given (the cheapest total on Kodak).
+LOSSLESS_BASE_QUALITY = 100.0
 
 
 # --------------------------------------------------------------------------- models
@@ -129,6 +137,21 @@ def codec_for_stream(name: str, digest8: bytes) -> LoadedCodec:
         f"{codec.checkpoint.parent / f'{name}-{digest8.hex()}.safetensors'}")
 
 
+def refinement_step(quality: float) -> int | None:
+    """Step of layer 2 (sixteenths of a level) at a user quality, or None below :data:`REFINEMENT_QUALITY`."""
+    if quality <= REFINEMENT_QUALITY:
+        return None
+    coarse, fine = REFINEMENT_STEPS
+    t = (quality - REFINEMENT_QUALITY) / (100 - REFINEMENT_QUALITY)
+    return max(STEP_ONE, round(STEP_ONE * coarse * (fine / coarse) ** t))
+
+
+def step_of_knob(t: float) -> int:
+    """Step of layer 2 (sixteenths of a level) at the refinement knob ``t`` in [0, 1] of size targets:
+    64 levels at 0 down to 1 (lossless) at 1, geometrically."""
+    return max(STEP_ONE, min(64 * STEP_ONE, round(STEP_ONE * 64 ** (1 - t))))
+
+
 def quality_to_rate(quality: float, quality_range: tuple[float, float]) -> float:
     """Map a user quality in [0, 100] linearly onto the model's quality range ``(q_min, q_max)`` of the knob."""
     if not 0 <= quality <= 100:
@@ -158,13 +181,17 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
                    max_size: bool = False, model: str = DEFAULT_CODEC_MODEL, semantic: str | bool | None = None,
                    semantic_weights: str | Path | None = None, semantic_only: bool = False,
                    semantic_bytes: int | None = None, effort: int = 0, device: str = "cpu",
-                   progress: ProgressCallback | None = None, strip_metadata: bool = False) -> CompressResult:
+                   progress: ProgressCallback | None = None, strip_metadata: bool = False,
+                   lossless: bool = False) -> CompressResult:
     """Compress an image and report how (see :func:`compress` for the arguments).
 
     ``progress(done, total)`` is called after each iteration of the latent refinement (effort > 0).
     """
     if sum(t is not None for t in (quality, bpp, size)) > 1:
         raise InvalidInputError("give at most one of quality, bpp and size")
+    if lossless and (bpp is not None or size is not None or semantic_only):
+        raise InvalidInputError("lossless takes no size target (its size is what the image needs) and needs "
+                                "the pixel layer")
     quality, bpp = _number(quality, "quality"), _number(bpp, "bpp")
     size, semantic_bytes = _number(size, "size", whole=True), _number(semantic_bytes, "semantic_bytes", whole=True)
     effort = _number(effort, "effort", whole=True)
@@ -221,6 +248,7 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     codec = load_codec(model)
     header = _header(width, height, layer0, codec, gray)
     chunks_before = (Chunk(SEMANTIC_LAYER, layer0.payload),) if layer0 else ()
+    target2 = pixels[..., 0] if spread == 0 else pixels          # what layer 2 refines towards: gray when exact
     y = codec.coder.analyze_pixels(pixels)                        # (1, M, Hp/16, Wp/16), reused by every trial
     x = image_to_tensor(pixels) if steps else None                # (1, 3, H, W): the refinement's distortion
 
@@ -244,14 +272,38 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     def refined(q: float) -> Latents:
         return refine_latents(codec.coder, x, y, q, steps, condition, device=device, progress=progress)
 
+    def with_refinement(stream: bytes):
+        """Stream at step16 of layer 2 over the pixel layer of ``stream`` (its pixels decoded once)."""
+        container = read_container(stream)
+        base = _pixel_layer_pixels(codec, container, condition)
+        header2 = replace(header, layers=header.layers + (REFINEMENT_LAYER,))
+
+        def encode(step16: int) -> bytes:
+            payload = RefinementCoder().encode(target2, base, step16)
+            chunks = container.chunks + (Chunk(REFINEMENT_LAYER, payload),)
+            return write_container(Container(header2, chunks, metadata=metadata))
+        return encode
+
     rate_range = codec.coder.rate_range
     if size is None:
-        q = quality_to_rate(DEFAULT_QUALITY if quality is None else quality, codec.coder.quality_range)
-        return CompressResult(encoder_for(refined(q) if steps else None)(q), width, height, q, 1, tuple(notes))
+        quality = (LOSSLESS_BASE_QUALITY if lossless else DEFAULT_QUALITY) if quality is None else quality
+        q = quality_to_rate(quality, codec.coder.quality_range)
+        stream = encoder_for(refined(q) if steps else None)(q)
+        step16 = STEP_ONE if lossless else refinement_step(quality)
+        if step16 is not None:
+            stream = with_refinement(stream)(step16)
+        return CompressResult(stream, width, height, q, 1, tuple(notes))
     # First guess from the model's typical size curve, for the bytes left to the pixel layer.
     residual_bytes = max(size - (len(layer0.payload) if layer0 else 0) - metadata_bytes, 1)
     q0, slope = codec.rate_curve.guess(residual_bytes * 8 / (width * height), rate_range)
-    found = search_rate(encoder_for(None), size, *rate_range, q_start=q0, slope=slope, never_above=max_size)
+    try:
+        found = search_rate(encoder_for(None), size, *rate_range, q_start=q0, slope=slope, never_above=max_size)
+    except RateControlError:
+        if len(encoder_for(None)(rate_range[1])) >= size:
+            raise                                                 # below what the pixel layer reaches
+        return _refinement_to_size(encoder_for, refined if steps else None, with_refinement,
+                                   quality_to_rate(100, codec.coder.quality_range), size, max_size, width, height,
+                                   notes)
     trials = len(found.trials)
     if steps:
         # Refine once at the knob found for the plain latent, then search again around it with
@@ -260,6 +312,29 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
                             never_above=max_size)
         trials += len(found.trials)
     return CompressResult(found.data, width, height, found.q, trials, tuple(notes))
+
+
+def _refinement_to_size(encoder_for, refined, with_refinement, q_top: float, size: int, max_size: bool, width: int,
+                        height: int, notes: list[str]) -> CompressResult:
+    """A size target above the pixel layer's reach: the pixel layer at quality 100 (its latents refined when
+    ``refined`` is given) and layer 2 with the step that meets the target."""
+    encode = with_refinement(encoder_for(refined(q_top) if refined else None)(q_top))
+    found = search_rate(lambda t: encode(step_of_knob(t)), size, 0.0, 1.0, q_start=2 / 3, slope=3.0,
+                        never_above=max_size, quantum=1 / 1024)
+    notes.append(f"the target is above what the pixel layer reaches: layer 2 refines it with a step of "
+                 f"{step_of_knob(found.q) / STEP_ONE:g} level(s)")
+    return CompressResult(found.data, width, height, q_top, len(found.trials) + 1, tuple(notes))
+
+
+def _pixel_layer_pixels(codec: LoadedCodec, container: Container, condition) -> np.ndarray:
+    """The pixel layer of ``container`` decoded, as every decoder gets it: (H, W) for a gray image, else (H, W, 3)
+    uint8. ``condition``: the semantic condition when the layer is conditioned on layer 0."""
+    h = container.header
+    payload = container.layer(RESIDUAL_LAYER)
+    rgb = codec.coder.decode(payload, h.width, h.height, condition if residual_is_conditioned(payload) else None,
+                             tiles_allowed=container.version >= RESIDUAL_TILES_VERSION)     # (H, W, 3) uint8
+    # The image shares the decoded array's memory (no second copy of a large image).
+    return gray_from_rgb(rgb) if h.gray else rgb
 
 
 def _number(value, name: str, whole: bool = False):
@@ -375,7 +450,7 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
              max_size: bool = False, model: str = DEFAULT_CODEC_MODEL, semantic: str | bool | None = None,
              semantic_weights: str | Path | None = None, semantic_only: bool = False,
              semantic_bytes: int | None = None, effort: int = 0, device: str = "cpu",
-             strip_metadata: bool = False) -> bytes:
+             strip_metadata: bool = False, lossless: bool = False) -> bytes:
     """Compress an image into a semcodec stream.
 
     Give at most one rate setting: ``quality`` (a fixed knob), ``bpp`` (target bits per
@@ -387,7 +462,8 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
             (H, W), (H, W, 3) or (H, W, 4) uint8 array.
             Grayscale, 16-bit, transparent and EXIF-rotated images are converted as
             described in :mod:`semcodec.imageio`.
-        quality: 0 (smallest) to 100 (best); default 75.
+        quality: 0 (smallest) to 100 (best); default 75. Above 90 the pixel layer (its knob unchanged) gets
+            layer 2, a refinement whose step shrinks from 32 levels to 4 at 100 (about 46 dB on Kodak).
         bpp: target bits per pixel.
         size: target bytes.
         max_size: treat the target as a ceiling.
@@ -406,6 +482,10 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
         strip_metadata: leave out the image's EXIF, ICC profile and XMP, which are kept by default
             (EXIF with orientation 1, an ICC profile only when it describes the coded pixels; see
             :mod:`semcodec.imageio`). Kept metadata counts in ``bpp``/``size`` targets.
+        lossless: add a lossless layer 2: the stream decodes to exactly the 8-bit pixels coded (those of
+            :mod:`semcodec.imageio`'s conversion), over a pixel layer at ``quality`` (default 100).
+
+    Size targets above what the pixel layer reaches are met by layer 2 (pixel layer at quality 100).
 
     Returns:
         The stream bytes.
@@ -417,7 +497,7 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
     return compress_image(image, quality=quality, bpp=bpp, size=size, max_size=max_size, model=model,
                           semantic=semantic, semantic_weights=semantic_weights, semantic_only=semantic_only,
                           semantic_bytes=semantic_bytes, effort=effort, device=device,
-                          strip_metadata=strip_metadata).data
+                          strip_metadata=strip_metadata, lossless=lossless).data
 
 
 def decode_tokens(data):
@@ -438,8 +518,8 @@ def decode_tokens(data):
 
 # --------------------------------------------------------------------------- decompress
 def decompress(data) -> Image.Image:
-    """Decode the pixel layer of a semcodec stream (bytes, a path or a binary file object) into a PIL
-    image: RGB, or 8-bit grayscale (mode ``L``) for a gray image.
+    """Decode the pixels of a semcodec stream (bytes, a path or a binary file object) into a PIL image: RGB, or
+    8-bit grayscale (mode ``L``) for a gray image. The pixel layer, refined by layer 2 when the stream has it.
 
     The stream's metadata is in ``image.info`` as Pillow's readers put it: ``"exif"`` (with JPEG's
     ``Exif\\0\\0`` prefix, so ``image.getexif()`` and every Pillow writer take it), ``"icc_profile"`` and
@@ -467,14 +547,58 @@ def decompress(data) -> Image.Image:
 
         tokens = _decode_tokens(data)      # raises a clear error when layer 0 or its calibration is missing
         condition = semantic_condition(h.semantic_model, tokens.tokens, tokens.grid, h.width, h.height)
-    rgb = codec.coder.decode(payload, h.width, h.height, condition,             # (H, W, 3) uint8
-                             tiles_allowed=container.version >= RESIDUAL_TILES_VERSION)
-    # The image shares the decoded array's memory (no second copy of a large image).
-    pixels = gray_from_rgb(rgb) if h.gray else rgb                   # (H, W) or (H, W, 3) uint8
-    mode = "L" if h.gray else "RGB"
+    pixels = _pixel_layer_pixels(codec, container, condition)           # (H, W) or (H, W, 3) uint8
+    refinement = container.layer(REFINEMENT_LAYER)
+    if refinement is not None:
+        pixels = RefinementCoder().decode(refinement, pixels)            # (H, W, C) uint8
+        pixels = pixels[..., 0] if pixels.shape[2] == 1 else pixels
+    mode = "L" if pixels.ndim == 2 else "RGB"
     image = Image.frombuffer(mode, (h.width, h.height), pixels, "raw", mode, 0, 1)
     image.info.update(container.image_metadata().image_info())
     return image
+
+
+#: Layer numbers of the shell and their chunk types.
+LAYER_NUMBERS = {0: SEMANTIC_LAYER, 1: RESIDUAL_LAYER, 2: REFINEMENT_LAYER}
+
+
+def extract_layers(data, layers) -> bytes:
+    """A stream with only some layers of another, without re-encoding: each prefix of a stream's layers is a
+    valid stream (tokens; tokens and lossy pixels; …). Metadata is kept.
+
+    Args:
+        data: the stream (bytes, a path or a binary file object).
+        layers: layer numbers to keep (0: semantic, 1: pixels, 2: refinement).
+
+    Raises:
+        InvalidInputError: an unknown layer number, none at all, layer 2 without layer 1, or layer 1 without the
+            layer 0 its entropy model is conditioned on.
+        MissingLayerError: the stream lacks a requested layer.
+        StreamError: the stream is truncated or corrupt.
+    """
+    keep = set(layers)
+    unknown = keep - set(LAYER_NUMBERS)
+    if unknown or not keep:
+        raise InvalidInputError(f"layers are numbered 0 (semantic), 1 (pixels) and 2 (refinement); got "
+                                f"{sorted(keep, key=str) or 'none'}")
+    container = read_container(stream_data(data))
+    present = {n for n, t in LAYER_NUMBERS.items() if t in container.header.layers}
+    if keep - present:
+        raise MissingLayerError(f"the stream has no layer {', '.join(map(str, sorted(keep - present)))} "
+                                f"(its layers: {', '.join(map(str, sorted(present)))})")
+    if 2 in keep and 1 not in keep:
+        raise InvalidInputError("layer 2 refines layer 1's pixels: keep layer 1 with it")
+    if 1 in keep and 0 not in keep and residual_is_conditioned(container.layer(RESIDUAL_LAYER)):
+        raise InvalidInputError("this stream's layer 1 is coded conditioned on layer 0: keep layer 0 with it")
+    h = container.header
+    chunks = tuple(c for c in container.chunks if c.type in {LAYER_NUMBERS[n] for n in keep})
+    header = replace(h, layers=tuple(c.type for c in chunks),
+                     **({} if 0 in keep else dict(semantic_model="", calibration=bytes(8), preprocessing="")),
+                     **({} if 1 in keep else dict(codec_model="", codec_checkpoint=bytes(8))))
+    out = Container(header, chunks, metadata=container.metadata)
+    if 1 in keep:
+        out = replace(out, version=container_version(container.layer(RESIDUAL_LAYER), out.version))
+    return write_container(out)
 
 
 def semantic_condition(model: str, tokens, grid, width: int, height: int) -> SemanticCondition:

@@ -1,4 +1,4 @@
-"""The semcodec container: a versioned, layered, checksummed envelope (format 1.3).
+"""The semcodec container: a versioned, layered, checksummed envelope (format 1.4).
 
 A stream is a fixed preamble, a header that names everything a decoder needs
 (models, checkpoint and calibration hashes, image size, entropy coder, layer
@@ -64,6 +64,8 @@ __all__ = [
     "METADATA_FLAG",
     "MIN_HEADER_LENGTH",
     "RESIDUAL_LAYER",
+    "REFINEMENT_LAYER",
+    "REFINEMENT_VERSION",
     "RESIDUAL_TILES_VERSION",
     "SEMANTIC_LAYER",
     "Chunk",
@@ -75,8 +77,8 @@ __all__ = [
 ]
 
 #: (major, minor): the newest format this module reads and writes. It reads every 1.x and writes
-#: the oldest minor that carries a container (1.0 unless it uses something 1.1, 1.2 or 1.3 added).
-FORMAT_VERSION = (1, 3)
+#: the oldest minor that carries a container (1.0 unless it uses something 1.1 to 1.4 added).
+FORMAT_VERSION = (1, 4)
 #: PNG-style signature: the high byte catches 7-bit transports, CR LF / LF catch
 #: line-ending conversion, 0x1A stops ``type`` on DOS.
 MAGIC = b"\x89SMC\r\n\x1a\n"
@@ -85,8 +87,12 @@ MAGIC = b"\x89SMC\r\n\x1a\n"
 SEMANTIC_LAYER = b"SEM0"
 #: Layer 1: residual pixels.
 RESIDUAL_LAYER = b"RES1"
-#: Layer types defined by format 1.0, in the order they appear in a stream.
-LAYER_TYPES = (SEMANTIC_LAYER, RESIDUAL_LAYER)
+#: Layer 2 (format 1.4): the refinement of the pixel layer, up to lossless. Listed only after RES1.
+REFINEMENT_LAYER = b"REF2"
+#: Layer types, in the order they appear in a stream (format 1.0 defines the first two, 1.4 adds REF2).
+LAYER_TYPES = (SEMANTIC_LAYER, RESIDUAL_LAYER, REFINEMENT_LAYER)
+#: The format that introduced layer 2; a stream listing it is written as this version.
+REFINEMENT_VERSION = (1, 4)
 
 #: ``entropy_coder`` id 1: constriction 0.5 ``stream.queue.RangeEncoder``,
 #: 32-bit words serialized little-endian, categorical models with ``perfect=False``.
@@ -110,7 +116,8 @@ GRAY_FLAG = 0x0001
 #: it is truncated rather than a stream without metadata. A 1.0 or 1.1 reader ignores it (and the chunk).
 METADATA_FLAG = 0x0002
 # The flag bits each minor version defines.
-_KNOWN_FLAGS = {0: 0x0000, 1: GRAY_FLAG, 2: GRAY_FLAG | METADATA_FLAG, 3: GRAY_FLAG | METADATA_FLAG}
+_KNOWN_FLAGS = {0: 0x0000, 1: GRAY_FLAG, 2: GRAY_FLAG | METADATA_FLAG, 3: GRAY_FLAG | METADATA_FLAG,
+                4: GRAY_FLAG | METADATA_FLAG}
 #: Format 1.3 adds no container field: it lets the pixel layer compute its entropy parameters by tiles (a
 #: flag of the RES1 payload, :mod:`semcodec.layers.pixels.payload`). Its encoder writes such a stream as 1.3
 #: (``Container(..., version=RESIDUAL_TILES_VERSION)``), so a 1.2 reader, which refuses that flag, meets it
@@ -127,7 +134,8 @@ CHUNK_OVERHEAD = _CHUNK_FRAME.size + _CRC.size
 
 _TYPE_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
-_LAYER_NAMES = {SEMANTIC_LAYER: "semantic layer", RESIDUAL_LAYER: "residual layer", METADATA_CHUNK: "metadata chunk"}
+_LAYER_NAMES = {SEMANTIC_LAYER: "semantic layer", RESIDUAL_LAYER: "residual layer",
+                REFINEMENT_LAYER: "refinement layer", METADATA_CHUNK: "metadata chunk"}
 
 
 def _describe(chunk_type: bytes) -> str:
@@ -256,16 +264,21 @@ def _check_header(h: Header) -> None:
         )
 
 
-def _format_1_0_violation(h: Header) -> str | None:
-    """Returns which rule of format 1.0 (kept by 1.1) that a newer 1.x minor version may relax ``h``
-    breaks, if any.
+def _format_1_0_violation(h: Header, version: tuple[int, int] = FORMAT_VERSION) -> str | None:
+    """Returns which rule of format 1.0 (kept by 1.1 to 1.4, with 1.4's layer 2) that a newer 1.x minor
+    version may relax ``h`` breaks, if any, for a stream of ``version``.
 
     The writer enforces these rules; the reader enforces them on streams whose
     minor version is not newer than its own.
     """
+    known = LAYER_TYPES if version >= REFINEMENT_VERSION else LAYER_TYPES[:2]
     for layer in h.layers:
-        if layer not in LAYER_TYPES:
-            return f"layer type {layer.decode('latin-1')} is not defined in format 1.0 (known: SEM0, RES1)"
+        if layer not in known:
+            return (f"layer type {layer.decode('latin-1')} is not defined in format {version[0]}.{version[1]} "
+                    f"(known: {', '.join(t.decode() for t in known)})")
+    if REFINEMENT_LAYER in h.layers and (
+            RESIDUAL_LAYER not in h.layers or h.layers.index(REFINEMENT_LAYER) != h.layers.index(RESIDUAL_LAYER) + 1):
+        return f"the refinement layer (REF2) must directly follow the residual layer (RES1), got {_format_types(h.layers)}"
     if RESIDUAL_LAYER not in h.layers and (h.codec_model or h.codec_checkpoint != _NO_HASH):
         return "a stream without a residual layer must have an empty codec_model and an all-zero codec_checkpoint"
     if SEMANTIC_LAYER not in h.layers and (h.semantic_model or h.preprocessing or h.calibration != _NO_HASH):
@@ -392,6 +405,8 @@ class Container:
 def _oldest_version(h: Header, metadata: bytes | None = None) -> tuple[int, int]:
     """The oldest format version that carries header ``h`` and ``metadata``: writing it keeps streams
     without the newer features byte-identical to what earlier releases wrote."""
+    if REFINEMENT_LAYER in h.layers:
+        return REFINEMENT_VERSION
     if metadata is not None:
         return (1, 2)
     return (1, 1) if h.gray else (1, 0)
@@ -448,7 +463,7 @@ def write_container(container: Container) -> bytes:
             f"{oldest[0]}.{oldest[1]} to {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]} for this stream"
         )
     header = container.header
-    violation = _format_1_0_violation(header)
+    violation = _format_1_0_violation(header, (major, minor))
     if violation:
         raise InvalidInputError(violation)
     types = tuple(c.type for c in container.chunks)
@@ -610,7 +625,7 @@ def _read_header(view: memoryview) -> tuple[Header, tuple[int, int], int, int]:
         )
     except InvalidInputError as e:
         raise CorruptStreamError(f"corrupt header: {e}") from e
-    violation = None if newer_minor else _format_1_0_violation(header)
+    violation = None if newer_minor else _format_1_0_violation(header, (major, minor))
     if violation:
         raise CorruptStreamError(f"corrupt header: {violation}")
     return header, (major, minor), flags, header_end + _CRC.size

@@ -68,7 +68,7 @@ class StreamInfo:
                                + (f" (calibration {self.calibration}, {self.preprocessing})" if self.semantic_model else "")),
             ("entropy coder", str(self.entropy_coder)),
         ]
-        names = {"SEM0": "layer 0 (semantic)", "RES1": "layer 1 (pixels)"}
+        names = {"SEM0": "layer 0 (semantic)", "RES1": "layer 1 (pixels)", "REF2": "layer 2 (refinement)"}
         rows += [(names.get(t, t), f"{n} bytes") for t, n in self.layers.items()]
         if self.metadata_bytes:
             kinds = ", ".join(f"{k} {n}" for k, n in self.metadata.items()) or "no kind this semcodec knows"

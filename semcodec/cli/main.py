@@ -129,7 +129,12 @@ def rate_options(f):
     f = click.option("--max", "max_size", is_flag=True, help="Treat --bpp/--size as a ceiling: never above it.")(f)
     f = click.option("--size", type=click.IntRange(min=1), default=None, help="Target size of the whole stream in bytes (±2%).")(f)
     f = click.option("--bpp", type=FiniteFloatRange(min=0, min_open=True), default=None, help="Target bits per pixel of the whole stream (±2%).")(f)
-    f = click.option("-q", "--quality", type=FiniteFloatRange(0, 100), default=None, help="Fixed quality, 0 (smallest) to 100 (best); default 75.")(f)
+    f = click.option("--lossless", is_flag=True,
+                     help="Add a lossless layer 2: the stream decodes to exactly the image's 8-bit pixels "
+                          "(-q then sets the pixel layer under it; default 100).")(f)
+    f = click.option("-q", "--quality", type=FiniteFloatRange(0, 100), default=None,
+                     help="Fixed quality, 0 (smallest) to 100 (best); default 75. Above 90 a refinement layer "
+                          "(layer 2) is added, up to about 46 dB at 100.")(f)
     f = click.option("-e", "--effort", type=click.IntRange(0, 3), default=0, show_default=True,
                      help="Encoder effort: above 0, the pixel layer's latents are refined for the image "
                           "(smaller streams at the same quality; much slower encoding; images of up to "
@@ -164,7 +169,8 @@ def rate_options(f):
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 @skip_existing_option
 @verbosity_options
-def compress(inputs, output, quality, effort, device, bpp, size, max_size, model, semantic, no_semantic, semantic_weights, semantic_only,
+def compress(inputs, output, quality, lossless, effort, device, bpp, size, max_size, model, semantic, no_semantic,
+             semantic_weights, semantic_only,
              semantic_bytes, strip_metadata, jobs, engine, ray_address, shards, progress, force, skip_existing, quiet,
              verbose) -> None:
     """Compress images (any format Pillow reads, HEIC and JPEG XL too) into semcodec streams.
@@ -176,11 +182,15 @@ def compress(inputs, output, quality, effort, device, bpp, size, max_size, model
         raise click.UsageError("give at most one of --quality, --bpp and --size")
     if max_size and bpp is None and size is None:
         raise click.UsageError("--max needs --bpp or --size")
+    if lossless and (bpp is not None or size is not None or semantic_only):
+        raise click.UsageError("--lossless contradicts --bpp/--size/--semantic-only (a lossless stream is as large "
+                               "as the image needs)")
     if no_semantic and (semantic or semantic_only or semantic_bytes):
         raise click.UsageError("--no-semantic contradicts --semantic/--semantic-only/--semantic-bytes")
     level = verbosity(quiet, verbose)
     check_skip_existing(skip_existing, force)
-    options = {"quality": quality, "bpp": bpp, "size": size, "max_size": max_size, "effort": effort, "device": device,
+    options = {"quality": quality, "lossless": lossless, "bpp": bpp, "size": size, "max_size": max_size,
+               "effort": effort, "device": device,
                "semantic": False if no_semantic else semantic, "semantic_weights": semantic_weights,
                "semantic_only": semantic_only, "semantic_bytes": semantic_bytes,
                "strip_metadata": strip_metadata} | ({"model": model} if model else {})
@@ -263,6 +273,44 @@ def decompress(inputs, output, jobs, engine, ray_address, progress, force, skip_
     if level > 0:
         report_single(f"{stream} -> {out}: {decompress_detail(image, written, data)}", (), time.perf_counter() - t0,
                       level)
+
+
+def layer_list(ctx, param, value: str) -> tuple[int, ...]:
+    """Parse ``--layers 0,1`` into layer numbers."""
+    try:
+        numbers = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of layer numbers (e.g. 0,1)") from None
+    if not numbers or any(n not in (0, 1, 2) for n in numbers):
+        raise click.BadParameter(f"layers are 0 (semantic), 1 (pixels) and 2 (refinement); got {value!r}")
+    return numbers
+
+
+@main.command()
+@click.argument("stream")
+@click.option("--layers", required=True, callback=layer_list, metavar="N[,N…]",
+              help="Layers to keep: 0 (semantic), 1 (pixels), 2 (refinement), e.g. 0,1 for the lossy image.")
+@click.option("-o", "--output", required=True, type=click.Path(allow_dash=True), help="Output stream ('-' = stdout).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")
+def extract(stream: str, layers: tuple[int, ...], output: str, force: bool) -> None:
+    """Write a stream holding only some layers of STREAM, without re-encoding ('-' reads stdin).
+
+    Every prefix of a stream's layers is a valid stream: tokens alone (0), tokens and lossy pixels (0,1), or the
+    pixels alone (1) when they are not coded conditioned on the tokens.
+    """
+    check_stream_name(output)
+    check_writable(output, force)
+    from ..bitstream.container import read_container
+
+    data = read_input_bytes(stream)
+    read_container(data)                # a damaged or truncated stream fails before torch loads
+    from .. import api
+
+    out = api.extract_layers(data, layers)
+    write_output_bytes(output, out, force=force)
+    if output != "-":
+        click.echo(f"{stream} -> {output}: layers {','.join(map(str, sorted(set(layers))))}, {len(out)} bytes "
+                   f"(from {len(data)})", err=True)
 
 
 @main.command()

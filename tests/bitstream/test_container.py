@@ -454,7 +454,7 @@ def test_the_oldest_version_that_carries_a_stream_is_written():
     # A 1.1 stream without the flag is valid and written as asked; a gray image cannot be 1.0.
     as_1_1 = Container(container.header, container.chunks, version=(1, 1))
     assert read_container(write_container(as_1_1)) == as_1_1
-    with pytest.raises(InvalidInputError, match="writes 1.1 to 1.3 for this stream"):
+    with pytest.raises(InvalidInputError, match="writes 1.1 to 1.4 for this stream"):
         write_container(Container(gray.header, gray.chunks, version=(1, 0)))
     # Metadata needs 1.2; a gray image with metadata is 1.2 with bit 0 set.
     meta = with_metadata()
@@ -462,7 +462,7 @@ def test_the_oldest_version_that_carries_a_stream_is_written():
     gray_meta = Container(gray.header, gray.chunks, metadata=meta.metadata)
     assert write_container(gray_meta)[8:12] == bytes([1, 2, 3, 0])
     assert read_container(write_container(gray_meta)) == gray_meta
-    with pytest.raises(InvalidInputError, match="writes 1.2 to 1.3 for this stream"):
+    with pytest.raises(InvalidInputError, match="writes 1.2 to 1.4 for this stream"):
         write_container(Container(meta.header, meta.chunks, version=(1, 1), metadata=meta.metadata))
 
 
@@ -475,11 +475,31 @@ def test_newer_minor_version_may_add_layer_types():
     assert read_container_prefix(prefix, RES).chunks[1].payload == b"b"
     with pytest.raises(CorruptStreamError, match="not defined in format 1.0"):
         read_container(build(Container(header, ()), chunks=chunks))
-    for version in ((1, 1), (1, 2)):
-        with pytest.raises(CorruptStreamError, match="not defined in format 1.0"):
+    for version in ((1, 1), (1, 2), (1, 3), (1, 4)):
+        with pytest.raises(CorruptStreamError, match=rf"not defined in format 1\.{version[1]}"):
             read_container(build(Container(header, ()), version=version, chunks=chunks))
     with pytest.raises(InvalidInputError, match=f"cannot write format version 1.{NEWER[1]}"):
         write_container(container)
+
+
+def test_a_refinement_layer_needs_format_1_4_and_directly_follows_the_pixel_layer():
+    from semcodec.bitstream.container import REFINEMENT_LAYER as REF
+    header = Header(**{**both_layers().header.__dict__, "layers": (SEM, RES, REF)})
+    container = Container(header, (Chunk(SEM, b"a"), Chunk(RES, b"b"), Chunk(REF, b"c")))
+    assert container.version == (1, 4)
+    data = write_container(container)
+    assert data[8:10] == bytes([1, 4]) and read_container(data) == container
+    assert read_container_prefix(data, RES).chunks == container.chunks[:2]
+    chunks = [(SEM, b"a"), (RES, b"b"), (REF, b"c")]
+    with pytest.raises(CorruptStreamError, match="REF2 is not defined in format 1.3"):
+        read_container(build(Container(header, ()), version=(1, 3), chunks=chunks))
+    with pytest.raises(InvalidInputError, match="writes 1.4 to 1.4"):
+        write_container(Container(header, container.chunks, version=(1, 3)))
+    alone = Header(**{**both_layers().header.__dict__, "layers": (SEM, REF)})
+    with pytest.raises(InvalidInputError, match="must directly follow the residual layer"):
+        write_container(Container(alone, (Chunk(SEM, b"a"), Chunk(REF, b"c"))))
+    with pytest.raises(CorruptStreamError, match="must directly follow the residual layer"):
+        read_container(build(Container(alone, ()), version=(1, 4), chunks=[(SEM, b"a"), (REF, b"c")]))
 
 
 # --------------------------------------------------------------------------- metadata chunk (format 1.2)
