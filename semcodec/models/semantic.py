@@ -26,6 +26,10 @@ Registered towers (see :func:`list_semantic_models`):
 * ``siglip-b16-224`` — open_clip ``ViT-B-16-SigLIP`` / ``webli``: 14×14 tokens × 768, the
   same layer rule (penultimate block) and preprocessing at 224; lighter.
 
+* ``qwen2.5-vl-7b`` — the vision encoder and patch merger of ``Qwen/Qwen2.5-VL-7B-Instruct``
+  through ``transformers`` (:mod:`semcodec.models.qwen_vl`): Qwen's dynamic resolution, a
+  token grid per image, tokens × 3584 = what its language model consumes.
+
 SigLIP towers are computed by :mod:`semcodec.models.siglip` (plain torch, Hugging Face's
 tanh GELU) from open_clip's or Hugging Face's weight files.
 * ``tiny`` — a 6-block, width-192 ViT built by open_clip's own code from a config
@@ -70,6 +74,7 @@ import torch
 from PIL import Image
 
 from ..errors import InvalidInputError, ModelError, ModelMismatchError, ModelNotAvailableError
+from .qwen_vl import QWEN25_VL_7B, QWEN_FAMILY
 
 __all__ = [
     "DEFAULT_SEMANTIC_MODEL",
@@ -173,7 +178,14 @@ class SemanticSpec:
 
     @property
     def num_layers(self) -> int:
-        return int(self.config["vision_cfg"]["layers"])
+        vc = self.config["vision_cfg"]
+        return int(vc["depth"] if self.variable_grid else vc["layers"])
+
+    @property
+    def variable_grid(self) -> bool:
+        """True for dynamic-resolution towers (Qwen2.5-VL): the grid depends on the image size, ``grid`` is
+        ``(0, 0)`` and ``image_size`` 0."""
+        return self.family == QWEN_FAMILY
 
     @property
     def is_tiny(self) -> bool:
@@ -181,7 +193,8 @@ class SemanticSpec:
 
     @property
     def family(self) -> str:
-        """``"clip"`` (open_clip's ``VisionTransformer``) or ``"siglip"`` (:mod:`semcodec.models.siglip`)."""
+        """``"clip"`` (open_clip's ``VisionTransformer``), ``"siglip"`` (:mod:`semcodec.models.siglip`) or
+        ``"qwen2_5_vl"`` (:mod:`semcodec.models.qwen_vl`)."""
         return self.config.get("family", "clip")
 
 
@@ -228,6 +241,18 @@ def _make_spec(name: str, arch: str, tag: str, config: dict, layer: int, mean, s
         token_dim=int(vc.get("width", 768)), mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std), preprocessing=preprocessing, preprocessing_id=pid,
         description=description, config_json=json.dumps(config, sort_keys=True))
+
+
+def _make_qwen_spec(name: str, arch: str, tag: str, config: dict, description: str) -> SemanticSpec:
+    """The spec of a dynamic-resolution Qwen2.5-VL tower: tokens = the merger output (``layer = -1``),
+    grid and input size per image (``(0, 0)`` and 0 here); preprocessing id ``smart-resize-<factor>-<min>-<max>-openai``."""
+    vc = config["vision_cfg"]
+    factor = int(vc["patch_size"]) * int(vc["spatial_merge_size"])
+    pid = f"smart-resize-{factor}-{int(config['min_pixels'])}-{int(config['max_pixels'])}-{_mean_tag(OPENAI_MEAN, OPENAI_STD)}"
+    return SemanticSpec(
+        name=name, open_clip_arch=arch, pretrained=tag, layer=-1, image_size=0, grid=(0, 0),
+        token_dim=int(vc["out_hidden_size"]), mean=OPENAI_MEAN, std=OPENAI_STD, preprocessing="smart-resize",
+        preprocessing_id=pid, description=description, config_json=json.dumps(config, sort_keys=True))
 
 
 def _open_clip():
@@ -309,6 +334,15 @@ _REGISTERED = {
         "hf_hub": "timm/ViT-B-16-SigLIP/", "url": "",
     },
 }
+# Dynamic-resolution towers, through transformers (docs/semantic.md §1): the token grid depends on the image.
+_QWEN_REGISTERED = {
+    "qwen2.5-vl-7b": {
+        "arch": "Qwen2.5-VL-7B-Instruct", "tag": "hf", "config": QWEN25_VL_7B,
+        "description": "Qwen2.5-VL-7B-Instruct's vision encoder + patch merger (transformers), what its language "
+                       "model consumes; a token grid per image (multiples of 28 px)",
+        "hf_hub": "Qwen/Qwen2.5-VL-7B-Instruct/model.safetensors.index.json", "url": "",
+    },
+}
 _HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"       # open_clip.constants.HF_WEIGHTS_NAME
 _HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"  # open_clip.constants.HF_SAFE_WEIGHTS_NAME
 _TINY_DESCRIPTION = ("NOT semantic: a small ViT with random fixed-seed weights, shipped so that "
@@ -341,6 +375,12 @@ def semantic_spec(name: str, layer: int | None = None) -> SemanticSpec:
     if layer is not None and suffix_layer is not None and layer != suffix_layer:
         raise InvalidInputError(f"{name} names layer {suffix_layer} but layer={layer} was asked for")
     layer = suffix_layer if layer is None else layer
+    if base in _QWEN_REGISTERED:
+        if layer not in (None, -1):
+            raise InvalidInputError(f"{base}'s tokens are its patch merger's output (what the language model "
+                                    "consumes); it has no other layer")
+        r = _QWEN_REGISTERED[base]
+        return _make_qwen_spec(base, r["arch"], r["tag"], r["config"], r["description"])
     if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool)):
         raise InvalidInputError(f"layer must be a negative integer, got {layer!r}")
     eff = -2 if layer is None else layer
@@ -376,7 +416,7 @@ def _parse_open_clip_name(name: str) -> tuple[str, str]:
     for i in range(len(name) - 1, 0, -1):
         if name[i] == "." and name[:i].lower() in archs:
             return archs[name[:i].lower()], name[i + 1:]
-    known = ", ".join(["tiny", *_REGISTERED])
+    known = ", ".join(["tiny", *_REGISTERED, *_QWEN_REGISTERED])
     raise InvalidInputError(f"unknown semantic tower {name!r}; registered: {known}, or any open_clip "
                             "ViT as Arch:tag (e.g. ViT-B-32:laion2b_s34b_b79k)")
 
@@ -395,7 +435,7 @@ def list_semantic_models() -> list[dict]:
     from ..layers.semantic import find_calibration
 
     rows = []
-    for name in (*_REGISTERED, "tiny"):
+    for name in (*_REGISTERED, *_QWEN_REGISTERED, "tiny"):
         spec = semantic_spec(name)
         weights = weights_path(spec)
         try:
@@ -404,7 +444,8 @@ def list_semantic_models() -> list[dict]:
             calibration = None
         rows.append({
             "name": spec.name, "arch": spec.open_clip_arch, "pretrained": spec.pretrained, "layer": spec.layer,
-            "token_shape": f"{spec.num_tokens}x{spec.token_dim} ({spec.grid[0]}x{spec.grid[1]})",
+            "token_shape": (f"variable x{spec.token_dim} (grid per image)" if spec.variable_grid else
+                            f"{spec.num_tokens}x{spec.token_dim} ({spec.grid[0]}x{spec.grid[1]})"),
             "tokens": spec.num_tokens, "token_dim": spec.token_dim, "preprocessing": spec.preprocessing_id,
             "description": spec.description, "weights_present": weights is not None,
             "weights": str(weights) if weights else None,
@@ -431,6 +472,8 @@ def _pretrained_cfg(spec: SemanticSpec) -> dict:
     base = _LAYER_SUFFIX_RE.sub(r"\g<base>", spec.name)
     if base in _REGISTERED:
         return _REGISTERED[base]
+    if base in _QWEN_REGISTERED:
+        return _QWEN_REGISTERED[base]
     _open_clip()
     from open_clip.pretrained import get_pretrained_cfg
 
@@ -473,6 +516,8 @@ def weights_path(spec: SemanticSpec | str) -> Path | None:
             except Exception:  # a malformed cache entry is "not present"
                 found = None
             if isinstance(found, str) and os.path.isfile(found):
+                if spec.variable_grid and not all((Path(found).parent / f).is_file() for f in _visual_shards(found)):
+                    return None  # the index without the shards that hold the vision encoder
                 return Path(found)
     url = _pretrained_cfg(spec).get("url", "")
     if url:
@@ -480,6 +525,17 @@ def weights_path(spec: SemanticSpec | str) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def _visual_shards(index: str | os.PathLike) -> list[str]:
+    """The shard files of a sharded checkpoint's index that hold vision-encoder tensors (Qwen2.5-VL)."""
+    from .qwen_vl import VISUAL_PREFIXES
+
+    try:
+        weight_map = json.loads(Path(index).read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ["<unreadable index>"]
+    return sorted({f for k, f in weight_map.items() if k.startswith(VISUAL_PREFIXES)}) or ["<no vision tensors>"]
 
 
 def _offline_requested() -> bool:
@@ -509,7 +565,7 @@ def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
 
 def _not_available(spec: SemanticSpec, why: str) -> ModelNotAvailableError:
-    cache = "the Hugging Face cache" if spec.family == "siglip" else "its cache"
+    cache = "the Hugging Face cache" if spec.family in ("siglip", QWEN_FAMILY) else "its cache"
     return ModelNotAvailableError(
         f"the weights of semantic tower {spec.name} (open_clip {spec.open_clip_arch}/{spec.pretrained}) are not "
         f"on this machine and {why}; either run once online (open_clip downloads them to {cache}), "
@@ -524,7 +580,7 @@ def _resolve_weights(spec: SemanticSpec) -> Path:
         raise _not_available(spec, "HF_HUB_OFFLINE is set")
     if not _hub_reachable():
         raise _not_available(spec, "the model hub cannot be reached")
-    if spec.family == "siglip":
+    if spec.family in ("siglip", QWEN_FAMILY):
         return _download_from_hub(spec)
     _open_clip()
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
@@ -547,7 +603,11 @@ def _download_from_hub(spec: SemanticSpec) -> Path:
     error: Exception | None = None
     for filename in names:
         try:
-            return Path(hf_hub_download(repo, filename, cache_dir=str(_hub_cache_dir())))
+            path = Path(hf_hub_download(repo, filename, cache_dir=str(_hub_cache_dir())))
+            if spec.variable_grid:  # a sharded checkpoint: fetch only the shards holding the vision encoder
+                for shard in _visual_shards(path):
+                    hf_hub_download(repo, shard, cache_dir=str(_hub_cache_dir()))
+            return path
         except Exception as e:  # network failures and missing files surface as many exception types
             error = error or e
     raise _not_available(spec, f"downloading them failed ({type(error).__name__}: {str(error)[:200]})") from None
@@ -832,11 +892,13 @@ def load_tower(name: str | SemanticSpec, weights: str | os.PathLike | None = Non
         name: tower name or spec (see :func:`semantic_spec`).
         weights: optional weights file (safetensors, open_clip ``.bin``/``.pt`` or
             an OpenAI TorchScript ``.pt``; a full CLIP checkpoint or the vision
-            tower alone). Without it: the shipped file (``tiny``), the local cache,
-            or a download where the hub is reachable.
+            tower alone; for ``qwen2.5-vl-7b`` a safetensors file or a sharded checkpoint's
+            ``model.safetensors.index.json``). Without it: the shipped file (``tiny``), the
+            local cache, or a download where the hub is reachable.
 
     Returns:
-        The tower, in eval mode on the CPU.
+        The tower, in eval mode on the CPU: a :class:`SemanticTower`, or a
+        :class:`~semcodec.models.qwen_vl.QwenVisionTower` for dynamic-resolution towers.
 
     Raises:
         ModelNotAvailableError: no weights here and no way to get them (offline);
@@ -853,4 +915,8 @@ def load_tower(name: str | SemanticSpec, weights: str | os.PathLike | None = Non
         path = TINY_WEIGHTS
     else:
         path = _resolve_weights(spec)
+    if spec.variable_grid:
+        from .qwen_vl import QwenVisionTower, load_qwen_visual
+
+        return QwenVisionTower(spec, load_qwen_visual(spec.config, path, spec.open_clip_arch), path)
     return SemanticTower(spec, _load_visual(spec, path), path)
