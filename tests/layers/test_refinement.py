@@ -221,3 +221,24 @@ def test_shell_lossless_extract_and_info(test_codec, runner, tmp_path):
     r = runner.invoke(main, ["compress", str(SAMPLE), "--lossless", "--bpp", "3", "-o", str(tmp_path / "b.smc")])
     assert r.exit_code == 2 and "--lossless contradicts" in r.output
     assert not (tmp_path / "b.smc").exists() and not (tmp_path / "t.smc").exists()
+
+
+# --------------------------------------------------------------------------- goldens
+
+GOLDEN = __import__("helpers").TEST_DATA / "golden"
+
+
+@pytest.mark.parametrize("name, step16, size", [("lossless", 16, 3624), ("step4.5", 72, 2008)])
+def test_golden_refinement_payloads_decode_and_encode_unchanged(name, step16, size):
+    """Payloads written when layer 2 was specified: the decoder's conventions (and the encoder's output, whose
+    size also guards its compression) must not drift."""
+    from PIL import Image
+
+    image = np.asarray(Image.open(GOLDEN / "ref2-photo40x48-image.png"))
+    base = np.asarray(Image.open(GOLDEN / "ref2-photo40x48-base.png"))
+    payload = (GOLDEN / f"ref2-photo40x48-{name}.bin").read_bytes()
+    decoded = RefinementCoder().decode(payload, base)
+    if step16 == 16:
+        np.testing.assert_array_equal(decoded, image)
+    assert psnr(decoded, image) > 45
+    assert len(payload) == size and RefinementCoder().encode(image, base, step16) == payload

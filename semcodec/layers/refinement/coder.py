@@ -107,7 +107,7 @@ class _Planes:
     """The decoder's state: the pixel layer and the symbols decoded so far, padded planes (C, H + 4, W + 4)."""
 
     def __init__(self, base: np.ndarray):
-        self.channels, self.height, self.width = base.shape                       # base: (C, H, W) int32, x̂₁
+        self.channels, self.height, self.width = base.shape                       # base: (C, H, W) int16, x̂₁
         self.base = np.stack([_padded(b) for b in base])
         self.q = np.zeros_like(self.base)                                         # 0 where not decoded yet
 
@@ -135,8 +135,8 @@ class _Planes:
 
 
 def _features(s: _Planes, phase: int, channel: int, band: slice):
-    """The features of group ``(phase, channel)`` at the phase's rows ``band``, in their fixed order, as int32
-    arrays (rows, columns); also returns the bucket of each position.
+    """The features of group ``(phase, channel)`` at the phase's rows ``band``, in their fixed order, as int16
+    or int32 arrays (rows, columns), every value within ±255; also returns the bucket of each position.
 
     Order: 1; ``x̂₁[n] − x̂₁[0]`` over the 5×5 window (row-major) in the channel, then over the 3×3 window in each
     other channel (increasing channel); ``q[n]`` of the channel at the phase's neighbours; for each earlier channel
@@ -157,11 +157,11 @@ def _features(s: _Planes, phase: int, channel: int, band: slice):
     for dy, dx in neighbours:
         f = s.view(s.q, channel, phase, band, dy, dx)
         feats.append(f)
-        activity += weight * np.abs(f)
+        activity += np.multiply(np.abs(f), weight, dtype=np.int32)
     for c in range(channel):
         f = s.view(s.q, c, phase, band, 0, 0)
         feats.append(f)
-        activity += 8 * np.abs(f)
+        activity += np.multiply(np.abs(f), 8, dtype=np.int32)
         feats.extend(s.view(s.q, c, phase, band, dy, dx) for dy, dx in neighbours)
     a_class = np.minimum(np.searchsorted(_POW2, activity >> 2, side="right"), ACTIVITY_CLASSES - 1)
     g_class = np.minimum(np.searchsorted(_POW2, grad >> 2, side="right"), GRADIENT_CLASSES - 1)
@@ -178,7 +178,7 @@ def _mean_q(feats: list[np.ndarray], weights: np.ndarray | None, bound: int) -> 
     acc = np.zeros(feats[0].shape, dtype=np.int32)
     for w, f in zip(weights.tolist(), feats):
         if w:
-            acc += np.int32(w) * f
+            acc += np.multiply(f, w, dtype=np.int32)      # explicit dtype: the same under NumPy 1 and 2 casting
     shift = WEIGHT_BITS - int(math.log2(MEAN_GRID))
     return np.clip((acc + (1 << (shift - 1))) >> shift, -MEAN_GRID * bound, MEAN_GRID * bound)
 
@@ -230,23 +230,23 @@ def _rdo(q: np.ndarray, mean_q: np.ndarray, b: np.ndarray, target: np.ndarray, b
 
 def quantize(residual: np.ndarray, step16: int) -> np.ndarray:
     """Symbols of a residual (integers) with step ``step16/16``: ``floor(16·r/step16 + 1/2)``."""
-    return (32 * residual.astype(np.int64) + step16) // (2 * step16)
+    return ((32 * residual.astype(np.int32) + step16) // (2 * step16)).astype(np.int16)
 
 
 def dequantize(symbols: np.ndarray, step16: int) -> np.ndarray:
     """Decoded residual of symbols: ``floor((step16·q + 8) / 16)``."""
-    return (step16 * symbols.astype(np.int64) + STEP_ONE // 2) >> 4
+    return (step16 * symbols.astype(np.int32) + STEP_ONE // 2) >> 4
 
 
 def _planes_of(image: np.ndarray, channels: int) -> np.ndarray:
-    """(C, H, W) int32 planes of a (H, W), (H, W, 1) or (H, W, 3) uint8 image; gray is repeated to 3 channels."""
+    """(C, H, W) int16 planes of a (H, W), (H, W, 1) or (H, W, 3) uint8 image; gray is repeated to 3 channels."""
     if image.ndim == 2:
         image = image[..., None]
     if image.shape[2] == 1 and channels == 3:
         image = np.repeat(image, 3, axis=2)
     if image.shape[2] != channels:
         raise InvalidInputError(f"an image of {image.shape[2]} channels cannot be refined as {channels}")
-    return np.ascontiguousarray(np.moveaxis(image, 2, 0)).astype(np.int32)
+    return np.ascontiguousarray(np.moveaxis(image, 2, 0)).astype(np.int16)
 
 
 def _image_of(planes: np.ndarray) -> np.ndarray:
@@ -340,7 +340,7 @@ class RefinementCoder:
         bound = symbol_bound(p.step16)
         dec = EntropyDecoder(p.words)
         for (phase, channel), model in zip(groups(p.channels), p.groups):
-            decoded = np.zeros(s.grid(phase), dtype=np.int32)                 # (rows, columns) of the phase
+            decoded = np.zeros(s.grid(phase), dtype=np.int16)                 # (rows, columns) of the phase
             for band in _bands(*decoded.shape):
                 feats, key = _features(s, phase, channel, band)
                 mean_q = _mean_q(feats, model.weights, bound)
