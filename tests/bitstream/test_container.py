@@ -30,6 +30,7 @@ from semcodec.bitstream.container import (
     MAX_CHUNK_PAYLOAD,
     MAX_CHUNKS,
     METADATA_CHUNK,
+    REFINEMENT_LAYER,
     RESIDUAL_LAYER,
     SEMANTIC_LAYER,
     Chunk,
@@ -130,8 +131,16 @@ def with_metadata() -> Container:
     return Container(container.header, container.chunks, metadata=payload)
 
 
+def refined() -> Container:
+    """Format 1.4: all three layers (layer 2 directly after layer 1) and metadata."""
+    container = with_metadata()
+    header = Header(**{**container.header.__dict__, "layers": (SEM, RES, REFINEMENT_LAYER)})
+    return Container(header, container.chunks + (Chunk(REFINEMENT_LAYER, b"refinement"),),
+                     metadata=container.metadata)
+
+
 GOLDEN_CASES = {"both_layers": both_layers, "pixels_only": pixels_only, "semantic_only": semantic_only,
-                "gray_pixels": gray_pixels, "with_metadata": with_metadata}
+                "gray_pixels": gray_pixels, "with_metadata": with_metadata, "refined": refined}
 
 
 # ------------------------------------------------ independent encoder (from the spec)
@@ -177,7 +186,8 @@ def build(container: Container, *, version=None, flags=None, extra=b"", chunks=N
     metadata chunk, after the layers), ``version`` and ``flags`` override the container's (the oldest that
     carries it: 1.0 with no flags, 1.1 and bit 0 for a gray image, 1.2 with metadata)."""
     if version is None:
-        version = (1, 2) if container.metadata is not None else (1, 1) if container.header.gray else (1, 0)
+        version = ((1, 4) if REFINEMENT_LAYER in container.header.layers else (1, 2) if container.metadata is not None
+                   else (1, 1) if container.header.gray else (1, 0))
     if flags is None:
         flags = (0x0001 if container.header.gray else 0) | (0x0002 if container.metadata is not None else 0)
     if chunks is None:
@@ -483,7 +493,7 @@ def test_newer_minor_version_may_add_layer_types():
 
 
 def test_a_refinement_layer_needs_format_1_4_and_directly_follows_the_pixel_layer():
-    from semcodec.bitstream.container import REFINEMENT_LAYER as REF
+    REF = REFINEMENT_LAYER
     header = Header(**{**both_layers().header.__dict__, "layers": (SEM, RES, REF)})
     container = Container(header, (Chunk(SEM, b"a"), Chunk(RES, b"b"), Chunk(REF, b"c")))
     assert container.version == (1, 4)
