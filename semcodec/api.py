@@ -228,7 +228,7 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
         whole_stream = semantic_only and size is not None
         layer0 = _encode_semantic(pixels, tower_name, semantic_weights,
                                   max_bytes=size if whole_stream else semantic_bytes, whole_stream=whole_stream,
-                                  metadata=metadata)
+                                  metadata=metadata, notes=notes)
     if semantic_only:
         if quality is not None:
             notes.append("--quality applies to the pixel layer and is ignored with --semantic-only")
@@ -422,11 +422,13 @@ def _semantic_models(name: str, weights: str | None):
 
 
 def _encode_semantic(pixels: np.ndarray, name: str, weights, max_bytes: int | None,
-                     whole_stream: bool = False, metadata: bytes | None = None) -> _Layer0:
+                     whole_stream: bool = False, metadata: bytes | None = None,
+                     notes: list[str] | None = None) -> _Layer0:
     """Run the tower on the image and code its tokens, at the default rate or within ``max_bytes``.
 
     With ``whole_stream``, ``max_bytes`` budgets the whole semantic-only stream (container and ``metadata``,
-    the stream's META payload, included).
+    the stream's META payload, included). A dynamic-resolution tower (Qwen2.5-VL) codes the image's own
+    token grid, and adds a note to ``notes`` when the image lies outside its pixel limits.
     """
     tower, coder = _semantic_models(name, str(weights) if weights else None)
     cal = coder.calibration
@@ -438,11 +440,17 @@ def _encode_semantic(pixels: np.ndarray, name: str, weights, max_bytes: int | No
         if max_bytes - overhead < 1:
             raise RateControlError(f"a semantic-only stream needs more than {overhead} bytes; the target is {max_bytes}")
         max_bytes -= overhead
+    grid = None
+    if getattr(tower, "variable_grid", False):                   # its token grid for this image size
+        grid = tower.grid(width, height)
+        note = tower.note(width, height)
+        if note and notes is not None:
+            notes.append(note)
     tokens = tower.tokens([Image.fromarray(pixels)])[0]          # (N, D)
     if max_bytes is not None:
-        payload = coder.encode_to_budget(tokens, max_bytes, image_size=(width, height))
+        payload = coder.encode_to_budget(tokens, max_bytes, image_size=(width, height), grid=grid)
     else:
-        payload = coder.encode(tokens, DEFAULT_SEMANTIC_RATE, image_size=(width, height))
+        payload = coder.encode(tokens, DEFAULT_SEMANTIC_RATE, image_size=(width, height), grid=grid)
     return _Layer0(empty.model, empty.calibration8, empty.preprocessing, payload)
 
 

@@ -174,3 +174,89 @@ def test_qwen_weights_missing_or_cached(tmp_path, monkeypatch):
     assert sem.weights_path("qwen2.5-vl-7b") is None  # the index alone: the vision shard is missing
     (snap / "model-00001-of-00005.safetensors").write_bytes(b"x")
     assert sem.weights_path("qwen2.5-vl-7b") == snap / names[0]
+
+
+# --------------------------------------------------------------------------- variable-grid coding (SEM0 version 2)
+
+
+@pytest.fixture(scope="module")
+def qwen_tower(qwen_file):
+    return load_tower(qwen_spec(), weights=qwen_file)
+
+
+@pytest.fixture(scope="module")
+def qwen_cal(qwen_tower, tmp_path_factory):
+    from semcodec.layers.semantic import Calibration, calibrate
+
+    tmp = tmp_path_factory.mktemp("qwencal")
+    paths = []
+    for i in range(10):
+        paths.append(tmp / f"im{i}.png")
+        photo(60 + 17 * i, 150 - 9 * i, seed=300 + i).save(paths[-1])
+    cal = calibrate(qwen_tower, paths)
+    cal.save(tmp / "calibration-qwen-test.safetensors")
+    return Calibration.load(tmp / "calibration-qwen-test.safetensors")
+
+
+def test_variable_grid_calibration(qwen_cal):
+    assert qwen_cal.variable_grid and qwen_cal.grid == (0, 0) and qwen_cal.input_size == 0
+    assert qwen_cal.position_mean.shape == (1, 32) and qwen_cal.klt.shape == (32, 32)
+    assert qwen_cal.preprocessing == "smart-resize" and qwen_cal.preprocessing_id.startswith("smart-resize-28-")
+    s = qwen_cal.stats
+    assert s["num_images"] == 10 and s["tokens_per_image_min"] < s["tokens_per_image_max"]
+    assert "a grid per image" in qwen_cal.describe()
+
+
+@pytest.mark.parametrize("size", [(100, 80), (90, 200), (300, 200)])
+def test_variable_grid_streams_round_trip(qwen_tower, qwen_cal, size):
+    from semcodec.bitstream.container import SEMANTIC_LAYER, read_container_prefix
+    from semcodec.layers.semantic import decode_tokens, semantic_only_stream
+
+    image = photo(*size, seed=size[1])
+    t = qwen_tower.tokens([image])[0]
+    grid = qwen_tower.grid(*size)
+    stream = semantic_only_stream(t, qwen_cal, *size, rate=130, grid=grid)
+    payload = bytes(read_container_prefix(stream, until=SEMANTIC_LAYER).layer(SEMANTIC_LAYER))
+    assert payload[0] == 2 and int.from_bytes(payload[5:7], "little") == grid[0] \
+        and int.from_bytes(payload[7:9], "little") == grid[1]
+    decoded = decode_tokens(stream, qwen_cal)
+    assert decoded.grid == grid and decoded.tokens.shape == t.shape
+    err = float(((decoded.tokens - t) ** 2).mean() / (t ** 2).mean())
+    assert err < 0.05
+    # Fewer tokens kept: the others are predicted on the image's own grid.
+    few = decode_tokens(semantic_only_stream(t, qwen_cal, *size, rate=130, grid=grid, keep=t.shape[0] // 2),
+                        qwen_cal)
+    assert few.positions.numel() == t.shape[0] // 2 and few.tokens.shape == t.shape
+    budget = semantic_only_stream(t, qwen_cal, *size, max_bytes=300, grid=grid)
+    assert len(budget) <= 300 and decode_tokens(budget, qwen_cal).grid == grid
+
+
+def test_variable_grid_errors(qwen_tower, qwen_cal):
+    from semcodec.errors import CorruptStreamError, SemcodecError, TruncatedStreamError
+    from semcodec.layers.semantic import coder_for
+
+    coder = coder_for(qwen_cal)
+    t = qwen_tower.tokens([photo(100, 80, seed=1)])[0]
+    grid = qwen_tower.grid(100, 80)
+    with pytest.raises(InvalidInputError, match="grid"):
+        coder.encode(t, 100)
+    with pytest.raises(InvalidInputError, match="shape"):
+        coder.encode(t, 100, grid=(grid[0] + 1, grid[1]))
+    payload = coder.encode(t, 100, keep=t.shape[0] - 3, grid=grid)
+    assert coder.decode(payload).grid == grid
+    with pytest.raises(TruncatedStreamError, match="grid"):
+        coder.decode(payload[:7])
+    with pytest.raises(CorruptStreamError, match="grid"):
+        coder.decode(payload[:5] + (200).to_bytes(2, "little") * 2 + payload[9:])  # 40000 tokens
+    with pytest.raises(CorruptStreamError, match="fixed-grid payload"):
+        coder.decode(b"\x01" + payload[1:])
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        bad = bytearray(payload)
+        for i in rng.integers(0, len(bad), size=rng.integers(1, 4)):
+            bad[i] = int(rng.integers(0, 256))
+        try:
+            d = coder.decode(bytes(bad))
+            assert torch.isfinite(d.full).all() and d.full.shape[0] == d.grid[0] * d.grid[1]
+        except SemcodecError:
+            pass

@@ -253,7 +253,9 @@ def test_damaged_payloads_raise_only_semcodec_errors(coder, tokens):
         except SemcodecError:
             pass
     with pytest.raises(UnsupportedVersionError):
-        coder.decode(b"\x02" + payload[1:])
+        coder.decode(b"\x03" + payload[1:])
+    with pytest.raises(CorruptStreamError, match="variable-grid payload"):
+        coder.decode(b"\x02" + payload[1:])  # version 2 is the variable-grid form, not this calibration's
     with pytest.raises(CorruptStreamError):
         coder.decode(payload[:1] + bytes([RATE_MAX + 1]) + payload[2:])
     with pytest.raises(CorruptStreamError):

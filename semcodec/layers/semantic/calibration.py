@@ -31,6 +31,11 @@ MAX_TOKENS = 4096
 MAX_TOKEN_DIM = 4096
 _LS_BOUND = 512  # |log2_std_q| <= 512, i.e. σ within 2**±64
 FAMILIES = ("gaussian", "laplace")
+#: The ``grid`` of a variable-grid calibration (dynamic-resolution towers): the grid is in each payload.
+VARIABLE_GRID = (0, 0)
+#: Preprocessing modes of fixed-grid towers, and of variable-grid ones.
+FIXED_MODES = ("pad-square", "resize-crop", "squash")
+VARIABLE_MODES = ("smart-resize",)
 #: Shipped calibrations: ``<repo>/checkpoints`` (the repository root is the parent of the package:
 #: ``<repo>/semcodec/layers/semantic/calibration.py``).
 CHECKPOINT_DIR = Path(__file__).resolve().parents[3] / "checkpoints"
@@ -47,13 +52,17 @@ class Calibration:
         model: Semantic tower id (``SemanticSpec.name``).
         layer: The tower layer the tokens come from.
         preprocessing_id: The tower's preprocessing id.
-        grid: Token grid ``(gh, gw)``.
+        grid: Token grid ``(gh, gw)``; ``(0, 0)`` (:data:`VARIABLE_GRID`) for a dynamic-resolution
+            tower, whose statistics are position-independent and whose payloads carry their grid.
         token_dim: ``D``.
-        preprocessing: ``"pad-square"``, ``"resize-crop"`` or ``"squash"`` (decides which tokens are padding).
-        input_size: Side of the tower input in pixels.
-        position_mean: ``(N, D)`` float32 mean image token at each grid position.
+        preprocessing: ``"pad-square"``, ``"resize-crop"`` or ``"squash"`` (decides which tokens are padding);
+            ``"smart-resize"`` for variable grids (no padding).
+        input_size: Side of the tower input in pixels (0 for variable grids).
+        position_mean: ``(N, D)`` float32 mean image token at each grid position; ``(1, D)``, the mean
+            of all tokens, for variable grids.
         padding_mean: ``(N, D)`` float32 mean padding token at each grid position
-            (``pad-square``: tokens of the mean-colour border of non-square images).
+            (``pad-square``: tokens of the mean-colour border of non-square images); ``(1, D)`` for
+            variable grids (equal to ``position_mean``: they have no padding).
         mean: ``(D,)`` float32 mean over all tokens.
         klt: ``(D, D)`` float32 orthonormal KLT, column ``i`` the eigenvector of the
             residual (token minus position mean) covariance with the ``i``-th largest variance.
@@ -96,7 +105,13 @@ class Calibration:
 
     @property
     def num_tokens(self) -> int:
+        """``N`` of a fixed grid (0 for a variable grid)."""
         return self.grid[0] * self.grid[1]
+
+    @property
+    def variable_grid(self) -> bool:
+        """True for a dynamic-resolution tower's calibration (the grid is in each payload)."""
+        return tuple(self.grid) == VARIABLE_GRID
 
     @property
     def hash8(self) -> bytes:
@@ -195,12 +210,17 @@ class Calibration:
         """Checks shapes, dtypes and integer ranges; raises ModelError."""
         gh, gw = self.grid
         n, d = gh * gw, self.token_dim
-        if not (1 <= gh and 1 <= gw and n <= MAX_TOKENS and 1 <= d <= MAX_TOKEN_DIM):
+        variable = self.variable_grid
+        if not ((variable or (1 <= gh and 1 <= gw and n <= MAX_TOKENS)) and 1 <= d <= MAX_TOKEN_DIM):
             raise ModelError(f"{where}: grid {gh}x{gw} / token_dim {d} outside the supported range")
         if self.family not in FAMILIES:
             raise ModelError(f"{where}: unknown entropy model family {self.family!r}")
-        if self.preprocessing not in ("pad-square", "resize-crop", "squash") or not 1 <= self.input_size <= 16384:
-            raise ModelError(f"{where}: unknown preprocessing {self.preprocessing!r} / input size {self.input_size}")
+        modes_ok = (self.preprocessing in VARIABLE_MODES and self.input_size == 0) if variable else \
+            (self.preprocessing in FIXED_MODES and 1 <= self.input_size <= 16384)
+        if not modes_ok:
+            raise ModelError(f"{where}: unknown preprocessing {self.preprocessing!r} / input size {self.input_size}"
+                             f"{' for a variable grid' if variable else ''}")
+        n = 1 if variable else n  # one position-independent mean
         shapes = {"position_mean": (n, d), "padding_mean": (n, d), "log2_std_pad_q": (d,),
                   "mean": (d,), "klt": (d, d), "variances": (d,), "log2_std_q": (d,),
                   "log2_cstd_q": (NUM_PASSES, d), "alpha_q": (NUM_PASSES, d), "drop_alpha_q": (DROP_RADIUS_MAX, d)}
@@ -224,13 +244,20 @@ class Calibration:
         if np.abs(self.alpha_q).max() > ALPHA_MAX or np.abs(self.drop_alpha_q).max() > ALPHA_MAX:
             raise ModelError(f"{where}: prediction weights outside ±{ALPHA_MAX}")
 
-    def random_tokens(self, seed: int = 0, count: int | None = None) -> torch.Tensor:
+    def random_tokens(self, seed: int = 0, count: int | None = None,
+                      grid: tuple[int, int] | None = None) -> torch.Tensor:
         """Synthetic tokens with the calibrated statistics (Gaussian), for tests and examples.
 
-        Returns ``(N, D)`` float32, or ``(count, N, D)`` when ``count`` is given.
+        Returns ``(N, D)`` float32, or ``(count, N, D)`` when ``count`` is given; ``grid`` gives
+        ``N`` for a variable-grid calibration.
         """
         g = np.random.default_rng(seed)
-        shape = (count or 1, self.num_tokens, self.token_dim)
+        n = self.num_tokens
+        if self.variable_grid:
+            if grid is None:
+                raise InvalidInputError("a variable-grid calibration needs grid=(gh, gw) for random tokens")
+            n = int(grid[0]) * int(grid[1])
+        shape = (count or 1, n, self.token_dim)
         z = g.standard_normal(shape) * np.sqrt(np.maximum(self.variances, 0))[None, None, :]
         t = self.position_mean[None] + z @ self.klt.T.astype(np.float64)
         out = torch.from_numpy(t.astype(np.float32))
@@ -238,8 +265,9 @@ class Calibration:
 
     def describe(self) -> str:
         s = self.stats
+        grid = "a grid per image" if self.variable_grid else f"{self.grid[0]}x{self.grid[1]}"
         return (f"calibration of {self.model} (layer {self.layer}, {self.preprocessing_id}, "
-                f"{self.grid[0]}x{self.grid[1]} tokens x {self.token_dim}), hash {self.hash8.hex()}, "
+                f"{grid} tokens x {self.token_dim}), hash {self.hash8.hex()}, "
                 f"{s.get('num_images', '?')} images, {self.family}")
 
 
@@ -317,6 +345,8 @@ def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int =
 
     spec = tower.spec
     paths = sorted(Path(p) for p in image_paths)
+    if getattr(spec, "variable_grid", False):
+        return _calibrate_variable_grid(tower, paths, progress, max_cache_bytes)
     n, d = spec.num_tokens, spec.token_dim
     gh, gw = spec.grid
 
@@ -468,6 +498,140 @@ def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int =
                        mean=mean.astype(np.float32), klt=evecs.astype(np.float32), variances=evals.astype(np.float32),
                        log2_std_q=ls, log2_cstd_q=cstd_q, log2_std_pad_q=pad_std_q.astype(np.int32),
                        alpha_q=alpha_q, drop_alpha_q=drop_alpha_q.astype(np.int32),
+                       family=family, stats=stats, metadata=metadata)
+
+
+def _calibrate_variable_grid(tower, paths: list[Path], progress: Callable[[int], None] | None,
+                             max_cache_bytes: int) -> Calibration:
+    """:func:`calibrate` for a dynamic-resolution tower: one grid per image, position-independent statistics.
+
+    The mean ``μ`` and the covariance (hence the KLT) are taken over every token of every
+    image; the per-pass prediction weights, residual stds and drop weights are fitted as for
+    fixed grids, each image on its own grid (``pass_map(gh, gw)``). Images are cached (float16)
+    for that second pass in path order until ``max_cache_bytes`` is reached. There is no padding.
+    """
+    from PIL import Image
+
+    from ...imageio import load_rgb
+
+    spec = tower.spec
+    d = spec.token_dim
+    total, gram = np.zeros(d), np.zeros((d, d))
+    count = 0
+    norm_sum = norm_sq = 0.0
+    dim_min, dim_max = np.full(d, np.inf), np.full(d, -np.inf)
+    cache: list[tuple[np.ndarray, tuple[int, int]]] = []
+    cached_bytes = 0
+    used: list[Path] = []
+    skipped: list[str] = []
+    grids: list[int] = []
+    for done, p in enumerate(paths, 1):
+        try:
+            image = Image.fromarray(load_rgb(p))                       # as the encoder reads it
+        except InvalidInputError:
+            skipped.append(p.name)
+        else:
+            grid = tower.grid(*image.size)
+            t = tower.tokens([image])[0].double().numpy()               # (N_i, D)
+            total += t.sum(0)
+            gram += t.T @ t
+            count += t.shape[0]
+            norms = np.linalg.norm(t, axis=1)
+            norm_sum += norms.sum()
+            norm_sq += (norms ** 2).sum()
+            dim_min, dim_max = np.minimum(dim_min, t.min(0)), np.maximum(dim_max, t.max(0))
+            if cached_bytes + t.size * 2 <= max_cache_bytes or not cache:
+                cache.append((t.astype(np.float16), grid))
+                cached_bytes += t.size * 2
+            used.append(p)
+            grids.append(t.shape[0])
+        if progress is not None:
+            progress(done)
+    if len(used) < 2:
+        raise InvalidInputError(f"calibration needs at least 2 readable images, found {len(used)}")
+    mean = total / count
+    cov = gram / count - np.outer(mean, mean)
+    cov = (cov + cov.T) / 2
+    evals, evecs = np.linalg.eigh(cov)
+    order = np.argsort(-evals, kind="stable")
+    evals = np.maximum(evals[order], 0.0)
+    evecs = evecs[:, order]
+    evecs *= np.where(evecs[np.abs(evecs).argmax(0), np.arange(d)] < 0, -1.0, 1.0)  # sign convention
+    ls = np.minimum.accumulate(_q8_log2(evals))
+
+    sxx, sxc, scc = (np.zeros((NUM_PASSES, d)) for _ in range(3))
+    cnt = np.zeros(NUM_PASSES)
+    dxc, dcc = np.zeros((DROP_RADIUS_MAX, d)), np.zeros((DROP_RADIUS_MAX, d))
+
+    def pass_context(c: np.ndarray, pm: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+        if p == 0:
+            x = c[pm == 0]
+            return x, np.zeros_like(x)
+        known = (pm < p).astype(np.float64)
+        ctx_n = _box_sum(known, PASS_RADIUS[p])
+        sel = (pm == p) & (ctx_n > 0)
+        return c[sel], _box_sum(c * known[..., None], PASS_RADIUS[p])[sel] / ctx_n[sel][:, None]
+
+    def coefficients(t16: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+        return ((t16.astype(np.float64) - mean) @ evecs).reshape(*grid, d)
+
+    for t16, grid in cache:
+        c, pm = coefficients(t16, grid), pass_map(*grid)
+        for p in range(NUM_PASSES):
+            x, ctx = pass_context(c, pm, p)
+            sxx[p] += (x * x).sum(0)
+            sxc[p] += (x * ctx).sum(0)
+            scc[p] += (ctx * ctx).sum(0)
+            cnt[p] += x.shape[0]
+        ones = np.ones(grid)
+        for rho in range(1, DROP_RADIUS_MAX + 1):
+            ring_n = _box_sum(ones, rho) - ones
+            sel = ring_n > 0
+            ctx = (_box_sum(c, rho) - c)[sel] / ring_n[sel][:, None]
+            dxc[rho - 1] += (c[sel] * ctx).sum(0)
+            dcc[rho - 1] += (ctx * ctx).sum(0)
+    alpha_q = np.clip(np.rint(sxc / np.maximum(scc, 1e-300) * ALPHA_GRID), -ALPHA_MAX, ALPHA_MAX).astype(np.int32)
+    alpha_q[0] = 0
+    a = alpha_q / ALPHA_GRID
+    res_var = (sxx - 2 * a * sxc + a * a * scc) / np.maximum(cnt, 1)[:, None]
+    cstd_q = _q8_log2(res_var)
+    cstd_q[0] = ls
+    drop_alpha_q = np.clip(np.rint(dxc / np.maximum(dcc, 1e-300) * ALPHA_GRID), -ALPHA_MAX, ALPHA_MAX)
+
+    top = max(1, int(np.searchsorted(np.cumsum(evals) / max(evals.sum(), 1e-300), 0.95)) + 1)
+    res_std = np.sqrt(np.maximum(res_var[:, :top], 1e-300))
+    ll = {"gaussian": 0.0, "laplace": 0.0}
+    for t16, grid in cache[:32]:
+        c, pm = coefficients(t16, grid), pass_map(*grid)
+        for p in range(NUM_PASSES):
+            x, ctx = pass_context(c, pm, p)
+            z = (x[:, :top] - a[p, :top] * ctx[:, :top]) / res_std[p]
+            ll["gaussian"] += float((-0.5 * z * z - 0.5 * math.log(2 * math.pi)).sum())
+            ll["laplace"] += float((-math.sqrt(2) * np.abs(z) - math.log(math.sqrt(2))).sum())
+    family = "laplace" if ll["laplace"] >= ll["gaussian"] else "gaussian"
+
+    m = len(used)
+    stats = {
+        "num_images": m, "num_tokens": count, "padding_tokens": 0, "skipped_images": len(skipped),
+        "stats_images": len(cache), "family_loglik": ll, "tokens_per_image_min": min(grids),
+        "tokens_per_image_max": max(grids), "token_norm_mean": norm_sum / count,
+        "token_norm_std": math.sqrt(max(norm_sq / count - (norm_sum / count) ** 2, 0)),
+        "total_variance": float(evals.sum()), "position_mean_variance": 0.0, "padding_variance": 0.0,
+        "components_for_90pct": int(np.searchsorted(np.cumsum(evals) / max(evals.sum(), 1e-300), 0.9) + 1),
+        "dim_min": float(dim_min.min()), "dim_max": float(dim_max.max()),
+    }
+    metadata = {
+        "open_clip_arch": spec.open_clip_arch, "pretrained": spec.pretrained,
+        "tower_weights_sha256": _weights_digest(getattr(tower, "weights", None)),
+        "data_hash": _data_hash(used), "num_images": str(m), "num_tokens": str(count),
+        "semcodec_version": __version__,
+    }
+    mu = mean[None].astype(np.float32)                                   # (1, D)
+    return Calibration(model=spec.name, layer=spec.layer, preprocessing_id=spec.preprocessing_id, grid=VARIABLE_GRID,
+                       token_dim=d, preprocessing=spec.preprocessing, input_size=0, position_mean=mu,
+                       padding_mean=mu.copy(), mean=mean.astype(np.float32), klt=evecs.astype(np.float32),
+                       variances=evals.astype(np.float32), log2_std_q=ls, log2_cstd_q=cstd_q,
+                       log2_std_pad_q=ls.copy(), alpha_q=alpha_q, drop_alpha_q=drop_alpha_q.astype(np.int32),
                        family=family, stats=stats, metadata=metadata)
 
 

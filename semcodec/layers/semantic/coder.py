@@ -7,6 +7,7 @@ token grid (``docs/semantic.md`` §3).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -23,15 +24,18 @@ from ...errors import (
 )
 from .calibration import Calibration, padding_mask
 from .payload import (
+    _GRID_HEADER,
     _PAYLOAD_HEADER,
     ALPHA_GRID,
     DROP_RADIUS_MAX,
     GAIN_MAX,
     GAIN_MIN,
+    MAX_VARIABLE_TOKENS,
     MEAN_GRID,
     NUM_PASSES,
     PASS_RADIUS,
     PAYLOAD_VERSION,
+    PAYLOAD_VERSION_VARIABLE,
     RANGE_E_MAX,
     RATE_MAX,
     U_MAX,
@@ -89,6 +93,10 @@ class SemanticCoder:
     header) tells both sides which tokens are padding (``pad-square``); it must
     be the same when encoding and decoding. ``None`` means a square image.
 
+    With a variable-grid calibration (dynamic-resolution towers) the encoder is given
+    each image's ``grid=(gh, gw)``; it writes payload version 2, which carries the grid,
+    and the decoder reads it from there. Fixed-grid calibrations write version 1, as before.
+
     Args:
         calibration: the tower's calibration (its hash must be stored with the payload).
 
@@ -101,7 +109,8 @@ class SemanticCoder:
     def __init__(self, calibration: Calibration):
         calibration.validate()
         self.calibration = cal = calibration
-        self.grid = cal.grid
+        self.variable_grid = cal.variable_grid
+        self.grid = None if self.variable_grid else cal.grid   # a variable grid is set per payload (_on_grid)
         self.n = cal.num_tokens
         self.d = cal.token_dim
         self._ls = cal.log2_std_q.astype(np.int64)
@@ -109,10 +118,10 @@ class SemanticCoder:
         self._lcs = cal.log2_cstd_q.astype(np.int64)
         self._alpha = cal.alpha_q.astype(np.int64)
         self._drop_alpha = cal.drop_alpha_q.astype(np.float64) / ALPHA_GRID
-        self._pm = pass_map(*cal.grid).reshape(-1)
+        self._pm = None if self.variable_grid else pass_map(*cal.grid).reshape(-1)
         self._table = _scale_table(cal.family)
         self._klt = cal.klt.astype(np.float64)
-        self._mu_img = cal.position_mean.astype(np.float64)
+        self._mu_img = cal.position_mean.astype(np.float64)   # (N, D), or (1, D) for a variable grid
         self._mu_pad = cal.padding_mean.astype(np.float64)
         # Laplace scale b (symbol units) of every table entry, and its bin-centroid offset δ(b).
         b = self._table.scales * (1.0 if cal.family == "laplace" else 1.0 / math.sqrt(2.0))
@@ -124,6 +133,26 @@ class SemanticCoder:
         """Valid rate indices (larger = more bytes, lower distortion)."""
         return range(0, RATE_MAX + 1)
 
+    def _on_grid(self, grid: tuple[int, int] | None) -> "SemanticCoder":
+        """This coder on a token grid: itself for a fixed grid (``grid`` None or equal), a view with
+        ``grid``, ``n`` and the pass map set for a variable-grid calibration."""
+        if not self.variable_grid:
+            if grid is not None and tuple(grid) != tuple(self.grid):
+                raise InvalidInputError(f"{self.calibration.model} has a fixed {self.grid[0]}x{self.grid[1]} grid, "
+                                        f"not {grid[0]}x{grid[1]}")
+            return self
+        if grid is None:
+            raise InvalidInputError(f"{self.calibration.model} has a token grid per image: give grid=(gh, gw) "
+                                    "(the tower's grid for this image)")
+        gh, gw = grid
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (gh, gw)) \
+                or not (gh >= 1 and gw >= 1 and gh * gw <= MAX_VARIABLE_TOKENS):
+            raise InvalidInputError(f"grid {grid!r} is outside 1x1 .. {MAX_VARIABLE_TOKENS} tokens")
+        view = copy.copy(self)
+        view.grid, view.n = (int(gh), int(gw)), int(gh) * int(gw)
+        view._pm = pass_map(view.grid[0], view.grid[1]).reshape(-1)
+        return view
+
     def padding(self, image_size: tuple[int, int] | None) -> np.ndarray:
         """``(N,)`` bool: the padding tokens of an image of this size (see :func:`padding_mask`)."""
         if image_size is None:
@@ -132,6 +161,8 @@ class SemanticCoder:
         if w < 1 or h < 1:
             raise InvalidInputError(f"image size {w}x{h} is empty")
         cal = self.calibration
+        if self.variable_grid:  # smart-resize pads nothing
+            return np.zeros(self.n, dtype=bool)
         return padding_mask(cal.preprocessing, cal.input_size, cal.grid, w, h)
 
     def _mean(self, pad: np.ndarray) -> np.ndarray:
@@ -247,7 +278,8 @@ class SemanticCoder:
             raise InvalidInputError(f"keep must be an integer in 1..{self.n}, got {keep!r}")
         return int(keep)
 
-    def drop_order(self, tokens, image_size: tuple[int, int] | None = None) -> np.ndarray:
+    def drop_order(self, tokens, image_size: tuple[int, int] | None = None,
+                   grid: tuple[int, int] | None = None) -> np.ndarray:
         """Positions in the order the encoder drops them (first = most predictable).
 
         ``keep=K`` keeps every position except the first ``N - K`` of this order.
@@ -255,6 +287,7 @@ class SemanticCoder:
         best from its kept neighbours (padding tokens: from their mean), measured
         on the strongest components (95 % of the variance, at most 64).
         """
+        self = self._on_grid(grid)
         pad = self.padding(image_size)
         return self._drop_order(self._coefficients(tokens, pad), pad)
 
@@ -327,7 +360,10 @@ class SemanticCoder:
 
     def _payload(self, plan: _Plan, words: bytes) -> bytes:
         k = plan.kept.size
-        head = _PAYLOAD_HEADER.pack(PAYLOAD_VERSION, plan.rate, plan.gain, k)
+        if self.variable_grid:
+            head = _PAYLOAD_HEADER.pack(PAYLOAD_VERSION_VARIABLE, plan.rate, plan.gain, k) + _GRID_HEADER.pack(*self.grid)
+        else:
+            head = _PAYLOAD_HEADER.pack(PAYLOAD_VERSION, plan.rate, plan.gain, k)
         nbytes = _rank_bytes(self.n, k)
         rank = _comb_rank(plan.kept).to_bytes(nbytes, "little") if nbytes else b""
         return head + rank + words
@@ -339,7 +375,8 @@ class SemanticCoder:
         words, index, mean_q = self._entropy_encode(plan, sym)
         return plan, (sym, index, mean_q), self._payload(plan, words)
 
-    def encode(self, tokens, rate: int, keep: int | None = None, image_size: tuple[int, int] | None = None) -> bytes:
+    def encode(self, tokens, rate: int, keep: int | None = None, image_size: tuple[int, int] | None = None,
+               grid: tuple[int, int] | None = None) -> bytes:
         """Codes tokens into a SEM0 payload.
 
         Args:
@@ -348,10 +385,13 @@ class SemanticCoder:
             keep: number of tokens to keep (default all); the others are
                 reconstructed from kept neighbours by the decoder.
             image_size: ``(width, height)`` of the image (decides the padding tokens).
+            grid: ``(gh, gw)`` of the tokens; required for a variable-grid calibration
+                (written in the payload), else optional (must be the calibration's).
 
         Returns:
             The payload bytes (see ``docs/semantic.md``).
         """
+        self = self._on_grid(grid)
         rate = self._check_rate(rate)
         keep = self._check_keep(keep)
         pad = self.padding(image_size)
@@ -360,7 +400,7 @@ class SemanticCoder:
         return self._encode_plan(c, rate, kept, pad)[2]
 
     def encode_to_budget(self, tokens, max_bytes: int, image_size: tuple[int, int] | None = None,
-                         keep_fractions: Sequence[float] | None = None) -> bytes:
+                         keep_fractions: Sequence[float] | None = None, grid: tuple[int, int] | None = None) -> bytes:
         """The payload of at most ``max_bytes`` bytes with the lowest token MSE over (rate, keep).
 
         For each candidate ``keep`` (fractions of N) the largest rate that fits
@@ -368,9 +408,12 @@ class SemanticCoder:
         with the lowest mean squared token error (computed exactly as the decoder
         reconstructs) wins. About 60 trial encodes.
 
+        ``grid``: as in :meth:`encode`.
+
         Raises:
             RateControlError: not even rate 0 fits in ``max_bytes``.
         """
+        self = self._on_grid(grid)
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
             raise InvalidInputError(f"max_bytes must be a positive integer, got {max_bytes!r}")
         pad = self.padding(image_size)
@@ -430,6 +473,10 @@ class SemanticCoder:
 
     def parse_header(self, payload: bytes) -> tuple[int, int, np.ndarray, memoryview]:
         """Parses ``(rate, gain, kept positions, entropy bytes)``; bounded and validated."""
+        return self._parse(payload)[1:]
+
+    def _parse(self, payload: bytes) -> tuple["SemanticCoder", int, int, np.ndarray, memoryview]:
+        """``(coder on the payload's grid, rate, gain, kept positions, entropy bytes)``; bounded and validated."""
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise InvalidInputError(f"a SEM0 payload is bytes, not {type(payload).__name__}")
         view = memoryview(payload).cast("B")
@@ -437,9 +484,25 @@ class SemanticCoder:
             raise TruncatedStreamError(f"semantic layer is truncated: {len(view)} bytes, "
                                        f"its header alone needs {_PAYLOAD_HEADER.size}")
         version, rate, gain, k = _PAYLOAD_HEADER.unpack_from(view, 0)
-        if version != PAYLOAD_VERSION:
+        start = _PAYLOAD_HEADER.size
+        expected = PAYLOAD_VERSION_VARIABLE if self.variable_grid else PAYLOAD_VERSION
+        if version in (PAYLOAD_VERSION, PAYLOAD_VERSION_VARIABLE) and version != expected:
+            kinds = {PAYLOAD_VERSION: "a fixed-grid", PAYLOAD_VERSION_VARIABLE: "a variable-grid"}
+            raise CorruptStreamError(f"corrupt semantic layer: {kinds[version]} payload (version {version}) for "
+                                     f"{kinds[expected]} calibration of {self.calibration.model}")
+        if version != expected:
             raise UnsupportedVersionError(f"semantic layer payload version {version} is not supported "
-                                          f"(this semcodec reads {PAYLOAD_VERSION}); upgrade semcodec")
+                                          f"(this semcodec reads {PAYLOAD_VERSION} and {PAYLOAD_VERSION_VARIABLE}); "
+                                          "upgrade semcodec")
+        if self.variable_grid:
+            if len(view) < start + _GRID_HEADER.size:
+                raise TruncatedStreamError("semantic layer is truncated inside its token grid")
+            gh, gw = _GRID_HEADER.unpack_from(view, start)
+            start += _GRID_HEADER.size
+            if not (gh >= 1 and gw >= 1 and gh * gw <= MAX_VARIABLE_TOKENS):
+                raise CorruptStreamError(f"corrupt semantic layer: token grid {gh}x{gw} outside 1x1 .. "
+                                         f"{MAX_VARIABLE_TOKENS} tokens")
+            self = self._on_grid((gh, gw))
         if rate > RATE_MAX:
             raise CorruptStreamError(f"corrupt semantic layer: rate index {rate} exceeds {RATE_MAX}")
         if not GAIN_MIN <= gain <= GAIN_MAX:
@@ -447,17 +510,17 @@ class SemanticCoder:
         if not 1 <= k <= self.n:
             raise CorruptStreamError(f"corrupt semantic layer: {k} kept tokens, the grid has {self.n}")
         nbytes = _rank_bytes(self.n, k)
-        end = _PAYLOAD_HEADER.size + nbytes
+        end = start + nbytes
         if len(view) < end:
             raise TruncatedStreamError("semantic layer is truncated inside its token positions")
         if nbytes:
-            rank = int.from_bytes(view[_PAYLOAD_HEADER.size:end], "little")
+            rank = int.from_bytes(view[start:end], "little")
             if rank >= math.comb(self.n, k):
                 raise CorruptStreamError("corrupt semantic layer: invalid token positions")
             kept = _comb_unrank(rank, self.n, k)
         else:
             kept = np.arange(self.n, dtype=np.int64)
-        return rate, gain, kept, view[end:]
+        return self, rate, gain, kept, view[end:]
 
     def decode(self, payload: bytes, image_size: tuple[int, int] | None = None) -> DecodedTokens:
         """Decodes a SEM0 payload made with this calibration (and the same ``image_size``).
@@ -468,8 +531,8 @@ class SemanticCoder:
         """
         from ...bitstream.entropy import EntropyDecoder
 
+        self, rate, gain, kept, data = self._parse(payload)  # self: on the payload's grid (variable grids)
         pad = self.padding(image_size)
-        rate, gain, kept, data = self.parse_header(payload)
         plan = self._plan(rate, gain, kept, pad)
         if plan.m == 0:
             if len(data):

@@ -12,8 +12,13 @@ import struct
 
 import numpy as np
 
-#: Version byte of the SEM0 payload.
+#: Version byte of the SEM0 payload (fixed-grid towers: the grid comes from the calibration).
 PAYLOAD_VERSION = 1
+#: Version byte of the variable-grid form (dynamic-resolution towers, e.g. Qwen2.5-VL): the header is followed
+#: by the token grid ``gh, gw`` (u16 each); everything else is version 1's, on that grid.
+PAYLOAD_VERSION_VARIABLE = 2
+#: Largest variable grid, ``gh · gw`` (Qwen2.5-VL-7B's ``max_pixels / 28²``).
+MAX_VARIABLE_TOKENS = 16384
 #: Rate indices are 0..RATE_MAX (0 codes no component: every token is its position mean).
 RATE_MAX = 160
 #: The gain byte is a signed shift of every model scale by ``gain / 16`` in log2.
@@ -35,6 +40,8 @@ DROP_RADIUS_MAX = 3
 RANGE_E_MAX = 11
 #: Payload header: version u8, rate u8, gain i8, kept u16.
 _PAYLOAD_HEADER = struct.Struct("<BBbH")
+#: Version 2 only, after the header: grid rows u16, grid columns u16.
+_GRID_HEADER = struct.Struct("<HH")
 
 
 def pass_map(gh: int, gw: int) -> np.ndarray:

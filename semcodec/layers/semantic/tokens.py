@@ -115,11 +115,13 @@ def decode_tokens(data: bytes, calibration: Calibration | str | os.PathLike | No
 
 
 def semantic_only_stream(tokens, calibration: Calibration, width: int, height: int, rate: int | None = None,
-                         keep: int | None = None, max_bytes: int | None = None) -> bytes:
+                         keep: int | None = None, max_bytes: int | None = None,
+                         grid: tuple[int, int] | None = None) -> bytes:
     """A complete stream holding layer 0 alone (container header + SEM0 chunk).
 
     Give either ``rate`` (and optionally ``keep``) or ``max_bytes``, a budget for
-    the *whole* stream (container overhead included).
+    the *whole* stream (container overhead included). ``grid``: the tokens' grid, required
+    for a variable-grid calibration (``tower.grid(width, height)``).
 
     Raises:
         RateControlError: ``max_bytes`` is below the smallest possible stream.
@@ -134,10 +136,10 @@ def semantic_only_stream(tokens, calibration: Calibration, width: int, height: i
         overhead = len(write_container(Container(header, (Chunk(SEMANTIC_LAYER, b""),))))
         if max_bytes - overhead < 1:
             raise RateControlError(f"a semantic-only stream needs more than {overhead} bytes; the budget is {max_bytes}")
-        payload = coder.encode_to_budget(tokens, max_bytes - overhead, image_size=(width, height))
+        payload = coder.encode_to_budget(tokens, max_bytes - overhead, image_size=(width, height), grid=grid)
     else:
         if rate is None:
             raise InvalidInputError("give rate or max_bytes")
-        payload = coder.encode(tokens, rate, keep=keep, image_size=(width, height))
+        payload = coder.encode(tokens, rate, keep=keep, image_size=(width, height), grid=grid)
     return write_container(Container(header, (Chunk(SEMANTIC_LAYER, payload),)))
 
