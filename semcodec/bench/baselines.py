@@ -10,12 +10,25 @@ jpeg420    JPEG, libjpeg-turbo, 4:2:0 chroma subsampling, optimized      quality
 jpeg444    the same without chroma subsampling (4:4:4)                   quality
 webp       WebP (libwebp), lossy, ``method=4``                            quality
 avif       AVIF (libavif through Pillow), 4:2:0, ``speed=6``              quality
+avif444    the same with 4:4:4 chroma                                     quality
 jxl        JPEG XL (libjxl through pillow-jxl-plugin), ``effort=7``       quality
 =========  ===========================================================  ==========
 
 Each has a quality sweep whose Kodak mean spans about 0.05–2 bpp (as far as the
 codec reaches: JPEG and JPEG XL cannot go below ~0.1 bpp on Kodak) and a
 shorter sweep for ``--quick``.
+
+``avif444`` is AVIF with 4:4:4 chroma (otherwise as ``avif``); it is not in the default list of
+the rate–distortion section, and the high-rate section adds it wherever ``avif`` is asked for.
+
+**High-rate section** (:func:`high_rate_baselines`): the same codecs with sweeps from about
+34 dB to their top on Kodak (JPEG and WebP quality up to 100, AVIF up to 100, JPEG XL by
+butteraugli *distance* down to 0.11: libjxl maps quality ``q`` to distance
+``0.1 + (100 − q) · 0.09`` and refuses the lossy distance 0 of quality 100).
+
+**Lossless section** (:func:`lossless_codecs`): PNG (Pillow, ``optimize=True``), WebP lossless
+(``method=4`` and ``method=6``, Pillow's default ``quality=80``, which for lossless WebP is the
+compression effort) and JPEG XL lossless (``lossless=True``, ``effort=7``).
 
 CompressAI zoo models (``compressai-<arch>``, MSE-optimized) are measured only
 when their pretrained weights are already in torch hub's cache
@@ -33,17 +46,29 @@ from __future__ import annotations
 
 import io
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 from PIL import Image
 
-__all__ = ["Baseline", "BASELINE_NAMES", "compressai_baselines", "compressai_weights", "pillow_baselines",
-           "select_baselines", "set_decoder_threads"]
+__all__ = ["Baseline", "BASELINE_NAMES", "HIGH_RATE_SWEEPS", "LosslessCodec", "compressai_baselines",
+           "compressai_weights", "high_rate_baselines", "jxl_quality_of_distance", "lossless_codecs",
+           "pillow_baselines", "select_baselines", "set_decoder_threads"]
 
 #: Names accepted by ``--baselines`` (``compressai`` = every zoo model whose weights are here).
-BASELINE_NAMES = ("jpeg420", "jpeg444", "webp", "avif", "jxl", "compressai")
+BASELINE_NAMES = ("jpeg420", "jpeg444", "webp", "avif", "avif444", "jxl", "compressai")
+
+#: Sweeps of the high-rate section, (full, ``--quick``), low to high rate. Qualities, except JPEG XL's
+#: butteraugli distances. Kodak means reach about 34 dB at the low end; the top is each codec's.
+HIGH_RATE_SWEEPS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "jpeg420": ((75, 80, 85, 90, 93, 95, 97, 98, 99, 100), (80, 93, 98, 100)),
+    "jpeg444": ((75, 80, 85, 90, 93, 95, 97, 98, 99, 100), (80, 93, 98, 100)),
+    "webp": ((60, 70, 80, 85, 90, 93, 95, 97, 99, 100), (70, 90, 95, 100)),
+    "avif": ((50, 60, 70, 80, 85, 90, 93, 95, 98, 100), (60, 85, 95, 100)),
+    "avif444": ((50, 60, 70, 80, 85, 90, 93, 95, 98, 100), (60, 85, 95, 100)),
+    "jxl": ((2.0, 1.5, 1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.13, 0.11), (1.5, 0.5, 0.18, 0.11)),
+}
 
 
 @dataclass(frozen=True)
@@ -155,12 +180,123 @@ def pillow_baselines() -> dict[str, Baseline]:
                                (0, 10, 20, 35, 50, 65, 75, 85), (10, 35, 65, 85),
                                _pillow_encoder("AVIF", threads_key="max_threads", speed=6, subsampling="4:2:0"),
                                _pillow_decode)
+        out["avif444"] = Baseline("avif444", f"AVIF 4:4:4 (libavif {v['avif']}, speed 6)",
+                                  (0, 10, 20, 35, 50, 65, 75, 85), (10, 35, 65, 85),
+                                  _pillow_encoder("AVIF", threads_key="max_threads", speed=6, subsampling="4:4:4"),
+                                  _pillow_decode)
     try:
         import pillow_jxl  # noqa: F401  (registers the JXL format with Pillow)
 
         out["jxl"] = Baseline("jxl", f"JPEG XL (pillow-jxl-plugin {v['jxl']}, effort 7)",
                               (0, 10, 20, 35, 50, 65, 80, 90), (5, 35, 65, 90),
                               _pillow_encoder("JXL", threads_key="num_threads", effort=7), _pillow_decode)
+    except ImportError:
+        pass
+    return out
+
+
+def jxl_quality_of_distance(distance: float) -> float:
+    """The pillow-jxl-plugin quality that libjxl turns into this butteraugli distance (0.1 < distance ≤ 6.4).
+
+    libjxl's ``JxlEncoderDistanceFromQuality`` maps quality ``q`` in [30, 100) to ``0.1 + (100 − q) · 0.09``;
+    the plugin passes its ``quality`` through it, so a distance is asked for by its quality.
+    """
+    if not 0.1 < distance <= 6.4:
+        raise ValueError(f"a JPEG XL distance for the quality mapping must be in (0.1, 6.4], got {distance}")
+    return 100.0 - (distance - 0.1) / 0.09
+
+
+def _jxl_distance_encoder(image: Image.Image, distance: float, threads: int) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JXL", quality=jxl_quality_of_distance(distance), effort=7, num_threads=threads)
+    return buf.getvalue()
+
+
+def high_rate_baselines(names: Sequence[str]) -> tuple[list[Baseline], list[str]]:
+    """The requested baselines with their high-rate sweeps (:data:`HIGH_RATE_SWEEPS`), and one note per
+    requested one that has none here. ``avif`` brings ``avif444`` with it: at high fidelity 4:2:0 chroma
+    caps AVIF's PSNR, and 4:4:4 is the mode it would be used in.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    chosen, notes = select_baselines([n for n in names if n != "compressai"])
+    if "compressai" in names:
+        notes.append("compressai: not in the high-rate section (the zoo's MSE models end near 37 dB on Kodak)")
+    by_name = {b.name: b for b in chosen}
+    if "avif" in by_name and "avif444" not in by_name:
+        extra = pillow_baselines().get("avif444")
+        if extra is not None:
+            chosen.append(extra)
+    out = []
+    for b in chosen:
+        sweep, quick = HIGH_RATE_SWEEPS[b.name]
+        if b.name == "jxl":
+            v = _versions()
+            b = Baseline("jxl", f"JPEG XL (pillow-jxl-plugin {v['jxl']}, effort 7, by distance)", sweep, quick,
+                         _jxl_distance_encoder, _pillow_decode, param="distance")
+        else:
+            b = replace(b, sweep=sweep, quick_sweep=quick)
+        out.append(b)
+    return out, notes
+
+
+# --------------------------------------------------------------------------- lossless
+
+
+@dataclass(frozen=True)
+class LosslessCodec:
+    """A lossless codec of the lossless section.
+
+    Attributes:
+        name: short id used in tables and CSV.
+        label: what it is, with library versions and settings.
+        encoder: ``(image, threads) -> bytes``.
+        decoder: ``bytes -> PIL image``.
+        family: ``"pillow"`` or ``"semcodec"``.
+    """
+
+    name: str
+    label: str
+    encoder: Callable[[Image.Image, int], bytes] = field(repr=False)
+    decoder: Callable[[bytes], Image.Image] = field(repr=False)
+    family: str = "pillow"
+
+    def encode(self, image: Image.Image, threads: int = 1) -> bytes:
+        return self.encoder(image, threads)
+
+    def decode(self, data: bytes) -> Image.Image:
+        return self.decoder(data)
+
+
+def _lossless_encoder(fmt: str, threads_key: str | None = None, **options) -> Callable[[Image.Image, int], bytes]:
+    def encode(image: Image.Image, threads: int) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, **options, **({threads_key: threads} if threads_key else {}))
+        return buf.getvalue()
+
+    return encode
+
+
+def lossless_codecs() -> list[LosslessCodec]:
+    """PNG, WebP lossless (methods 4 and 6) and JPEG XL lossless (effort 7), as far as this Pillow build has them."""
+    from PIL import features
+
+    v = _versions()
+    out = [LosslessCodec("png", "PNG (Pillow, optimize=True)", _lossless_encoder("PNG", optimize=True),
+                         _pillow_decode)]
+    if features.check("webp"):
+        for method in (4, 6):
+            out.append(LosslessCodec(f"webp-lossless-m{method}",
+                                     f"WebP lossless (libwebp {v['webp']}, method {method}, quality 80)",
+                                     _lossless_encoder("WEBP", lossless=True, method=method, quality=80),
+                                     _pillow_decode))
+    try:
+        import pillow_jxl  # noqa: F401  (registers the JXL format with Pillow)
+
+        out.append(LosslessCodec("jxl-lossless-e7", f"JPEG XL lossless (pillow-jxl-plugin {v['jxl']}, effort 7)",
+                                 _lossless_encoder("JXL", threads_key="num_threads", lossless=True, effort=7),
+                                 _pillow_decode))
     except ImportError:
         pass
     return out

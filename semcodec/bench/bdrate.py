@@ -23,6 +23,10 @@ the abscissa (quality for BD-rate, log-rate for BD-PSNR), and points with equal
 abscissa are merged by averaging their ordinates. At least two distinct points
 are required (two give a straight line); the curves must overlap.
 
+A BD-rate may be restricted to a quality range (``quality_range=(36, 46)``, the
+high-rate section's): the integral then runs over the part of that range both
+curves reach (:func:`quality_interval`), never extrapolating past a curve's end.
+
 Example:
     >>> rates, psnr = [0.25, 0.5, 1.0, 2.0], [30.0, 33.0, 36.0, 39.0]
     >>> round(bd_rate(rates, psnr, [r * 0.9 for r in rates], psnr), 6)
@@ -38,7 +42,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["BDError", "bd_psnr", "bd_rate", "mean_over_interval", "prepare_curve"]
+__all__ = ["BDError", "bd_psnr", "bd_rate", "mean_over_interval", "prepare_curve", "quality_interval"]
 
 
 class BDError(ValueError):
@@ -79,6 +83,30 @@ def _overlap(xa: np.ndarray, xt: np.ndarray, what: str) -> tuple[float, float]:
     return lo, hi
 
 
+def quality_interval(anchor_quality: Sequence[float], test_quality: Sequence[float],
+                     quality_range: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The quality interval a BD-rate integrates over: the qualities both curves reach, within
+    ``quality_range`` when one is given (non-finite qualities are ignored).
+
+    Raises:
+        BDError: the curves (within the range) do not overlap.
+    """
+    qa = np.asarray(anchor_quality, dtype=np.float64).ravel()
+    qt = np.asarray(test_quality, dtype=np.float64).ravel()
+    qa, qt = qa[np.isfinite(qa)], qt[np.isfinite(qt)]
+    if not qa.size or not qt.size:
+        raise BDError("a curve has no finite quality")
+    lo, hi = max(qa.min(), qt.min()), min(qa.max(), qt.max())
+    where = ""
+    if quality_range is not None:
+        lo, hi = max(lo, quality_range[0]), min(hi, quality_range[1])
+        where = f" within {quality_range[0]:g}…{quality_range[1]:g}"
+    if not hi > lo:
+        raise BDError(f"the curves do not overlap in quality{where} (anchor {qa.min():.4g}…{qa.max():.4g}, "
+                      f"test {qt.min():.4g}…{qt.max():.4g})")
+    return float(lo), float(hi)
+
+
 def _log_rates(rates: Sequence[float]) -> np.ndarray:
     r = np.asarray(rates, dtype=np.float64).ravel()
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -86,23 +114,26 @@ def _log_rates(rates: Sequence[float]) -> np.ndarray:
 
 
 def bd_rate(anchor_rate: Sequence[float], anchor_quality: Sequence[float],
-            test_rate: Sequence[float], test_quality: Sequence[float]) -> float:
+            test_rate: Sequence[float], test_quality: Sequence[float],
+            quality_range: tuple[float, float] | None = None) -> float:
     """Bjøntegaard delta rate of ``test`` against ``anchor``, in percent.
 
     Args:
         anchor_rate, test_rate: rates (bpp, bytes or bits: any unit, the same for both).
         anchor_quality, test_quality: qualities (PSNR in dB, MS-SSIM in dB, …), higher is better.
+        quality_range: integrate only over this part of the shared quality interval (e.g. ``(36, 46)``).
 
     Returns:
         Average rate difference at equal quality, ``(exp Δ − 1) · 100``; −10 means
         the test codec needs 10 % fewer bits.
 
     Raises:
-        BDError: a curve has fewer than two points, or the quality ranges do not overlap.
+        BDError: a curve has fewer than two points, or the quality ranges (within ``quality_range``)
+            do not overlap.
     """
     qa, la = prepare_curve(anchor_quality, _log_rates(anchor_rate))
     qt, lt = prepare_curve(test_quality, _log_rates(test_rate))
-    lo, hi = _overlap(qa, qt, "quality")
+    lo, hi = _overlap(qa, qt, "quality") if quality_range is None else quality_interval(qa, qt, quality_range)
     delta = mean_over_interval(qt, lt, lo, hi) - mean_over_interval(qa, la, lo, hi)
     return (math.exp(delta) - 1.0) * 100.0
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TokenFidelity", "ms_ssim", "ms_ssim_db", "ms_ssim_window", "mse", "psnr", "psnr_from_mse",
+__all__ = ["TokenFidelity", "mismatch", "ms_ssim", "ms_ssim_db", "ms_ssim_window", "mse", "psnr", "psnr_from_mse",
            "to_rgb_array", "token_fidelity"]
 
 #: Peak value of 8-bit samples.
@@ -56,6 +56,29 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
     if a.shape != b.shape:
         raise ValueError(f"images differ in size: {a.shape} vs {b.shape}")
     return a, b
+
+
+def mismatch(original, decoded) -> str | None:
+    """Why ``decoded`` is not bit-exact to the ``original`` 8-bit RGB pixels, or None when it is
+    (a grayscale decode of a gray original is exact: it is compared as RGB).
+
+    Example:
+        >>> a = np.zeros((2, 2, 3), np.uint8); b = a.copy(); b[0, 0, 1] = 3
+        >>> mismatch(a, a) is None, mismatch(a, b)
+        (True, 'not bit-exact: 1 of 12 samples differ, by up to 3')
+    """
+    a = to_rgb_array(original)
+    try:
+        b = to_rgb_array(decoded)
+    except ValueError as e:
+        return f"not bit-exact: {e}"
+    if a.shape != b.shape:
+        return f"not bit-exact: decoded {b.shape[1]}x{b.shape[0]}, original {a.shape[1]}x{a.shape[0]}"
+    differ = a != b
+    if not differ.any():
+        return None
+    largest = int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+    return f"not bit-exact: {int(differ.sum())} of {a.size} samples differ, by up to {largest}"
 
 
 def mse(a, b) -> float:

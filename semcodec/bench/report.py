@@ -15,6 +15,20 @@ Files written to the output folder:
 ``run.json``           command line, options, versions, hardware, seed, notes
 =====================  ================================================================
 
+A run writes the files of the sections it ran (``rd``: the measurements, summary, BD-rate
+and plots above; ``speed``: ``speed.csv``); the layer-2 sections add:
+
+==========================  ===========================================================
+``lossless.csv``            one row per image and lossless codec (bytes, bpp, exact,
+                            times, peak memory, error)
+``lossless_summary.csv``    mean per lossless codec (over its bit-exact images)
+``lossless_bpp.png``        mean bpp per lossless codec
+``high_rate.csv``           the high-rate section's rows (columns of ``measurements.csv``)
+``high_rate_summary.csv``   mean per high-rate setting
+``high_rate_bdrate.csv``    BD-rate of semcodec over 36–46 dB (clipped to the overlap)
+``rd_high_rate.png``        PSNR vs bpp from 30 to 50+ dB (lossless rates as lines)
+==========================  ===========================================================
+
 Curves are **means over images per setting** (mean bpp, mean per-image PSNR, …),
 the way CompressAI publishes its Kodak results, so measured and published curves
 are comparable; BD-rates are computed on these mean curves.
@@ -40,18 +54,22 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .bdrate import BDError, bd_psnr, bd_rate
+from .bdrate import BDError, bd_psnr, bd_rate, quality_interval
 from .metrics import ms_ssim_db
-from .runner import COLUMNS, SPEED_COLUMNS, BenchResult
+from .runner import COLUMNS, LOSSLESS_COLUMNS, SPEED_COLUMNS, BenchResult
 
-__all__ = ["README_BEGIN", "README_END", "Curve", "bd_table", "curves_from_summary", "environment",
-           "load_published", "markdown_table", "run_metadata", "summarize", "update_readme", "write_csv", "write_report"]
+__all__ = ["HIGH_RATE_BD_RANGE", "README_BEGIN", "README_END", "Curve", "bd_table", "curves_from_summary",
+           "environment", "high_rate_bd_table", "knob_text", "load_published", "lossless_summary", "markdown_table",
+           "run_metadata", "summarize", "update_readme", "write_csv", "write_report"]
 
 README_BEGIN = "<!-- semcodec-bench:begin -->"
 README_END = "<!-- semcodec-bench:end -->"
 #: The published reference curves (CompressAI's models, VTM, BPG, AV1 on Kodak), shipped in the package with their
 #: sources (``data/README.md``) so that an installed semcodec plots them too.
 PUBLISHED_RD = Path(__file__).resolve().parent / "data" / "kodak_published_rd.csv"
+
+#: PSNR range (dB) of the high-rate section's BD-rates; each is clipped to the part both curves reach.
+HIGH_RATE_BD_RANGE = (36.0, 46.0)
 
 _MEAN_FIELDS = ("bytes", "bpp", "psnr", "ms_ssim", "token_cos", "token_mse", "layer0_bytes", "layer0_cos",
                 "layer0_mse", "enc_s", "dec_s", "tokens_dec_s")
@@ -297,6 +315,126 @@ def speed_markdown(speed: list[dict]) -> str:
     return text
 
 
+# --------------------------------------------------------------------------- lossless and high-rate sections
+
+
+def lossless_summary(rows: Iterable[dict]) -> list[dict]:
+    """Mean per lossless codec, in first-seen order, over the images it coded bit-exactly.
+
+    ``n`` counts those images, ``errors`` the others (failed or not exact); peak memory is the maximum.
+    """
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["codec"], []).append(r)
+    out = []
+    for codec, rs in groups.items():
+        ok = [r for r in rs if not r.get("error") and r.get("exact") == "yes"]
+        s = {"codec": codec, "family": rs[0]["family"], "n": len(ok), "errors": len(rs) - len(ok)}
+        for k in ("bytes", "bpp", "enc_s", "dec_s"):
+            s[k] = _mean([_num(r[k]) for r in ok])
+        for k in ("enc_peak_mib", "dec_peak_mib"):
+            vals = [_num(r[k]) for r in ok if not math.isnan(_num(r[k]))]
+            s[k] = max(vals) if vals else math.nan
+        out.append(s)
+    return out
+
+
+def lossless_markdown(rows: list[dict], summary: list[dict], labels: dict[str, str]) -> str:
+    """The lossless section: bpp per image and codec, then the mean per codec with times and exactness.
+
+    A cell of an image that a codec did not code bit-exactly reads ``error``; its reason is listed below.
+    """
+    codecs = [s["codec"] for s in summary]
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    cell = {(r["image"], r["codec"]): r for r in rows}
+
+    def bpp(r):
+        return "error" if r.get("error") or r.get("exact") != "yes" else _fmt(_num(r["bpp"]), 3)
+
+    per_image = [[im] + [bpp(cell[(im, c)]) if (im, c) in cell else "–" for c in codecs] for im in images]
+    per_image.append(["**mean**"] + [_fmt(s["bpp"], 3) for s in summary])
+    ours = next((s for s in summary if s["family"] == "semcodec"), None)
+    per_codec = []
+    for s in summary:
+        versus = ("–" if ours is None or s is ours or not s["bpp"] > 0
+                  else f"{(ours['bpp'] / s['bpp'] - 1) * 100:+.1f} %")
+        per_codec.append([s["codec"], labels.get(s["codec"], s["codec"]), f"{s['n']}/{s['n'] + s['errors']}",
+                          _fmt(s["bpp"], 3), versus, _fmt(s["enc_s"] * 1000, 1), _fmt(s["dec_s"] * 1000, 1),
+                          _fmt(s["enc_peak_mib"], 1), _fmt(s["dec_peak_mib"], 1)])
+    text = (markdown_table(["image"] + codecs, per_image) + "\n\n"
+            + markdown_table(["codec", "what", "bit-exact", "mean bpp", "semcodec vs it", "enc (ms)", "dec (ms)",
+                              "enc peak (MiB)", "dec peak (MiB)"], per_codec, align="llrrrrrrr"))
+    errors = [f"- {r['codec']} on {r['image']}: {r['error']}" for r in rows if r.get("error")]
+    if errors:
+        text += "\n\n**Errors** (left out of the means):\n\n" + "\n".join(errors)
+    return text
+
+
+def knob_text(setting_json: str) -> str:
+    """A setting's rate knob for tables: ``quality 94``, ``bpp 7``, ``distance 0.25``, ``lossless``."""
+    try:
+        kw = json.loads(setting_json) if setting_json else {}
+    except (TypeError, ValueError):
+        return str(setting_json)
+    for key in ("quality", "bpp", "size", "distance"):
+        if kw.get(key) is not None:
+            v = float(kw[key])
+            return f"{key} {int(v) if v.is_integer() else f'{v:g}'}"
+    return "lossless" if kw.get("lossless") else "–"
+
+
+def high_rate_markdown(summary: list[dict]) -> str:
+    """Mean per setting of the high-rate section (rate knob, bpp, PSNR, MS-SSIM, times)."""
+    rows = [[s["codec"], knob_text(s.get("setting", "")), str(s["n"]), _fmt(s["bpp"], 3), _fmt(s["psnr"], 2),
+             _fmt(s["ms_ssim"], 5), _fmt(s["enc_s"] * 1000, 1), _fmt(s["dec_s"] * 1000, 1)] for s in summary]
+    return markdown_table(["codec", "setting", "n", "bpp", "PSNR (dB)", "MS-SSIM", "enc (ms)", "dec (ms)"], rows,
+                          align="llrrrrrr")
+
+
+def high_rate_bd_table(curves: dict[str, Curve], quality_range: tuple[float, float] = HIGH_RATE_BD_RANGE
+                       ) -> list[dict]:
+    """BD-rate (PSNR) of every semcodec curve against every other measured curve over ``quality_range``,
+    clipped to the PSNR both curves reach; each row says which interval it covers and why it is shorter."""
+    lo_want, hi_want = quality_range
+    rows = []
+    for test in (c for c in curves.values() if c.family == "semcodec"):
+        for anchor in curves.values():
+            if anchor is test:
+                continue
+            row = {"test": test.name, "anchor": anchor.name,
+                   "anchor_psnr_min": float(np.nanmin(anchor.psnr)), "anchor_psnr_max": float(np.nanmax(anchor.psnr)),
+                   "from_db": math.nan, "to_db": math.nan, "bd_rate_psnr": "", "note": ""}
+            try:
+                lo, hi = quality_interval(anchor.psnr, test.psnr, quality_range)
+                row.update(from_db=lo, to_db=hi,
+                           bd_rate_psnr=bd_rate(anchor.bpp, anchor.psnr, test.bpp, test.psnr, quality_range))
+            except BDError as e:
+                row["bd_rate_psnr"] = "no overlap" if "overlap" in str(e) else "too few points"
+                rows.append(row)
+                continue
+            why = []
+            for c, who in ((anchor, anchor.name), (test, test.name)):
+                top, bottom = float(np.nanmax(c.psnr)), float(np.nanmin(c.psnr))
+                if top < hi_want:
+                    why.append(f"{who} tops out at {top:.2f} dB")
+                if bottom > lo_want:
+                    why.append(f"{who} starts at {bottom:.2f} dB")
+            row["note"] = "; ".join(why)
+            rows.append(row)
+    return rows
+
+
+def high_rate_bd_markdown(rows: list[dict]) -> str:
+    def pct(v):
+        return v if isinstance(v, str) else f"{v:+.1f} %"
+
+    return markdown_table(
+        ["semcodec curve", "anchor", "anchor reaches (dB)", "BD-rate over (dB)", "BD-rate (PSNR)", "note"],
+        [[r["test"], r["anchor"], f"{r['anchor_psnr_min']:.2f}–{r['anchor_psnr_max']:.2f}",
+          "–" if math.isnan(r["from_db"]) else f"{r['from_db']:.2f}–{r['to_db']:.2f}", pct(r["bd_rate_psnr"]),
+          r["note"]] for r in rows], align="llrrrl")
+
+
 # --------------------------------------------------------------------------- plots
 
 
@@ -380,6 +518,50 @@ def plot_all(outdir: Path, curves: dict[str, Curve], published: dict[str, Curve]
     ax.set_ylabel("decode time per image (ms, log scale)")
     paths.append(_finish(fig, ax, outdir / "decode_time.png", f"Decode time vs rate — {subtitle}"))
     return paths
+
+
+def plot_high_rate(outdir: Path, curves: dict[str, Curve], lossless: list[dict], subtitle: str) -> Path:
+    """PSNR vs bpp of the high-rate section, the BD-rate range shaded, each lossless codec's mean bpp as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5.2))
+    ax.axhspan(*HIGH_RATE_BD_RANGE, color="0.5", alpha=0.08, label=f"BD-rate range {HIGH_RATE_BD_RANGE[0]:g}–"
+               f"{HIGH_RATE_BD_RANGE[1]:g} dB")
+    for c, st in _styled(curves.values()):
+        ax.plot(c.bpp, c.psnr, label=c.label, **st)
+    dashes = [(1, 1.5), (4, 2), (6, 2, 1, 2), (2, 3), (8, 3)]
+    for i, s in enumerate(x for x in lossless if x["bpp"] > 0):
+        ours = s["family"] == "semcodec"
+        ax.axvline(s["bpp"], color=plt.get_cmap("Dark2")(0) if ours else "0.45", dashes=dashes[i % len(dashes)],
+                   linewidth=1.6 if ours else 1.0, label=f"lossless: {s['codec']} {s['bpp']:.2f} bpp")
+    ax.set_ylim(28, 56)
+    ax.set_xlabel("rate (bits per pixel)")
+    ax.set_ylabel("PSNR, RGB (dB)")
+    return _finish(fig, ax, outdir / "rd_high_rate.png", f"High rate: PSNR vs rate — {subtitle}")
+
+
+def plot_lossless(outdir: Path, summary: list[dict], subtitle: str) -> Path:
+    """Mean bpp per lossless codec (bit-exact images only), as bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    names = [s["codec"] for s in summary]
+    colors = [plt.get_cmap("Dark2")(0) if s["family"] == "semcodec" else plt.get_cmap("tab10")(7) for s in summary]
+    bars = ax.bar(names, [s["bpp"] for s in summary], color=colors)
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_ylabel("mean bits per pixel (bit-exact images)")
+    ax.set_title(f"Lossless — {subtitle}", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    plt.setp(ax.get_xticklabels(), rotation=15, ha="right", fontsize=8)
+    fig.tight_layout()
+    path = outdir / "lossless_bpp.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 # --------------------------------------------------------------------------- environment and run.json
@@ -492,10 +674,16 @@ def _hardware_line(env: dict) -> str:
             f"{', '.join(f'{x:.2f}' for x in h['load_average_at_start'])}")
 
 
+def _images_measured(result: BenchResult) -> int:
+    return len({r["image"] for r in result.rows + result.high_rate + result.lossless})
+
+
 def results_markdown(result: BenchResult, meta: dict, summary: list[dict], bd_rows: list[dict],
-                     plots: list[Path]) -> str:
+                     plots: list[Path], layer2: list[str] | None = None) -> str:
+    """``results.md``: the run's description, then the sections it ran (``layer2``: the markdown of the
+    lossless and high-rate sections, already made)."""
     env = meta["environment"]
-    n_images = len({r["image"] for r in result.rows})
+    n_images = _images_measured(result)
     lines = [
         "# semcodec benchmark results",
         "",
@@ -508,7 +696,34 @@ def results_markdown(result: BenchResult, meta: dict, summary: list[dict], bd_ro
         f"- **Hardware**: {_hardware_line(env)}",
         f"- **Versions**: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
         f"- **Run time**: {result.seconds / 60:.1f} min; peak memory method: {result.memory_method}; seed {meta['seed']}",
+        f"- **Sections**: {', '.join(result.sections)}",
         "",
+    ]
+    if "rd" in result.sections:
+        lines += _rd_markdown(result, meta, summary, bd_rows)
+    if "speed" in result.sections:
+        lines += [
+            "## Speed (default model, quality 75)",
+            "",
+            f"Median of {meta['speed_repeats']} runs per image, wall clock, {env['threads']['requested']} thread(s). "
+            "The machine may be shared: compare codecs within one run, not across runs.",
+            "",
+            speed_markdown(result.speed),
+            "",
+        ]
+    lines += layer2 or []
+    if plots:
+        lines += ["## Plots", ""]
+        titles = {"rd_psnr.png": "PSNR vs bpp", "rd_msssim.png": "MS-SSIM vs bpp",
+                  "tokens_cos.png": "token cosine vs bytes", "decode_time.png": "decode time vs bpp"}
+        lines += [f"![{titles.get(p.name, p.stem)}]({p.name})" for p in plots]
+    if result.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _rd_markdown(result: BenchResult, meta: dict, summary: list[dict], bd_rows: list[dict]) -> list[str]:
+    return [
         "## Rate–distortion and fidelity (mean over images per setting)",
         "",
         summary_markdown(summary),
@@ -525,22 +740,52 @@ def results_markdown(result: BenchResult, meta: dict, summary: list[dict], bd_ro
         "",
         bd_markdown(bd_rows) if bd_rows else "_no BD-rates (no semcodec curve or no anchor)_",
         "",
-        "## Speed (default model, quality 75)",
-        "",
-        f"Median of {meta['speed_repeats']} runs per image, wall clock, {env['threads']['requested']} thread(s). "
-        "The machine may be shared: compare codecs within one run, not across runs.",
-        "",
-        speed_markdown(result.speed),
-        "",
-        "## Plots",
-        "",
     ]
-    titles = {"rd_psnr.png": "PSNR vs bpp", "rd_msssim.png": "MS-SSIM vs bpp", "tokens_cos.png": "token cosine vs bytes",
-              "decode_time.png": "decode time vs bpp"}
-    lines += [f"![{titles.get(p.name, p.stem)}]({p.name})" for p in plots]
-    if result.notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
-    return "\n".join(lines) + "\n"
+
+
+def _lossless_section(result: BenchResult, outdir: Path, subtitle: str) -> tuple[list[Path], list[str], dict]:
+    """Files and markdown lines of the lossless section."""
+    summary = lossless_summary(result.lossless)
+    files = [write_csv(outdir / "lossless.csv", result.lossless, LOSSLESS_COLUMNS),
+             write_csv(outdir / "lossless_summary.csv", summary, list(summary[0]) if summary else ["codec"])]
+    md = lossless_markdown(result.lossless, summary, result.lossless_labels) if summary else "_no lossless codec ran_"
+    lines = ["## Lossless (layer 2 at step 1)", "",
+             "Bits per pixel of each image, every decode compared with the original 8-bit pixels: a decode that "
+             "is not bit-exact is an error, left out of the means. Times are wall clock per image (encode: "
+             "`compress_image` / `Image.save`; decode: `decompress` / `Image.open` + `load`).", "", md, ""]
+    if summary:
+        files.append(plot_lossless(outdir, summary, subtitle))
+        lines += [f"![lossless bpp]({files[-1].name})", ""]
+    return files, lines, {"lossless_summary": summary, "lossless_md": md}
+
+
+def _high_rate_section(result: BenchResult, outdir: Path, subtitle: str, lossless: list[dict]
+                       ) -> tuple[list[Path], list[str], dict]:
+    """Files and markdown lines of the high-rate section."""
+    summary = summarize(result.high_rate)
+    curves = curves_from_summary(summary, result.high_rate_labels)
+    bd_rows = high_rate_bd_table(curves)
+    files = [write_csv(outdir / "high_rate.csv", result.high_rate, COLUMNS),
+             write_csv(outdir / "high_rate_summary.csv", summary, list(summary[0]) if summary else ["codec"]),
+             write_csv(outdir / "high_rate_bdrate.csv", bd_rows,
+                       ["test", "anchor", "anchor_psnr_min", "anchor_psnr_max", "from_db", "to_db", "bd_rate_psnr",
+                        "note"])]
+    md = high_rate_markdown(summary) if summary else "_no high-rate measurements_"
+    bd_md = high_rate_bd_markdown(bd_rows) if bd_rows else "_no BD-rates (no semcodec curve or no anchor)_"
+    lo, hi = HIGH_RATE_BD_RANGE
+    lines = ["## High rate (layer 2: quality above 90, bpp targets above quality 100's rate)", "",
+             "Mean over images per setting.", "", md, "",
+             "Curves: " + "; ".join(f"`{k}` = {v}" if v != k else f"`{k}`"
+                                    for k, v in result.high_rate_labels.items()) + ".", "",
+             f"### BD-rate of semcodec over {lo:g}–{hi:g} dB (PSNR)", "",
+             f"Bjøntegaard delta rate (PCHIP, on the mean curves) integrated over {lo:g}–{hi:g} dB, clipped to the "
+             "PSNR both curves reach (never extrapolated); the interval actually used and why it is shorter are in "
+             "each row. Negative: semcodec needs that many percent fewer bits for the same PSNR.", "", bd_md, ""]
+    if curves:
+        files.append(plot_high_rate(outdir, curves, lossless, subtitle))
+        lines += [f"![high-rate PSNR vs bpp]({files[-1].name})", ""]
+    return files, lines, {"high_rate_summary": summary, "high_rate_bd": bd_rows, "high_rate_md": md,
+                          "high_rate_bd_md": bd_md}
 
 
 def results_section(readme: Path) -> tuple[str, int, int]:
@@ -583,33 +828,52 @@ def update_readme(readme: Path, outdir: Path) -> Path:
 
 
 def write_report(result: BenchResult, outdir: Path, meta: dict, published_path: Path | None = PUBLISHED_RD) -> dict:
-    """Writes every output file; returns ``{"summary", "bd", "files", "markdown"}``."""
+    """Writes the output files of the sections that ran; returns ``{"summary", "bd", "files", "markdown",
+    "summary_md", "bd_md"}`` plus, for the layer-2 sections, their summaries and markdown (``lossless_md``,
+    ``high_rate_md``, ``high_rate_bd_md``, …)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    files = [write_csv(outdir / "measurements.csv", result.rows, COLUMNS),
-             write_csv(outdir / "speed.csv", result.speed, SPEED_COLUMNS)]
-    summary = summarize(result.rows)
-    files.append(write_csv(outdir / "summary.csv", summary, list(summary[0]) if summary else ["codec"]))
-    curves = curves_from_summary(summary, result.labels)
-    published = load_published(published_path)
-    bd_rows = bd_table(curves, published)
-    files.append(write_csv(outdir / "bdrate.csv", bd_rows,
-                           ["test", "anchor", "anchor_kind", "bd_rate_psnr", "bd_psnr_db", "bd_rate_msssim"]))
-    n_images = len({r["image"] for r in result.rows})
+    n_images = _images_measured(result)
     subtitle = f"{n_images} image{'s' if n_images != 1 else ''}" + (f", tower {result.tower}" if result.tower else "")
-    plots = plot_all(outdir, curves, published, subtitle)
-    files += plots
+    files: list[Path] = []
+    summary, bd_rows, plots, published = [], [], [], {}
+    if "rd" in result.sections:
+        files.append(write_csv(outdir / "measurements.csv", result.rows, COLUMNS))
+        summary = summarize(result.rows)
+        files.append(write_csv(outdir / "summary.csv", summary, list(summary[0]) if summary else ["codec"]))
+        curves = curves_from_summary(summary, result.labels)
+        published = load_published(published_path)
+        bd_rows = bd_table(curves, published)
+        files.append(write_csv(outdir / "bdrate.csv", bd_rows,
+                               ["test", "anchor", "anchor_kind", "bd_rate_psnr", "bd_psnr_db", "bd_rate_msssim"]))
+        plots = plot_all(outdir, curves, published, subtitle)
+        files += plots
+    if "speed" in result.sections:
+        files.append(write_csv(outdir / "speed.csv", result.speed, SPEED_COLUMNS))
+    layer2, extra = [], {}
+    if "lossless" in result.sections:
+        more, lines, extra_l = _lossless_section(result, outdir, subtitle)
+        files, layer2, extra = files + more, layer2 + lines, extra | extra_l
+    if "high-rate" in result.sections:
+        more, lines, extra_h = _high_rate_section(result, outdir, subtitle, extra.get("lossless_summary", []))
+        files, layer2, extra = files + more, layer2 + lines, extra | extra_h
     meta = dict(meta)
     meta.setdefault("date", time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     meta["published_reference"] = str(published_path) if published else ""
     meta["memory_method"] = result.memory_method
     meta["duration_s"] = round(result.seconds, 1)
+    meta["sections"] = list(result.sections)
     meta["notes"] = result.notes
     meta["curves"] = result.labels
-    md = results_markdown(result, meta, summary, bd_rows, plots)
+    if result.high_rate_labels:
+        meta["high_rate_curves"] = result.high_rate_labels
+    if result.lossless_labels:
+        meta["lossless_codecs"] = result.lossless_labels
+    md = results_markdown(result, meta, summary, bd_rows, plots, layer2)
     (outdir / "results.md").write_text(md)
     files.append(outdir / "results.md")
     (outdir / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     files.append(outdir / "run.json")
     return {"summary": summary, "bd": bd_rows, "files": files, "markdown": md,
-            "summary_md": summary_markdown(summary), "bd_md": bd_markdown(bd_rows) if bd_rows else ""}
+            "summary_md": summary_markdown(summary) if summary else "",
+            "bd_md": bd_markdown(bd_rows) if bd_rows else "", **extra}

@@ -11,6 +11,19 @@
     speed section: the default setting on the first images, repeated: encode, pixel decode,
         pixel decode + tower forward, tokens-only decode (layer 0), tower on the GPU when present
 
+Sections (``BenchConfig.sections``, ``semcodec bench --sections``): ``rd`` (the loop above),
+``speed``, and the two that measure layer 2 (the refinement layer, high fidelity to lossless):
+
+* ``lossless``: per image, semcodec ``lossless=True`` and PNG, WebP lossless (methods 4 and 6),
+  JPEG XL lossless (effort 7): bytes, encode and decode time, peak memory; every decode is
+  compared with the original pixels, and one that is not bit-exact is an error of its row
+  (:data:`LOSSLESS_COLUMNS`).
+* ``high-rate``: the rate–distortion loop with sweeps that reach 30–50 dB: semcodec qualities
+  above the pixel layer's top (:data:`HIGH_RATE_QUALITIES`) and bpp targets above quality 100's
+  rate (:data:`HIGH_RATE_BPPS`), the baselines' high-rate sweeps
+  (:func:`~semcodec.bench.baselines.high_rate_baselines`); rows as in ``rd`` (:data:`COLUMNS`),
+  without token fidelity.
+
 semcodec settings are dicts of :func:`semcodec.api.compress_image` keyword
 arguments (``{"quality": 50}``, ``{"quality": 50, "semantic": "tiny"}``); the
 keys other than the rate (``quality``/``bpp``/``size``/``max_size``) name the
@@ -51,11 +64,13 @@ from PIL import Image
 
 from ..batch import IMAGE_SUFFIXES, files_in
 from ..errors import InvalidInputError, SemcodecError
-from .baselines import Baseline, select_baselines, set_decoder_threads
-from .metrics import ms_ssim, psnr, token_fidelity
+from .baselines import (Baseline, LosslessCodec, high_rate_baselines, lossless_codecs, select_baselines,
+                        set_decoder_threads)
+from .metrics import mismatch, ms_ssim, psnr, token_fidelity
 
-__all__ = ["COLUMNS", "SPEED_COLUMNS", "BenchConfig", "BenchResult", "PeakMemory", "Setting", "curve_name",
-           "list_images", "run_bench", "run_script", "semcodec_settings"]
+__all__ = ["COLUMNS", "DEFAULT_SECTIONS", "LOSSLESS_COLUMNS", "SECTIONS", "SPEED_COLUMNS", "BenchConfig",
+           "BenchResult", "PeakMemory", "Setting", "curve_name", "high_rate_settings", "list_images", "run_bench",
+           "run_script", "semcodec_settings"]
 
 #: Keys of compress_image kwargs that set the rate (the sweep); the other keys name the curve.
 RATE_KEYS = ("quality", "bpp", "size", "max_size")
@@ -63,11 +78,23 @@ RATE_KEYS = ("quality", "bpp", "size", "max_size")
 SEMCODEC_QUALITIES = (0, 20, 40, 60, 80, 100)
 SEMCODEC_QUICK_QUALITIES = (0, 33, 67, 100)
 SPEED_QUALITY = 75.0
+#: Sections of a run, in the order they are reported; a run without ``--sections`` has the default ones.
+SECTIONS = ("rd", "speed", "lossless", "high-rate")
+DEFAULT_SECTIONS = ("rd", "speed")
+#: semcodec in the high-rate section: qualities (above 90 they add layer 2) and bpp targets above quality 100's
+#: rate (met by layer 2), full and --quick.
+HIGH_RATE_QUALITIES = (80, 90, 92, 94, 96, 98, 100)
+HIGH_RATE_QUICK_QUALITIES = (80, 94, 100)
+HIGH_RATE_BPPS = (7, 9)
+HIGH_RATE_QUICK_BPPS = (7,)
 
 #: Columns of ``measurements.csv`` (one row per image and setting).
 COLUMNS = ("image", "width", "height", "codec", "family", "param", "setting", "bytes", "bpp", "psnr", "ms_ssim",
            "token_cos", "token_mse", "layer0_bytes", "layer0_cos", "layer0_mse", "enc_s", "dec_s",
            "tokens_dec_s", "enc_peak_mib", "dec_peak_mib", "error")
+#: Columns of ``lossless.csv`` (one row per image and lossless codec); ``exact`` is ``yes`` or ``no``.
+LOSSLESS_COLUMNS = ("image", "width", "height", "codec", "family", "bytes", "bpp", "exact", "enc_s", "dec_s",
+                    "enc_peak_mib", "dec_peak_mib", "error")
 #: Columns of ``speed.csv``.
 SPEED_COLUMNS = ("image", "width", "height", "what", "device", "threads", "repeats", "median_s", "min_s",
                  "bytes", "mpix_per_s", "note")
@@ -113,6 +140,16 @@ def semcodec_settings(model: str, semantic: str | None = None, quick: bool = Fal
     if semantic:
         out += [{"quality": float(q), "model": model, "semantic": semantic} for q in qualities]
     return out
+
+
+def high_rate_settings(model: str, quick: bool = False) -> list[dict]:
+    """The semcodec sweep of the high-rate section: pixels only (as :func:`semcodec_settings`), qualities from the
+    pixel layer's upper range into layer 2, then bpp targets above what quality 100 reaches."""
+    plain = {"semantic": False} if not unsupported_keywords({"semantic": False}) else {}
+    qualities = HIGH_RATE_QUICK_QUALITIES if quick else HIGH_RATE_QUALITIES
+    bpps = HIGH_RATE_QUICK_BPPS if quick else HIGH_RATE_BPPS
+    return ([{"quality": float(q), "model": model, **plain} for q in qualities]
+            + [{"bpp": float(b), "model": model, **plain} for b in bpps])
 
 
 def curve_name(kwargs: dict) -> str:
@@ -320,6 +357,7 @@ class BenchConfig:
         speed_images: images of the speed section (the first ones).
         speed_repeats: repeats per speed measurement (median reported).
         hub_dir: torch hub folder searched for CompressAI weights (None = torch's).
+        sections: which of :data:`SECTIONS` to run.
     """
 
     images: list[Path]
@@ -333,11 +371,16 @@ class BenchConfig:
     speed_images: int = 4
     speed_repeats: int = 3
     hub_dir: str | None = None
+    sections: Sequence[str] = DEFAULT_SECTIONS
 
 
 @dataclass
 class BenchResult:
-    """Everything a run measured, plus what the report needs to describe it."""
+    """Everything a run measured, plus what the report needs to describe it.
+
+    ``rows``/``settings``/``labels``/``families`` belong to the ``rd`` section, ``high_rate*`` to the
+    ``high-rate`` section (rows with the same columns), ``lossless*`` to the ``lossless`` section.
+    """
 
     rows: list[dict]
     speed: list[dict]
@@ -348,11 +391,18 @@ class BenchResult:
     memory_method: str
     tower: str | None
     seconds: float
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
+    high_rate: list[dict] = field(default_factory=list)
+    high_rate_labels: dict[str, str] = field(default_factory=dict)
+    lossless: list[dict] = field(default_factory=list)
+    lossless_labels: dict[str, str] = field(default_factory=dict)
 
 
-def _semcodec_setting_objects(config: BenchConfig, notes: list[str]) -> list[Setting]:
-    kwargs_list = config.settings if config.settings is not None else semcodec_settings(
-        config.model, config.semantic, config.quick)
+def _semcodec_setting_objects(config: BenchConfig, notes: list[str], kwargs_list: list[dict] | None = None
+                              ) -> list[Setting]:
+    if kwargs_list is None:
+        kwargs_list = config.settings if config.settings is not None else semcodec_settings(
+            config.model, config.semantic, config.quick)
     out, skipped = [], {}
     for kw in kwargs_list:
         kw = {"model": config.model} | dict(kw)
@@ -434,6 +484,49 @@ class _Runner:
         except Exception as e:  # one failing point must not lose the run; the row says why
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         return row
+
+    def measure_lossless(self, path: Path, image: Image.Image, codec: LosslessCodec) -> dict:
+        """One row of the lossless section; a decode that is not bit-exact is the row's error."""
+        w, h = image.size
+        row = dict.fromkeys(LOSSLESS_COLUMNS, "")
+        row.update(image=path.name, width=w, height=h, codec=codec.name, family=codec.family)
+        try:
+            data, row["enc_s"], row["enc_peak_mib"] = _timed(lambda: codec.encode(image, self.config.threads),
+                                                             self.memory)
+            decoded, row["dec_s"], row["dec_peak_mib"] = _timed(lambda: codec.decode(data), self.memory)
+            row["bytes"] = len(data)
+            row["bpp"] = len(data) * 8 / (w * h)
+            why = mismatch(np.asarray(image), decoded)
+            row["exact"] = "no" if why else "yes"
+            if why:
+                row["error"] = why
+        except Exception as e:  # one failing codec must not lose the run; the row says why
+            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        return row
+
+
+def _semcodec_lossless(config: BenchConfig, notes: list[str]) -> list[LosslessCodec]:
+    """semcodec ``lossless=True`` (pixels only) as a lossless codec, or none (with a note) in a build without it."""
+    from .. import api
+
+    kw = {"lossless": True, "model": config.model}
+    kw |= {"semantic": False} if not unsupported_keywords({"semantic": False}) else {}
+    if unsupported_keywords(kw):
+        notes.append("lossless: compress_image has no lossless= in this build; semcodec skipped")
+        return []
+    return [LosslessCodec(config.model, f"{config.model} (compress_image lossless=True: layer 1 + layer 2)",
+                          lambda image, threads: api.compress_image(image, **kw).data, api.decompress,
+                          family="semcodec")]
+
+
+def _warm_up_lossless(runner: _Runner, codecs: list[LosslessCodec], image: Image.Image) -> None:
+    """Codes a 64×64 crop with every lossless codec (loads models); a failure shows in its rows later."""
+    crop = image.crop((0, 0, min(64, image.width), min(64, image.height)))
+    for codec in codecs:
+        try:
+            codec.decode(codec.encode(crop, runner.config.threads))
+        except Exception:  # measure_lossless() records it if it fails for real
+            pass
 
 
 def _warm_up(runner: _Runner, settings: list[Setting], image: Image.Image, notes: list[str]) -> list[Setting]:
@@ -532,11 +625,12 @@ def _speed_section(runner: _Runner, images: list[tuple[Path, Image.Image, object
 
 
 def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda msg: None) -> BenchResult:
-    """Measures every setting on every image, then the speed section.
+    """Measures the sections of ``config`` on every image: every setting of the ``rd`` and ``high-rate`` sweeps,
+    every lossless codec, then the speed section.
 
     Raises:
         SemcodecError: the codec model or the semantic tower is not available.
-        ValueError: no images, or an unknown baseline name.
+        ValueError: no images, an unknown section or an unknown baseline name.
     """
     import torch
 
@@ -545,6 +639,11 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda msg:
 
     if not config.images:
         raise ValueError("no images to benchmark")
+    sections = tuple(s for s in SECTIONS if s in config.sections)
+    unknown = [s for s in config.sections if s not in SECTIONS]
+    if unknown or not sections:
+        raise ValueError(f"unknown section(s) {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(SECTIONS)}")
     start = time.perf_counter()
     require_checkpoint(config.model)           # fail fast with the registry's message
     random.seed(config.seed)
@@ -556,41 +655,71 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda msg:
     try:
         notes: list[str] = []
         tower = None
-        if config.semantic:
+        if config.semantic and ("rd" in sections or "speed" in sections):
             from ..models.semantic import load_tower
             tower = load_tower(config.semantic)
             if tower.spec.is_tiny:
                 notes.append("token fidelity uses the tiny tower: random fixed-seed weights, NOT semantic "
                              "(it checks the plumbing, not meaning); pass --semantic clip-l14-336 for real tokens")
-        baselines, baseline_notes = select_baselines(list(config.baselines), config.hub_dir)
-        notes += baseline_notes
-        settings = _semcodec_setting_objects(config, notes) + _baseline_setting_objects(baselines, config.quick)
+        settings: list[Setting] = []
+        if "rd" in sections:
+            baselines, baseline_notes = select_baselines(list(config.baselines), config.hub_dir)
+            notes += baseline_notes
+            settings = _semcodec_setting_objects(config, notes) + _baseline_setting_objects(baselines, config.quick)
+        high: list[Setting] = []
+        if "high-rate" in sections:
+            baselines, baseline_notes = high_rate_baselines(list(config.baselines))
+            notes += [f"high-rate: {n}" for n in baseline_notes]
+            high = (_semcodec_setting_objects(config, notes, high_rate_settings(config.model, config.quick))
+                    + _baseline_setting_objects(baselines, config.quick))
+        lossless: list[LosslessCodec] = []
+        if "lossless" in sections:
+            lossless = _semcodec_lossless(config, notes) + (lossless_codecs() if list(config.baselines) else [])
         memory = PeakMemory()
         runner = _Runner(config, tower, memory)
         loaded = []
         rows: list[dict] = []
+        high_rows: list[dict] = []
+        lossless_rows: list[dict] = []
+        speed_images = config.speed_images if "speed" in sections else 0
         for i, path in enumerate(config.images):
             image = Image.fromarray(load_rgb(path))
-            with _torch_threads(1):
-                tokens = tower.tokens([image])[0] if tower is not None else None    # (N, D)
+            tokens = None
+            if tower is not None and "rd" in sections:
+                with _torch_threads(1):
+                    tokens = tower.tokens([image])[0]                  # (N, D)
             if i == 0:
                 settings = _warm_up(runner, settings, image, notes)
-            t0 = time.perf_counter()
-            for s in settings:
-                rows.append(runner.measure(path, image, tokens, s))
-            progress(f"[{i + 1}/{len(config.images)}] {path.name}: {len(settings)} settings, "
-                     f"{time.perf_counter() - t0:.1f} s")
-            if i < config.speed_images:
+                high = _warm_up(runner, high, image, notes)
+                _warm_up_lossless(runner, lossless, image)
+            done = []
+            for name, items, measure, out in (
+                    ("rd", settings, lambda s: runner.measure(path, image, tokens, s), rows),
+                    ("lossless", lossless, lambda c: runner.measure_lossless(path, image, c), lossless_rows),
+                    ("high-rate", high, lambda s: runner.measure(path, image, None, s), high_rows)):
+                if not items:
+                    continue
+                t0 = time.perf_counter()
+                out.extend(measure(item) for item in items)
+                done.append(f"{name} {len(items)} {'codecs' if name == 'lossless' else 'settings'} "
+                            f"{time.perf_counter() - t0:.1f} s")
+            progress(f"[{i + 1}/{len(config.images)}] {path.name}: {'; '.join(done) or 'nothing to measure'}")
+            if i < speed_images:
                 loaded.append((path, image, tokens))
-        failed = sum(bool(r["error"]) for r in rows)
-        if failed:
-            notes.append(f"{failed} of {len(rows)} measurements failed (see the error column of measurements.csv)")
-        speed = _speed_section(runner, loaded, progress) if config.speed_images else []
+        for what, measured in (("", rows), ("high-rate: ", high_rows), ("lossless: ", lossless_rows)):
+            failed = sum(bool(r["error"]) for r in measured)
+            if failed:
+                where = "lossless.csv" if measured is lossless_rows else (
+                    "high_rate.csv" if measured is high_rows else "measurements.csv")
+                notes.append(f"{what}{failed} of {len(measured)} measurements failed (see the error column of {where})")
+        speed = _speed_section(runner, loaded, progress) if speed_images else []
         return BenchResult(
             rows=rows, speed=speed, settings=settings, notes=notes,
             labels={s.codec: s.label for s in settings}, families={s.codec: s.family for s in settings},
             memory_method=memory.method, tower=tower.spec.name if tower is not None else None,
-            seconds=time.perf_counter() - start)
+            seconds=time.perf_counter() - start, sections=sections, high_rate=high_rows,
+            high_rate_labels={s.codec: s.label for s in high}, lossless=lossless_rows,
+            lossless_labels={c.name: c.label for c in lossless})
     finally:
         torch.set_num_threads(old_threads)
         set_decoder_threads(None)

@@ -1,4 +1,5 @@
-"""``semcodec bench`` — rate–distortion, token fidelity and speed against JPEG, WebP, AVIF, JPEG XL.
+"""``semcodec bench`` — rate–distortion, token fidelity, speed, lossless and high rate against JPEG, WebP, AVIF,
+JPEG XL (and PNG for lossless).
 
 The work is done by :mod:`semcodec.bench`; this module parses options, prints
 progress and the tables, and says where the files went. See docs/benchmarks.md.
@@ -21,6 +22,21 @@ DEFAULT_BASELINES = "jpeg420,jpeg444,webp,avif,jxl,compressai"
 
 def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _parse_sections(value: str | None) -> tuple[str, ...]:
+    from ..bench.runner import DEFAULT_SECTIONS, SECTIONS
+
+    if value is None:
+        return DEFAULT_SECTIONS
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    if names == ["all"]:
+        return SECTIONS
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(SECTIONS)} "
+                                 "(comma-separated) or all", param_hint="--sections")
+    return tuple(n for n in SECTIONS if n in names)
 
 
 def _parse_settings(values: tuple[str, ...]) -> list[dict] | None:
@@ -50,6 +66,8 @@ def _command_line(images_dir: Path, params: dict) -> str:
     args = ["semcodec", "bench", str(images_dir), "-o", str(params["output"]), "--model", params["model"],
             "--semantic", params["semantic"], "--baselines", params["baselines"], "--threads", str(params["threads"]),
             "--seed", str(params["seed"])]
+    if params["sections_given"]:
+        args += ["--sections", ",".join(params["sections"])]
     if params["quick"]:
         args.append("--quick")
     if params["limit"]:
@@ -68,14 +86,20 @@ def _command_line(images_dir: Path, params: dict) -> str:
 @click.argument("images_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
               show_default=True, help="Folder for the CSVs, tables, plots, results.md and run.json.")
+@click.option("--sections", default=None, metavar="LIST",
+              help="Comma-separated, default rd,speed: rd (rate–distortion and token fidelity), speed, "
+                   "lossless (semcodec --lossless vs PNG, WebP and JPEG XL lossless, checked bit-exact), "
+                   "high-rate (30–50 dB: layer 2 vs the baselines' top qualities, BD-rate over 36–46 dB); "
+                   "'all' for every one.")
 @click.option("--quick", is_flag=True, help="4 images, 4 rate points per codec, 2 speed images: a few minutes.")
 @click.option("--model", default="semcodec-ms192", show_default=True, help="Codec model of the semcodec curves.")
 @click.option("--semantic", default="tiny", show_default=True,
               help="Semantic tower for token fidelity and the semcodec curve with that semantic layer; "
                    "'none' skips both. 'tiny' is offline and NOT semantic.")
 @click.option("--baselines", default=DEFAULT_BASELINES, show_default=True,
-              help="Comma-separated: jpeg420, jpeg444, webp, avif, jxl, compressai (zoo weights already in the "
-                   "torch hub cache only); 'none' for semcodec alone.")
+              help="Comma-separated: jpeg420, jpeg444, webp, avif, avif444, jxl, compressai (zoo weights already in "
+                   "the torch hub cache only); 'none' for semcodec alone. The high-rate section adds avif444 to "
+                   "avif; the lossless section measures PNG, WebP and JPEG XL lossless unless 'none'.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads for torch, AVIF and JPEG XL (default: all usable CPUs).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images.")
@@ -92,19 +116,22 @@ def _command_line(images_dir: Path, params: dict) -> str:
               help="Afterwards, replace this README's results section (between <!-- semcodec-bench:begin --> "
                    "and <!-- semcodec-bench:end -->) with results.md.")
 @click.pass_context
-def bench(ctx, images_dir, output, quick, model, semantic, baselines, threads, limit, setting, speed_images,
+def bench(ctx, images_dir, output, sections, quick, model, semantic, baselines, threads, limit, setting, speed_images,
           speed_repeats, seed, no_published, update_readme) -> None:
     """Benchmark semcodec against JPEG, WebP, AVIF and JPEG XL on a folder of images.
 
     IMAGES_DIR defaults to ../shared/data/kodak. Measures per image and setting: bytes, bpp,
     PSNR, MS-SSIM, token fidelity, encode/decode time and peak memory; writes CSVs, markdown
-    tables with BD-rates, PNG plots, results.md and run.json to OUTPUT.
+    tables with BD-rates, PNG plots, results.md and run.json to OUTPUT. --sections adds the
+    lossless and high-rate sections (layer 2) or runs them alone.
     """
     if images_dir is None:
         if not DEFAULT_IMAGES.is_dir():
             raise click.UsageError(f"no IMAGES_DIR given and the default {DEFAULT_IMAGES} does not exist; "
                                    "pass a folder of images")
         images_dir = DEFAULT_IMAGES
+    sections_given = sections is not None
+    sections = _parse_sections(sections)
     semantic_name = None if semantic.strip().lower() in ("", "none") else semantic.strip()
     names = [] if baselines.strip().lower() in ("", "none") else [b.strip() for b in baselines.split(",") if b.strip()]
     threads = threads or _usable_cpus()
@@ -130,20 +157,27 @@ def bench(ctx, images_dir, output, quick, model, semantic, baselines, threads, l
     config = BenchConfig(images=images, model=model, semantic=semantic_name, baselines=names, threads=threads,
                          quick=quick, seed=seed, settings=settings,
                          speed_images=(2 if quick else 4) if speed_images is None else speed_images,
-                         speed_repeats=speed_repeats)
-    params = dict(ctx.params, threads=threads)
+                         speed_repeats=speed_repeats, sections=sections)
+    params = dict(ctx.params, threads=threads, sections=sections, sections_given=sections_given)
     meta = run_metadata(config, images_dir, _command_line(images_dir, params))
     click.echo(f"semcodec bench: {len(images)} images from {images_dir}, model {model}, tower "
-               f"{semantic_name or 'none'}, baselines {', '.join(names) or 'none'}, {threads} thread(s)", err=True)
+               f"{semantic_name or 'none'}, baselines {', '.join(names) or 'none'}, {threads} thread(s), "
+               f"sections {', '.join(sections)}", err=True)
     result = run_bench(config, progress=lambda msg: click.echo(msg, err=True))
     out = write_report(result, output, meta, published_path=None if no_published else PUBLISHED_RD)
-    click.echo("## Mean per setting\n\n" + out["summary_md"] + "\n")
+    if out["summary_md"]:
+        click.echo("## Mean per setting\n\n" + out["summary_md"] + "\n")
     if out["bd_md"]:
         click.echo("## BD-rate of semcodec\n\n" + out["bd_md"] + "\n")
+    if out.get("lossless_md"):
+        click.echo("## Lossless\n\n" + out["lossless_md"] + "\n")
+    if out.get("high_rate_md"):
+        click.echo("## High rate: mean per setting\n\n" + out["high_rate_md"] + "\n")
+        click.echo("## High rate: BD-rate of semcodec over 36–46 dB\n\n" + out["high_rate_bd_md"] + "\n")
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if update_readme is not None:
         rewrite_readme(update_readme, output)
         click.echo(f"updated the results section of {update_readme}", err=True)
     click.echo(f"wrote {len(out['files'])} files to {output}/ in {result.seconds / 60:.1f} min "
-               f"(results.md, measurements.csv, plots, run.json)", err=True)
+               f"(results.md, CSVs, plots, run.json)", err=True)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from semcodec.bench.bdrate import BDError, bd_psnr, bd_rate, mean_over_interval, prepare_curve
+from semcodec.bench.bdrate import BDError, bd_psnr, bd_rate, mean_over_interval, prepare_curve, quality_interval
 
 RATES = [0.12, 0.21, 0.33, 0.49, 0.70, 0.97, 1.31, 1.78]
 PSNR = [27.1, 28.9, 30.6, 32.3, 33.9, 35.6, 37.2, 39.0]
@@ -83,6 +83,22 @@ def test_only_the_overlap_counts():
     changed_low = [p - 3 if i < 3 else p for i, p in enumerate(PSNR)]
     assert bd_rate(RATES, changed_low, upper_r, upper_q) == pytest.approx(bd_rate(RATES, PSNR, upper_r, upper_q),
                                                                           abs=1e-12)
+
+
+def test_quality_range_restricts_and_is_clipped_to_the_overlap():
+    """A BD-rate over a PSNR range counts only that range, and only where both curves reach."""
+    # the test curve is 10 % cheaper above 32 dB and 30 % dearer below: over 33–38 dB only the -10 % part counts
+    test = [r * (0.9 if p > 32 else 1.3) for r, p in zip(RATES, PSNR)]
+    assert bd_rate(RATES, PSNR, test, PSNR, quality_range=(33.9, 37.2)) == pytest.approx(-10.0, abs=1e-9)
+    assert bd_rate(RATES, PSNR, test, PSNR) > -10.0 + 1          # the whole overlap mixes both parts
+    # a range wider than the curves: clipped to 27.1–39.0, the same as without a range
+    assert bd_rate(RATES, PSNR, test, PSNR, quality_range=(20, 50)) == pytest.approx(bd_rate(RATES, PSNR, test, PSNR),
+                                                                                    abs=1e-12)
+    # the interval actually used: the range, cut to what both curves reach
+    assert quality_interval(PSNR, PSNR[2:6], (30, 46)) == (PSNR[2], PSNR[5])
+    assert quality_interval(PSNR, PSNR, (30, 36)) == (30.0, 36.0)
+    with pytest.raises(BDError, match="within 40…46"):
+        bd_rate(RATES, PSNR, RATES, PSNR, quality_range=(40, 46))   # both curves end at 39 dB
 
 
 def test_errors():
