@@ -22,6 +22,12 @@ learned ``image_newline``, i.e. ``N + 1`` image tokens (730), what
 tiles OneVision adds to a lone image (2,709 image tokens in all for a 768×512 photo) are
 not in layer 0: OneVision sees the coarse base view only (docs/semantic.md §4).
 
+**Qwen2.5-VL** (:func:`qwen_input_ids`, :func:`qwen_inputs`): the tokens of ``qwen2.5-vl-7b``
+are the merger output, what the language model consumes, so they are spliced as they are
+(no projector) at the ``<|image_pad|>`` positions, ``gh·gw`` of them per image, and the
+model gets ``image_grid_thw = (1, 2·gh, 2·gw)`` (the patch grid) and ``mm_token_type_ids``
+so that it lays out its 3D (M-RoPE) positions exactly as for pixels.
+
 Requires ``transformers`` (``pip install semcodec[mllm]``).
 
 Example:
@@ -46,7 +52,7 @@ from .errors import InvalidInputError, ModelMismatchError
 from .layers.semantic import Tokens
 
 __all__ = ["llava_input_ids", "llava_inputs_embeds", "onevision_input_ids", "onevision_inputs_embeds",
-           "onevision_num_image_tokens", "projector"]
+           "onevision_num_image_tokens", "projector", "qwen_input_ids", "qwen_inputs"]
 
 
 def _require_transformers() -> None:
@@ -312,3 +318,92 @@ def onevision_inputs_embeds(model, tokens: Tokens | Sequence[Tokens], input_ids:
             x = proj(t.tokens.to(param.device, param.dtype))                            # (N, H)
             feats.append(torch.cat([x, newline[None].to(x)]))                           # (N + 1, H)
     return _splice(model, input_ids, torch.cat(feats), "onevision_input_ids")
+
+
+# --------------------------------------------------------------------------- Qwen2.5-VL
+
+
+def _check_qwen(config, tokens: Tokens) -> None:
+    vc = config.vision_config
+    factor = int(vc.patch_size) * int(vc.spatial_merge_size)
+    if not tokens.preprocessing.startswith(f"smart-resize-{factor}-"):
+        raise ModelMismatchError(f"the tokens were made with preprocessing {tokens.preprocessing}; Qwen2.5-VL "
+                                 f"consumes its merger's output on a smart-resize grid of {factor} px")
+    if tokens.layer != -1:
+        raise ModelMismatchError(f"the tokens come from layer {tokens.layer}; Qwen2.5-VL consumes its merger's "
+                                 "output (layer -1)")
+    if int(vc.out_hidden_size) != tokens.tokens.shape[-1]:
+        raise ModelMismatchError(f"the model's vision merger gives width {vc.out_hidden_size}, the tokens have "
+                                 f"{tokens.tokens.shape[-1]} ({tokens.model})")
+    gh, gw = tokens.grid
+    if gh * gw != tokens.tokens.shape[0]:
+        raise InvalidInputError(f"the tokens hold {tokens.tokens.shape[0]} rows for a {gh}x{gw} grid")
+
+
+def qwen_input_ids(tokenizer, prompt: str, config, tokens: Tokens | Sequence[Tokens],
+                   image_placeholder: str = "<|image_pad|>") -> torch.Tensor:
+    """Tokenizes a Qwen2.5-VL prompt and expands each ``<|image_pad|>`` into the image's ``gh·gw`` image tokens.
+
+    Args:
+        tokenizer: the model's tokenizer (called as ``tokenizer(text, add_special_tokens=False).input_ids``).
+        prompt: text with one placeholder per image, as the chat template writes it:
+            ``"<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is shown?<|im_end|>\n..."``.
+        config: the model config (for the image token id).
+        tokens: the decoded tokens of one image (used for every placeholder) or one per placeholder, in order.
+
+    Returns:
+        ``(1, L)`` int64 input ids, what ``Qwen2_5_VLProcessor`` gives for the same prompt and image sizes.
+    """
+    items = [tokens] if isinstance(tokens, Tokens) else list(tokens)
+    if not items:
+        raise InvalidInputError("no tokens given")
+    counts: int | list[int] = [int(t.grid[0]) * int(t.grid[1]) for t in items]
+    if len(items) == 1:
+        counts = counts[0]
+    return _expand_prompt(tokenizer, prompt, _image_token_id(config), counts, image_placeholder, add_bos=False)
+
+
+def qwen_inputs(model, tokens: Tokens | Sequence[Tokens], input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, check: bool = True) -> dict:
+    """Everything ``Qwen2_5_VLForConditionalGeneration`` needs to run on decoded tokens instead of pixels.
+
+    The tokens are spliced into the text embeddings at the image-token positions as they are (they are
+    the merger's output, which the model splices itself for pixels). ``image_grid_thw`` and
+    ``mm_token_type_ids`` let the model compute its 3D rotary positions (``get_rope_index``) as for pixels.
+
+    Args:
+        model: a ``transformers`` ``Qwen2_5_VLForConditionalGeneration`` (or ``Qwen2_5_VLModel``).
+        tokens: the decoded tokens of one image, or a list (one per image, in the order of ``input_ids``, row
+            by row).
+        input_ids: ``(B, L)`` ids in which every image is ``gh·gw`` image tokens (:func:`qwen_input_ids`).
+        attention_mask: optional ``(B, L)`` mask (default all ones).
+        check: verify that the model consumes this token space (merger width, smart-resize grid, layer).
+
+    Returns:
+        ``{"input_ids", "inputs_embeds", "attention_mask", "image_grid_thw", "mm_token_type_ids"}`` for
+        ``model(**inputs)`` or ``model.generate(**inputs, max_new_tokens=...)``.
+
+    Raises:
+        InvalidInputError: the number of image tokens in ``input_ids`` differs from ``Σ gh·gw``.
+        ModelMismatchError: the model consumes another width or preprocessing.
+    """
+    _require_transformers()
+    items = [tokens] if isinstance(tokens, Tokens) else list(tokens)
+    if not items:
+        raise InvalidInputError("no tokens given")
+    config = model.config
+    if check:
+        for t in items:
+            _check_qwen(config, t)
+    embed = model.get_input_embeddings()
+    feats = torch.cat([t.tokens.to(embed.weight.device, embed.weight.dtype) for t in items])  # (Σ N, H)
+    embeds = _splice(model, input_ids, feats, "qwen_input_ids")
+    input_ids = input_ids.to(embeds.device)
+    merge = int(config.vision_config.spatial_merge_size)
+    grid_thw = torch.tensor([[1, int(t.grid[0]) * merge, int(t.grid[1]) * merge] for t in items], dtype=torch.long,
+                            device=embeds.device)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    types = (input_ids == _image_token_id(config)).to(torch.int32)  # text 0, image 1 (as the processor marks them)
+    return {"input_ids": input_ids, "inputs_embeds": embeds, "attention_mask": attention_mask.to(embeds.device),
+            "image_grid_thw": grid_thw, "mm_token_type_ids": types}

@@ -260,3 +260,86 @@ def test_variable_grid_errors(qwen_tower, qwen_cal):
             assert torch.isfinite(d.full).all() and d.full.shape[0] == d.grid[0] * d.grid[1]
         except SemcodecError:
             pass
+
+
+# --------------------------------------------------------------------------- hand-off to Qwen2_5_VLForConditionalGeneration
+
+
+@pytest.fixture(scope="module")
+def qwen_processor_full():
+    """``Qwen2_5_VLProcessor`` with the tiny image processor and a word-level tokenizer built here."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]"] + [chr(97 + i) for i in range(26)])}
+    vocab.update({"<|image_pad|>": 60, "<|video_pad|>": 61, "<|vision_start|>": 62, "<|vision_end|>": 63})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    special = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                        additional_special_tokens=special)
+    return Qwen2_5_VLProcessor(image_processor=qwen_processor(), tokenizer=tokenizer,
+                               video_processor=Qwen2VLVideoProcessor())
+
+
+def tokens_of(tower, image):
+    from semcodec.layers.semantic import Tokens
+
+    t = tower.tokens([image])[0]
+    return Tokens(tokens=t, positions=torch.arange(t.shape[0]), grid=tower.grid(*image.size), model=tower.spec.name,
+                  preprocessing=tower.spec.preprocessing_id, layer=tower.spec.layer, image_size=image.size)
+
+
+PROMPT = "a <|vision_start|><|image_pad|><|vision_end|> b c <|vision_start|><|image_pad|><|vision_end|> d"
+
+
+def test_qwen_handoff_equals_the_models_own(qwen, qwen_tower, qwen_processor_full):
+    from semcodec.mllm import qwen_input_ids, qwen_inputs
+
+    images = [photo(100, 80, seed=5), photo(300, 200, seed=6)]  # different grids, one resized within the limits
+    theirs = qwen_processor_full(images=images, text=[PROMPT], return_tensors="pt")
+    items = [tokens_of(qwen_tower, im) for im in images]
+    ids = qwen_input_ids(qwen_processor_full.tokenizer, PROMPT, qwen.config, items)
+    assert torch.equal(ids, theirs["input_ids"])
+    inputs = qwen_inputs(qwen, items, ids)
+    assert torch.equal(inputs["image_grid_thw"], theirs["image_grid_thw"])
+    assert torch.equal(inputs["mm_token_type_ids"], theirs["mm_token_type_ids"].to(torch.int32))
+    with torch.no_grad():
+        ref = qwen(**theirs).logits
+        got = qwen(**inputs).logits
+    assert ref.shape == got.shape and (got - ref).abs().max() < 1e-4
+    with torch.no_grad():  # greedy generation continues the same way (3D positions carried over by rope_deltas)
+        gen_ref = qwen.generate(**theirs, max_new_tokens=5, do_sample=False, pad_token_id=1)
+        gen = qwen.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=1)
+    assert torch.equal(gen, gen_ref) and gen.shape[1] > ids.shape[1]
+    # The 3D positions matter: without image_grid_thw the model falls back to 1D positions.
+    with torch.no_grad():
+        flat = qwen(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"]).logits
+    assert (flat - ref).abs().max() > 1e-3
+
+
+def test_qwen_decoded_tokens_generate(qwen, qwen_tower, qwen_cal, qwen_processor_full):
+    from semcodec.errors import ModelMismatchError
+    from semcodec.layers.semantic import decode_tokens, semantic_only_stream
+    from semcodec.mllm import qwen_input_ids, qwen_inputs
+
+    image = photo(90, 200, seed=8)
+    grid = qwen_tower.grid(90, 200)
+    stream = semantic_only_stream(qwen_tower.tokens([image])[0], qwen_cal, 90, 200, rate=110, grid=grid)
+    decoded = decode_tokens(stream, qwen_cal)
+    prompt = "q <|vision_start|><|image_pad|><|vision_end|> what"
+    ids = qwen_input_ids(qwen_processor_full.tokenizer, prompt, qwen.config, decoded)
+    expected = qwen_processor_full(images=[image], text=[prompt], return_tensors="pt")["input_ids"]
+    assert torch.equal(ids, expected) and int((ids == 60).sum()) == grid[0] * grid[1]
+    with torch.no_grad():
+        out = qwen.generate(**qwen_inputs(qwen, decoded, ids), max_new_tokens=4, do_sample=False, pad_token_id=1)
+    assert out.dtype == torch.long and out.shape[0] == 1 and out.shape[1] >= 1
+    with pytest.raises(InvalidInputError, match="image tokens"):
+        qwen_inputs(qwen, decoded, ids[:, :-3])
+    from semcodec.layers.semantic import Tokens
+
+    with pytest.raises(ModelMismatchError, match="width"):
+        qwen_inputs(qwen, Tokens(**{**decoded.__dict__, "tokens": decoded.tokens[:, :16]}), ids)
+    with pytest.raises(ModelMismatchError, match="smart-resize"):
+        qwen_inputs(qwen, Tokens(**{**decoded.__dict__, "preprocessing": "squash-56-inception"}), ids)
