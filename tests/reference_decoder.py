@@ -10,6 +10,10 @@ Scope: streams whose pixel layer is not conditioned on layer 0 (RES1 flag bit 0 
 (format 1.3, flag bit 1; docs/pixels.md §6.4). The semantic prior needs layer 0's decoded tokens (docs/semantic.md)
 and is specified in docs/pixels.md, but not implemented here.
 
+Layer 2 (REF2, docs/refinement.md) has its own decoder here, :func:`decode_ref2`, written from that document and
+pixels.md §5 alone (range decoder and encoder, QuantizedLaplace tables, scale table): it refines a given x̂₁ and
+checks both CRCs of the payload and that its words are exactly the encoding of the decoded symbols.
+
 Each step is one function named after its section of docs/pixels.md. A latent coded whole is the one-tile case of
 the tiled decode: :func:`tile_parameters` of the whole latent is its entropy-parameter path.
 
@@ -544,6 +548,276 @@ def decode_res1(codec: Codec, payload: bytes, width: int, height: int, check_dig
     pixels = np.floor(np.clip(x, 0, 1) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
     return Decoded(pixels.transpose(1, 2, 0).copy(), tuple(digests), stored_digests, tiles, z_sym, y_sym, index,
                    rate, bytes(words))
+
+
+class RangeEncoder:
+    """constriction's RangeEncoder<u32, u64> with 24-bit probabilities (pixels.md §5.3), for the end check of
+    refinement.md §4.6: the words must be exactly those that this encoder writes for the decoded symbols."""
+
+    def __init__(self):
+        self.lower, self.range = 0, MASK64
+        self.words: list[int] = []
+        self.inverted: tuple[int, int] | None = None          # (n, first) while a carry is pending
+
+    def encode(self, left: int, prob: int) -> None:
+        """Encode the symbol whose interval of 2**24 is ``[left, left + prob)``."""
+        scale = self.range >> PRECISION
+        self.range = scale * prob
+        new = (self.lower + scale * left) & MASK64
+        if self.inverted is not None and ((new + self.range) & MASK64) > new:
+            n, first = self.inverted
+            carry = new < self.lower
+            self.words += [(first + carry) & 0xFFFFFFFF] + [0 if carry else 0xFFFFFFFF] * (n - 1)
+            self.inverted = None
+        self.lower = new
+        if self.range < 1 << 32:
+            self.range <<= 32
+            word = self.lower >> 32
+            self.lower = (self.lower << 32) & MASK64
+            if self.inverted is not None:
+                self.inverted = (self.inverted[0] + 1, self.inverted[1])
+            elif ((self.lower + self.range) & MASK64) > self.lower:
+                self.words.append(word)
+            else:
+                self.inverted = (1, word)
+
+    def flush(self) -> list[int]:
+        """The words, after the final flush."""
+        if self.range == MASK64:
+            return self.words
+        point = (self.lower + 0xFFFFFFFF) & MASK64
+        if self.inverted is not None:
+            n, first = self.inverted
+            up = point < self.lower
+            self.words += [(first + up) & 0xFFFFFFFF] + [0 if up else 0xFFFFFFFF] * (n - 1)
+        self.words.append(point >> 32)
+        if ((self.lower + self.range) & MASK64) >> 32 == point >> 32:
+            self.words.append(0)
+        return self.words
+
+
+# --------------------------------------------------------------------------- the REF2 decode (refinement.md)
+REF2_VERSION = 1
+REF2_STEP16 = (16, 1024)                 # Δ = step16 / 16, from 1 (lossless) to 64 levels
+REF2_HEADER = 12                         # version, channels, step16, base_crc, pixels_crc
+REF2_PAD = 2                             # planes are padded by 2 samples (the 5×5 window)
+REF2_BUCKETS = 24                        # 6 activity classes × 4 gradient classes
+REF2_NO_SCALE = 255                      # the scale index of a bucket no symbol falls in
+REF2_WEIGHT_SHIFT = 8                    # weights: 12 fractional bits; means: 4 (a grid of 1/16)
+#: The 2×2 phases in coding order, and the offsets (dy, dx) of each one's neighbours (refinement.md §4.2).
+REF2_PHASES = ((0, 0), (1, 1), (0, 1), (1, 0))
+REF2_NEIGHBOURS = ((),
+                   ((-1, -1), (-1, 1), (1, -1), (1, 1)),
+                   ((0, -1), (0, 1), (-1, 0), (1, 0)),
+                   ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)))
+REF2_WINDOW = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy, dx) != (0, 0)]       # 24 offsets
+REF2_CROSS = [(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2) if (dy, dx) != (0, 0)]        # 8 offsets
+
+
+class ReferenceMismatchError(ReferenceDecodeError):
+    """The layer-2 payload was coded over another pixel layer (``base_crc``; refinement.md §3)."""
+
+
+@dataclass
+class Ref2Group:
+    phase: int
+    channel: int
+    weights: np.ndarray | None   # (K,) int64 with 12 fractional bits, or None (μ = 0)
+    scales: np.ndarray           # (24,) int64 scale index per bucket, 255 where no symbol falls
+
+
+@dataclass
+class Ref2Payload:
+    channels: int
+    step16: int
+    base_crc: int
+    pixels_crc: int
+    groups: list[Ref2Group]      # 4·C, phase-major
+    words: np.ndarray            # (n,) uint32
+
+
+def ref2_bound(step16: int) -> int:
+    """``B = ceil(255 · 16 / step16)``: every symbol is in ``[−B, B]``."""
+    return -(-255 * 16 // step16)
+
+
+def ref2_dequantize(q: np.ndarray, step16: int) -> np.ndarray:
+    """The decoded residual ``floor((step16 · q + 8) / 16)`` (refinement.md §2), int64."""
+    return (q.astype(np.int64) * step16 + 8) >> 4
+
+
+def ref2_feature_count(channels: int, phase: int, c: int) -> int:
+    """``K = 1 + 24 + 8·(C − 1) + N + c·(1 + N)`` (refinement.md §4.3)."""
+    n = len(REF2_NEIGHBOURS[phase])
+    return 1 + len(REF2_WINDOW) + len(REF2_CROSS) * (channels - 1) + n + c * (1 + n)
+
+
+def read_ref2(payload: bytes) -> Ref2Payload:
+    """The fields of a REF2 payload, with the checks of refinement.md §3 that need no pixels."""
+    if len(payload) < REF2_HEADER:
+        raise ReferenceDecodeError("the refinement layer is shorter than its header")
+    version, channels, step16, base_crc, pixels_crc = struct.unpack_from("<BBHII", payload)
+    if version != REF2_VERSION:
+        raise ReferenceDecodeError(f"refinement layer version {version} is unknown")
+    if channels not in (1, 3):
+        raise ReferenceDecodeError(f"the refinement layer has {channels} channels")
+    if not REF2_STEP16[0] <= step16 <= REF2_STEP16[1]:
+        raise ReferenceDecodeError(f"refinement step16 {step16} outside 16 … 1024")
+    groups, at = [], REF2_HEADER
+    for phase in range(len(REF2_PHASES)):
+        for c in range(channels):
+            if at >= len(payload):
+                raise ReferenceDecodeError("the refinement layer ends inside its group records")
+            flags, at = payload[at], at + 1
+            if flags & ~1:
+                raise ReferenceDecodeError(f"refinement group flags 0x{flags:02x} are unknown")
+            weights = None
+            if flags & 1:
+                k = ref2_feature_count(channels, phase, c)
+                if at + 2 * k > len(payload):
+                    raise ReferenceDecodeError("the refinement layer ends inside its group records")
+                weights = np.frombuffer(payload, dtype="<i2", count=k, offset=at).astype(np.int64)
+                at += 2 * k
+            if at + REF2_BUCKETS > len(payload):
+                raise ReferenceDecodeError("the refinement layer ends inside its group records")
+            scales = np.frombuffer(payload, dtype=np.uint8, count=REF2_BUCKETS, offset=at).astype(np.int64)
+            at += REF2_BUCKETS
+            if np.any((scales >= SCALE_COUNT) & (scales != REF2_NO_SCALE)):
+                raise ReferenceDecodeError("a refinement scale index outside the table")
+            groups.append(Ref2Group(phase, c, weights, scales))
+    if (len(payload) - at) % 4:
+        raise ReferenceDecodeError("damaged refinement layer (its words are not whole)")
+    words = np.frombuffer(payload, dtype="<u4", offset=at).astype(np.uint32)
+    return Ref2Payload(channels, step16, base_crc, pixels_crc, groups, words)
+
+
+def reflect_pad(plane: np.ndarray, pad: int = REF2_PAD) -> np.ndarray:
+    """(H, W) → (H + 2·pad, W + 2·pad), reflected about the edge samples: ``−i ↦ i``, ``n − 1 + i ↦ n − 1 − i``,
+    clamped into ``[0, n)`` (so 0 when ``n = 1``)."""
+    def index(n: int) -> np.ndarray:
+        t = np.arange(-pad, n + pad)
+        t = np.where(t < 0, -t, np.where(t > n - 1, 2 * (n - 1) - t, t))
+        return np.clip(t, 0, n - 1)
+
+    return plane[np.ix_(index(plane.shape[0]), index(plane.shape[1]))]
+
+
+def phase_view(padded: np.ndarray, phase: int, shape: tuple[int, int], dy: int = 0, dx: int = 0) -> np.ndarray:
+    """The samples at offset (dy, dx) from each position of ``phase`` in an (H, W) plane padded by 2, flattened in
+    raster order: the padded plane at ``(i + dy + 2, j + dx + 2)``."""
+    (py, px), (h, w) = REF2_PHASES[phase], shape
+    rows, cols = len(range(py, h, 2)), len(range(px, w, 2))
+    r0, c0 = py + dy + REF2_PAD, px + dx + REF2_PAD
+    return padded[r0:r0 + 2 * rows - 1:2, c0:c0 + 2 * cols - 1:2].reshape(-1)
+
+
+def ref2_features(P: list[np.ndarray], Q: list[np.ndarray], phase: int, c: int, shape: tuple[int, int]) -> np.ndarray:
+    """(n, K) int64 features of group (phase, c) (refinement.md §4.3) from the padded base planes ``P`` and the
+    padded symbol planes ``Q``."""
+    neighbours = REF2_NEIGHBOURS[phase]
+    center = phase_view(P[c], phase, shape)
+    columns = [np.ones_like(center)]
+    columns += [phase_view(P[c], phase, shape, dy, dx) - center for dy, dx in REF2_WINDOW]
+    for other in range(len(P)):
+        if other != c:
+            middle = phase_view(P[other], phase, shape)
+            columns += [phase_view(P[other], phase, shape, dy, dx) - middle for dy, dx in REF2_CROSS]
+    columns += [phase_view(Q[c], phase, shape, dy, dx) for dy, dx in neighbours]
+    for earlier in range(c):
+        columns += [phase_view(Q[earlier], phase, shape, dy, dx) for dy, dx in [(0, 0), *neighbours]]
+    return np.stack(columns, axis=1)
+
+
+def bitlen(v: np.ndarray) -> np.ndarray:
+    """The number of bits of each non-negative integer (0 for 0)."""
+    return np.frexp(v.astype(np.float64))[1].astype(np.int64)          # exact below 2**53
+
+
+def ref2_buckets(P: list[np.ndarray], Q: list[np.ndarray], phase: int, c: int, shape: tuple[int, int]) -> np.ndarray:
+    """(n,) bucket ``4·A + G`` of each position of group (phase, c) (refinement.md §4.4)."""
+    neighbours = REF2_NEIGHBOURS[phase]
+    a = np.zeros(phase_view(P[c], phase, shape).shape, dtype=np.int64)
+    for dy, dx in neighbours:
+        a += np.abs(phase_view(Q[c], phase, shape, dy, dx)) * (8 // len(neighbours))
+    for earlier in range(c):
+        a += 8 * np.abs(phase_view(Q[earlier], phase, shape))
+    g = (np.abs(phase_view(P[c], phase, shape, 0, 1) - phase_view(P[c], phase, shape, 0, -1))
+         + np.abs(phase_view(P[c], phase, shape, 1, 0) - phase_view(P[c], phase, shape, -1, 0)))
+    return 4 * np.minimum(bitlen(a >> 2), 5) + np.minimum(bitlen(g >> 2), 3)
+
+
+def laplace_cdfs(mu: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
+    """(n, 2B + 2) integer CDFs of constriction's ``QuantizedLaplace(−B, B)`` of means ``mu`` and scales ``b``
+    (refinement.md §4.5, pixels.md §5.7): ``C[s + B] = trunc(fw · F(s − 0.5)) + (s + B)`` for ``−B < s ≤ B``."""
+    free_weight = float((1 << PRECISION) - 1 - 2 * bound)
+    x = np.arange(-bound + 1, bound + 1, dtype=np.float64)[None, :] - 0.5                   # (1, 2B), exact
+    d = x - mu[:, None]                                                                    # (n, 2B), rounded once
+    below = x <= mu[:, None]
+    # F's exp argument is ≤ 0. Below −700, exp gives < 1e-304, so fw · F truncates to 0 and 1 − F/2 rounds to 1,
+    # as the exact value would: clamping the argument changes no entry (and keeps it in fdlibm_exp's range).
+    e = fdlibm_exp(np.maximum(np.where(below, d / b[:, None], -d / b[:, None]), -700.0))
+    cdf = np.where(below, 0.5 * e, 1.0 - 0.5 * e)
+    left = np.trunc(free_weight * cdf).astype(np.int64) + np.arange(1, 2 * bound + 1)
+    n = len(mu)
+    return np.concatenate([np.zeros((n, 1), np.int64), left, np.full((n, 1), 1 << PRECISION, np.int64)], axis=1)
+
+
+@dataclass
+class Ref2Decoded:
+    pixels: np.ndarray           # (H, W) uint8 when C = 1, else (H, W, 3)
+    symbols: np.ndarray          # (C, H, W) int64, q
+    means: np.ndarray            # (C, H, W) int64, mean_q (μ · 16)
+    scale_index: np.ndarray      # (C, H, W) int64
+    header: Ref2Payload
+
+
+def decode_ref2(payload: bytes, base: np.ndarray) -> Ref2Decoded:
+    """Decode a REF2 payload over ``base`` = x̂₁ ((H, W) gray or (H, W, 3) uint8), as refinement.md §3–§4 say."""
+    ref = read_ref2(payload)
+    C, step16, bound = ref.channels, ref.step16, ref2_bound(ref.step16)
+    base = np.asarray(base, dtype=np.uint8)
+    if base.ndim == 2 or base.shape[2] == 1:
+        base = base.reshape(base.shape[0], base.shape[1], 1)
+        if C == 3:
+            base = np.repeat(base, 3, axis=2)                      # a gray x̂₁ refined to RGB
+    elif C == 1:
+        raise ReferenceDecodeError("a one-channel refinement layer over an RGB pixel layer")
+    if zlib.crc32(np.ascontiguousarray(base).tobytes()) != ref.base_crc:
+        raise ReferenceMismatchError("the refinement layer was coded over another pixel layer (base CRC)")
+    shape = base.shape[:2]
+    P = [reflect_pad(base[:, :, c].astype(np.int64)) for c in range(C)]                          # (H+4, W+4)
+    Q = [np.zeros((shape[0] + 2 * REF2_PAD, shape[1] + 2 * REF2_PAD), np.int64) for _ in range(C)]
+    symbols, means, index = (np.zeros((C, *shape), np.int64) for _ in range(3))
+    dec, enc = RangeDecoder(ref.words), RangeEncoder()
+    for group in ref.groups:
+        phase, c = group.phase, group.channel
+        (py, px) = REF2_PHASES[phase]
+        if group.weights is None:
+            mean_q = np.zeros(phase_view(P[c], phase, shape).shape, np.int64)
+        else:
+            acc = ref2_features(P, Q, phase, c, shape) @ group.weights                              # exact int64
+            mean_q = np.clip((acc + (1 << (REF2_WEIGHT_SHIFT - 1))) >> REF2_WEIGHT_SHIFT, -16 * bound, 16 * bound)
+        k = group.scales[ref2_buckets(P, Q, phase, c, shape)]
+        if np.any(k == REF2_NO_SCALE):
+            raise ReferenceDecodeError("a refinement symbol falls in a bucket without a scale")
+        cdfs = laplace_cdfs(mean_q / 16.0, SCALES[k], bound)
+        q = np.empty(len(k), np.int64)
+        for n, cdf in enumerate(cdfs):                               # raster order within the group
+            i = dec.decode(cdf)
+            enc.encode(int(cdf[i]), int(cdf[i + 1] - cdf[i]))
+            q[n] = i - bound
+        rows, cols = slice(py, None, 2), slice(px, None, 2)
+        symbols[c, rows, cols] = q.reshape(symbols[c, rows, cols].shape)
+        means[c, rows, cols] = mean_q.reshape(symbols[c, rows, cols].shape)
+        index[c, rows, cols] = k.reshape(symbols[c, rows, cols].shape)
+        Q[c] = reflect_pad(symbols[c])                                 # padding recomputed from the interior
+    if enc.flush() != [int(w) for w in ref.words]:
+        raise ReferenceDecodeError("the refinement layer's words are not the encoding of its symbols")
+    residual = ref2_dequantize(symbols, step16).transpose(1, 2, 0)                               # (H, W, C)
+    pixels = np.clip(base.astype(np.int64) + residual, 0, 255).astype(np.uint8)
+    if zlib.crc32(pixels.tobytes()) != ref.pixels_crc:
+        raise ReferenceDecodeError("the refined pixels do not match their CRC (damaged refinement layer)")
+    return Ref2Decoded(pixels[:, :, 0] if C == 1 else pixels, symbols, means, index, ref)
 
 
 def decode_stream(data: bytes, checkpoint: str | Path | Codec) -> tuple[Decoded, Container]:

@@ -189,3 +189,123 @@ def test_reference_categorical_tables(reference_codec):
             enc.encode(np.array([s], dtype=np.int32), model)
             _, (lower, width) = enc.pos()
             assert (lower, width) == (scale * int(ours[s]), scale * int(ours[s + 1] - ours[s])), (c, s)
+
+
+# --------------------------------------------------------------------------- layer 2 (REF2, docs/refinement.md)
+REF2_GOLDENS = {"lossless": 16, "step4.5": 72}          # payload name → step16
+
+
+def _ref2_golden(name: str) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """The golden REF2 payload ``name``, its base x̂₁ and the original image (tests/layers/test_refinement.py)."""
+    base = np.asarray(Image.open(GOLDEN / "ref2-photo40x48-base.png"))
+    image = np.asarray(Image.open(GOLDEN / "ref2-photo40x48-image.png"))
+    return (GOLDEN / f"ref2-photo40x48-{name}.bin").read_bytes(), base, image
+
+
+@pytest.mark.parametrize("name", REF2_GOLDENS)
+def test_reference_ref2_decodes_the_goldens_as_semcodec(name):
+    """The reference decodes the golden REF2 payloads from docs/refinement.md alone to semcodec's pixels bit for
+    bit (lossless: the original image), with both CRCs of the payload and the end check of the words passing."""
+    import zlib
+
+    from semcodec.layers.refinement import RefinementCoder
+
+    payload, base, image = _ref2_golden(name)
+    decoded = rd.decode_ref2(payload, base)                    # raises on a CRC or word mismatch
+    theirs = RefinementCoder().decode(payload, base)
+    assert decoded.pixels.shape == theirs.shape == image.shape and decoded.pixels.dtype == np.uint8
+    np.testing.assert_array_equal(decoded.pixels, theirs)
+    header = decoded.header
+    assert (header.channels, header.step16) == (3, REF2_GOLDENS[name])
+    assert zlib.crc32(base.tobytes()) == header.base_crc and zlib.crc32(decoded.pixels.tobytes()) == header.pixels_crc
+    if name == "lossless":
+        np.testing.assert_array_equal(decoded.pixels, image)
+    else:
+        step = REF2_GOLDENS[name] / 16
+        assert 0 < np.abs(decoded.pixels.astype(np.int16) - image).max() <= step
+    # not vacuous: several buckets' scales are in play (the goldens' groups carry no weights: see the next test)
+    assert len(np.unique(decoded.scale_index)) > 3 and np.any(decoded.symbols != 0)
+
+
+@pytest.mark.parametrize("shape", [(40, 48), (40, 48, 3)])
+def test_reference_ref2_predicted_means_in_every_group(shape):
+    """A residual linear in x̂₁'s horizontal gradient makes semcodec's encoder keep the weights of every group (gray
+    and RGB, every phase and channel), so the features and means of docs/refinement.md §4.3 decide every symbol:
+    the reference decodes semcodec's pixels, lossless and lossy."""
+    from semcodec.layers.refinement import RefinementCoder
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(40, 216, shape)
+    padded = np.pad(base, [(0, 0), (1, 1)] + [(0, 0)] * (len(shape) - 2), mode="reflect")
+    image = np.clip(base + (padded[:, 2:] - padded[:, :-2]) // 3 + rng.integers(-2, 3, shape), 0, 255)
+    base, image = base.astype(np.uint8), image.astype(np.uint8)
+    for step16 in (16, 40):
+        payload = RefinementCoder().encode(image, base, step16)
+        decoded = rd.decode_ref2(payload, base)
+        assert all(g.weights is not None for g in decoded.header.groups) and np.mean(decoded.means != 0) > 0.9
+        np.testing.assert_array_equal(decoded.pixels, RefinementCoder().decode(payload, base).reshape(shape))
+        if step16 == 16:
+            np.testing.assert_array_equal(decoded.pixels, image)
+
+
+def test_reference_ref2_refuses_another_base_and_damage():
+    """A base one level off in one pixel is refused by ``base_crc`` before any symbol; a damaged word decodes to
+    other symbols, which the end check or ``pixels_crc`` refuses (semcodec refuses both too)."""
+    from semcodec.layers.refinement import RefinementCoder
+
+    payload, base, _ = _ref2_golden("step4.5")
+    other = base.copy()
+    other[7, 9, 1] ^= 1
+    with pytest.raises(rd.ReferenceMismatchError, match="base CRC"):
+        rd.decode_ref2(payload, other)
+    with pytest.raises(semcodec.ModelMismatchError):
+        RefinementCoder().decode(payload, other)
+    damaged = bytearray(payload)
+    damaged[len(payload) - 40] ^= 0x10                       # inside the range coder's words
+    with pytest.raises(rd.ReferenceDecodeError, match="not the encoding|CRC|invalid range-coder"):
+        rd.decode_ref2(bytes(damaged), base)
+    with pytest.raises(semcodec.CorruptStreamError):
+        RefinementCoder().decode(bytes(damaged), base)
+
+
+@pytest.mark.parametrize("layout", ["rgb", "gray", "gray-to-rgb"])
+def test_reference_ref2_small_and_odd_sizes(layout):
+    """Payloads semcodec encodes over sizes where the reflected padding folds (1, 2 and 3 samples) and odd ones,
+    lossless and lossy, one channel and a gray base refined to RGB: the reference decodes semcodec's pixels."""
+    from semcodec.layers.refinement import RefinementCoder
+
+    rng = np.random.default_rng(5)
+    for h, w in [(1, 1), (1, 6), (5, 1), (2, 3), (3, 2), (7, 5)]:
+        base = rng.integers(0, 256, (h, w) if layout != "rgb" else (h, w, 3)).astype(np.uint8)
+        noise = rng.integers(-9, 10, (h, w, 3) if layout != "gray" else (h, w))
+        image = np.clip((base[..., None] if layout == "gray-to-rgb" else base) + noise, 0, 255).astype(np.uint8)
+        for step16 in (16, 57):
+            payload = RefinementCoder().encode(image, base, step16)
+            theirs = RefinementCoder().decode(payload, base)            # (H, W, C)
+            ours = rd.decode_ref2(payload, base).pixels
+            np.testing.assert_array_equal(ours, theirs[..., 0] if layout == "gray" else theirs, f"{h}x{w} {step16}")
+            if step16 == 16:
+                np.testing.assert_array_equal(ours, image)
+
+
+def test_reference_laplace_tables_equal_constriction():
+    """The reference's QuantizedLaplace(−B, B) CDFs (docs/refinement.md §4.5) equal constriction's: a sample of
+    symbols, means on the 1/16 grid (inside and at the clamp) and table scales, read back from the encoder state."""
+    import constriction
+
+    scale = ((1 << 64) - 1) >> rd.PRECISION
+    rng = np.random.default_rng(3)
+    for bound in (4, 57, 255):
+        model = constriction.stream.model.QuantizedLaplace(-bound, bound)
+        mean_q = np.concatenate([rng.integers(-16 * bound, 16 * bound + 1, 6), [-16 * bound, 0, 16 * bound]])
+        k = rng.integers(0, rd.SCALE_COUNT, len(mean_q))
+        cdfs = rd.laplace_cdfs(mean_q / 16.0, rd.SCALES[k], bound)
+        assert np.all(np.diff(cdfs, axis=1) >= 1) and np.all(cdfs[:, -1] == 1 << 24)
+        for mu, b, cdf in zip(mean_q / 16.0, rd.SCALES[k], cdfs):
+            near = np.clip(np.round(mu) + rng.integers(-int(4 * b) - 2, int(4 * b) + 3, 8), -bound, bound)
+            for s in [*near.astype(int).tolist(), -bound, bound]:
+                enc = constriction.stream.queue.RangeEncoder()
+                enc.encode(np.array([s], dtype=np.int32), model, np.array([mu]), np.array([b]))
+                _, (lower, width) = enc.pos()
+                i = s + bound
+                assert (lower, width) == (scale * int(cdf[i]), scale * int(cdf[i + 1] - cdf[i])), (bound, mu, b, s)
