@@ -23,7 +23,7 @@ def tiny():
 def test_registry_lists_the_towers():
     rows = {r["name"]: r for r in list_semantic_models()}
     assert set(rows) == {"clip-l14-336", "clip-b16", "siglip-so400m-384", "siglip-b16-224", "qwen2.5-vl-7b", "tiny"}
-    assert rows["qwen2.5-vl-7b"]["token_shape"] == "variable x3584 (grid per image)"
+    assert rows["qwen2.5-vl-7b"]["token_shape"] == "Nx3584 (N per image)"
     assert rows["qwen2.5-vl-7b"]["preprocessing"] == "smart-resize-28-3136-12845056-openai"
     assert rows["clip-l14-336"]["token_shape"] == "576x1024 (24x24)"
     assert rows["clip-b16"]["token_shape"] == "196x768 (14x14)"

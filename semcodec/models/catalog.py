@@ -40,7 +40,8 @@ def _how_to_get(row: dict) -> list[str]:
 
     steps = []
     if not row.get("weights_present"):
-        steps.append(f"weights: open_clip {row['arch']}/{row['pretrained']} from the Hugging Face cache "
+        source = row.get("weights_source") or f"open_clip {row['arch']}/{row['pretrained']}"
+        steps.append(f"weights: {source} from the Hugging Face cache "
                      f"(fetched on first use where the hub is reachable), or pass --semantic-weights FILE")
     if not row.get("calibration_present"):
         steps.append(f"calibration: semcodec calibrate --semantic {row['name']} --images DIR "

@@ -430,7 +430,8 @@ def list_semantic_models() -> list[dict]:
         One dict per tower: ``name``, ``arch``, ``pretrained``, ``layer``,
         ``token_shape`` (e.g. ``"576x1024 (24x24)"``), ``tokens``, ``token_dim``,
         ``preprocessing``, ``description``, ``weights_present``, ``weights``
-        (path or None), ``calibration_present``, ``calibration`` (path or None).
+        (path or None), ``weights_source`` (where they come from), ``calibration_present``,
+        ``calibration`` (path or None).
     """
     from ..layers.semantic import find_calibration
 
@@ -444,8 +445,10 @@ def list_semantic_models() -> list[dict]:
             calibration = None
         rows.append({
             "name": spec.name, "arch": spec.open_clip_arch, "pretrained": spec.pretrained, "layer": spec.layer,
-            "token_shape": (f"variable x{spec.token_dim} (grid per image)" if spec.variable_grid else
+            "token_shape": (f"Nx{spec.token_dim} (N per image)" if spec.variable_grid else
                             f"{spec.num_tokens}x{spec.token_dim} ({spec.grid[0]}x{spec.grid[1]})"),
+            "weights_source": (f"{spec.config['hf_repo']} (its vision shards)" if spec.variable_grid else
+                               f"open_clip {spec.open_clip_arch}/{spec.pretrained}"),
             "tokens": spec.num_tokens, "token_dim": spec.token_dim, "preprocessing": spec.preprocessing_id,
             "description": spec.description, "weights_present": weights is not None,
             "weights": str(weights) if weights else None,
