@@ -197,9 +197,9 @@ REF2_GOLDENS = {"lossless": 16, "step4.5": 72}          # payload name → step1
 
 def _ref2_golden(name: str) -> tuple[bytes, np.ndarray, np.ndarray]:
     """The golden REF2 payload ``name``, its base x̂₁ and the original image (tests/layers/test_refinement.py)."""
-    base = np.asarray(Image.open(GOLDEN / "ref2-photo40x48-base.png"))
-    image = np.asarray(Image.open(GOLDEN / "ref2-photo40x48-image.png"))
-    return (GOLDEN / f"ref2-photo40x48-{name}.bin").read_bytes(), base, image
+    base = np.asarray(Image.open(GOLDEN / "ref2-photo96x96-base.png"))
+    image = np.asarray(Image.open(GOLDEN / "ref2-photo96x96-image.png"))
+    return (GOLDEN / f"ref2-photo96x96-{name}.bin").read_bytes(), base, image
 
 
 @pytest.mark.parametrize("name", REF2_GOLDENS)
@@ -223,7 +223,8 @@ def test_reference_ref2_decodes_the_goldens_as_semcodec(name):
     else:
         step = REF2_GOLDENS[name] / 16
         assert 0 < np.abs(decoded.pixels.astype(np.int16) - image).max() <= step
-    # not vacuous: several buckets' scales are in play (the goldens' groups carry no weights: see the next test)
+    # not vacuous: several buckets' scales are in play, and every group of the goldens carries weights
+    assert all(group.weights is not None for group in header.groups)
     assert len(np.unique(decoded.scale_index)) > 3 and np.any(decoded.symbols != 0)
 
 

@@ -12,7 +12,8 @@ checkpoint):
 * :mod:`semcodec.layers.pixels` — layer 1, chunk ``RES1``: the pixels beyond the tokens (``payload``: the
   bytes; ``coder``: :class:`~semcodec.layers.pixels.ResidualCoder`; ``checkpoint``: the codec checkpoint
   file; ``refine``: the encoder's per-image search of the latents).
-* ``semcodec.layers.refinement`` — layer 2 (to come).
+* :mod:`semcodec.layers.refinement` — layer 2, chunk ``REF2``: the refinement of layer 1's pixels up to
+  lossless (``payload``: the bytes; ``coder``: :class:`~semcodec.layers.refinement.RefinementCoder`).
 
 What the layers share lives elsewhere: the networks in :mod:`semcodec.models`,
 the container and the entropy coder in :mod:`semcodec.bitstream`. This package

@@ -330,7 +330,10 @@ class RefinementCoder:
                 layer's float32 synthesis rounded differently on this machine.
         """
         p = RefinementPayload.from_bytes(payload, feature_counts)
-        base_planes = _planes_of(np.asarray(base), p.channels)
+        base = np.asarray(base)
+        if p.channels == 1 and base.ndim == 3 and base.shape[2] == 3:
+            raise CorruptStreamError("corrupt refinement layer: one channel over an RGB pixel layer")
+        base_planes = _planes_of(base, p.channels)
         if pixels_crc(_image_of(base_planes)) != p.base_crc:
             raise ModelMismatchError(
                 "the refinement layer cannot be applied: this machine decodes the pixel layer to other pixels than "
