@@ -262,7 +262,7 @@ def test_variable_grid_errors(qwen_tower, qwen_cal):
             pass
 
 
-# --------------------------------------------------------------------------- hand-off to Qwen2_5_VLForConditionalGeneration
+# --------------------------------------------------------------------------- hand-off to Qwen2.5-VL
 
 
 @pytest.fixture(scope="module")

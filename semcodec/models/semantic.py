@@ -245,10 +245,12 @@ def _make_spec(name: str, arch: str, tag: str, config: dict, layer: int, mean, s
 
 def _make_qwen_spec(name: str, arch: str, tag: str, config: dict, description: str) -> SemanticSpec:
     """The spec of a dynamic-resolution Qwen2.5-VL tower: tokens = the merger output (``layer = -1``),
-    grid and input size per image (``(0, 0)`` and 0 here); preprocessing id ``smart-resize-<factor>-<min>-<max>-openai``."""
+    grid and input size per image (``(0, 0)`` and 0 here); preprocessing id
+    ``smart-resize-<factor>-<min>-<max>-openai``."""
     vc = config["vision_cfg"]
     factor = int(vc["patch_size"]) * int(vc["spatial_merge_size"])
-    pid = f"smart-resize-{factor}-{int(config['min_pixels'])}-{int(config['max_pixels'])}-{_mean_tag(OPENAI_MEAN, OPENAI_STD)}"
+    limits = f"{int(config['min_pixels'])}-{int(config['max_pixels'])}"
+    pid = f"smart-resize-{factor}-{limits}-{_mean_tag(OPENAI_MEAN, OPENAI_STD)}"
     return SemanticSpec(
         name=name, open_clip_arch=arch, pretrained=tag, layer=-1, image_size=0, grid=(0, 0),
         token_dim=int(vc["out_hidden_size"]), mean=OPENAI_MEAN, std=OPENAI_STD, preprocessing="smart-resize",

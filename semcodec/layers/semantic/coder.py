@@ -361,7 +361,8 @@ class SemanticCoder:
     def _payload(self, plan: _Plan, words: bytes) -> bytes:
         k = plan.kept.size
         if self.variable_grid:
-            head = _PAYLOAD_HEADER.pack(PAYLOAD_VERSION_VARIABLE, plan.rate, plan.gain, k) + _GRID_HEADER.pack(*self.grid)
+            head = (_PAYLOAD_HEADER.pack(PAYLOAD_VERSION_VARIABLE, plan.rate, plan.gain, k)
+                    + _GRID_HEADER.pack(*self.grid))
         else:
             head = _PAYLOAD_HEADER.pack(PAYLOAD_VERSION, plan.rate, plan.gain, k)
         nbytes = _rank_bytes(self.n, k)
