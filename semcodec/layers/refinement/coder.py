@@ -54,7 +54,7 @@ SAME_RADIUS, OTHER_RADIUS = 2, 1
 #: Positions per band: features are computed band by band (rows of a phase) to bound memory.
 BAND_POSITIONS = 1 << 17
 #: At most this many positions of a group fit its weights: bands of FIT_ROWS rows spread over the image.
-FIT_POSITIONS = 1 << 17
+FIT_POSITIONS = 1 << 15
 FIT_ROWS = 32
 #: Positions of the estimate that decides whether a group's weights pay for their bytes.
 COST_POSITIONS = 1 << 15
