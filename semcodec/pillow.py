@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from PIL import Image, ImageFile
 
-from .bitstream.container import MAGIC, RESIDUAL_LAYER, read_container
+from .bitstream.container import MAGIC, REFINEMENT_LAYER, RESIDUAL_LAYER, read_container
+from .layers.refinement.payload import refinement_channels
 from .errors import InvalidInputError, MissingLayerError
 from .fsutil import MAX_INPUT_BYTES
 
@@ -34,7 +35,7 @@ from .fsutil import MAX_INPUT_BYTES
 FORMAT = "SEMCODEC"
 #: The keywords of :func:`semcodec.compress` that ``Image.save`` passes on.
 SAVE_OPTIONS = ("quality", "bpp", "size", "max_size", "model", "semantic", "semantic_weights", "semantic_only",
-                "semantic_bytes", "effort", "strip_metadata")
+                "semantic_bytes", "effort", "strip_metadata", "lossless")
 
 
 def _accept(prefix: bytes) -> bool:
@@ -55,7 +56,10 @@ class SemcodecImageFile(ImageFile.ImageFile):
         header = container.header
         self._stream = data
         self._size = (header.width, header.height)
-        self._mode = "L" if header.gray else "RGB"
+        refinement = container.layer(REFINEMENT_LAYER)
+        # Layer 2 decides the channels when present: it refines a nearly gray image's pixel layer to RGB.
+        self._mode = ("L" if header.gray else "RGB") if refinement is None else (
+            "L" if refinement_channels(refinement) == 1 else "RGB")
         self._has_pixels = RESIDUAL_LAYER in header.layers
         self.info["semcodec_layers"] = tuple(layer.decode("ascii") for layer in header.layers)
         self.info.update(container.image_metadata().image_info())      # EXIF, ICC profile, XMP

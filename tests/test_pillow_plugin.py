@@ -72,3 +72,15 @@ def test_metadata_is_in_info_from_the_open_on_and_saving_keeps_it(test_codec, tm
     assert opened.getexif()[ExifTags.Base.Make] == "semcodec-test-camera"
     with_exif.save(path, quality=20, model=test_codec, strip_metadata=True)
     assert "exif" not in Image.open(path).info
+
+
+def test_a_lossless_nearly_gray_image_opens_as_rgb_with_its_exact_pixels(test_codec, tmp_path):
+    rng = np.random.default_rng(3)
+    gray = rng.integers(0, 256, (24, 32), dtype=np.uint8)
+    rgb = np.stack([gray, gray, gray], axis=-1)
+    rgb[..., 2] = np.clip(gray.astype(int) + 1, 0, 255).astype(np.uint8)      # within the gray tolerance
+    path = tmp_path / "x.smc"
+    Image.fromarray(rgb).save(path, lossless=True, model=test_codec, semantic=False)
+    with Image.open(path) as image:
+        assert image.mode == "RGB" and "REF2" in image.info["semcodec_layers"]
+        np.testing.assert_array_equal(np.asarray(image), rgb)

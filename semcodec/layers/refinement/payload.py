@@ -141,6 +141,19 @@ class RefinementPayload:
         return cls(channels, step16, base_crc, crc, tuple(groups), words)
 
 
+def refinement_channels(data: bytes) -> int:
+    """The channels (1 or 3) a ``REF2`` payload refines to, read from its prefix without checking the rest.
+
+    Raises:
+        TruncatedStreamError, CorruptStreamError: the prefix is cut short or names no valid channel count.
+    """
+    if len(data) < _PREFIX.size:
+        raise TruncatedStreamError("the refinement layer is truncated inside its prefix")
+    if data[1] not in (1, 3):
+        raise CorruptStreamError(f"corrupt refinement layer: {data[1]} channels (1 or 3)")
+    return data[1]
+
+
 def pixels_crc(pixels: np.ndarray) -> int:
     """CRC-32 (zlib) of uint8 pixels in row-major order."""
     if pixels.dtype != np.uint8:
