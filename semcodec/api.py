@@ -74,7 +74,7 @@ DEFAULT_SEMANTIC_RATE = 48
 REFINEMENT_QUALITY = 90.0
 REFINEMENT_STEPS = (32.0, 4.0)
 #: Quality of the pixel layer under a lossless layer 2 when none is given (the cheapest total on Kodak).
-LOSSLESS_BASE_QUALITY = 100.0
+LOSSLESS_BASE_QUALITY = 90.0
 
 
 # --------------------------------------------------------------------------- models
@@ -491,7 +491,7 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
             (EXIF with orientation 1, an ICC profile only when it describes the coded pixels; see
             :mod:`semcodec.imageio`). Kept metadata counts in ``bpp``/``size`` targets.
         lossless: add a lossless layer 2: the stream decodes to exactly the 8-bit pixels coded (those of
-            :mod:`semcodec.imageio`'s conversion), over a pixel layer at ``quality`` (default 100).
+            :mod:`semcodec.imageio`'s conversion), over a pixel layer at ``quality`` (default 90).
 
     Size targets above what the pixel layer reaches are met by layer 2 (pixel layer at quality 100).
 
