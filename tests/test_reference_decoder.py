@@ -196,7 +196,7 @@ REF2_GOLDENS = {"lossless": 16, "step4.5": 72}          # payload name → step1
 
 
 def _ref2_golden(name: str) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """The golden REF2 payload ``name``, its base x̂₁ and the original image (tests/layers/test_refinement.py)."""
+    """The golden REF2 payload ``name``, its base x̂₁ and the original image (tests/layers/test_refinement_layer.py)."""
     base = np.asarray(Image.open(GOLDEN / "ref2-photo96x96-base.png"))
     image = np.asarray(Image.open(GOLDEN / "ref2-photo96x96-image.png"))
     return (GOLDEN / f"ref2-photo96x96-{name}.bin").read_bytes(), base, image
