@@ -214,6 +214,40 @@ def test_keep_uses_fewer_bytes_and_fills_dropped(coder, tokens):
     assert mse(d.full[dropped], t[dropped]) < mse(pm[dropped], t[dropped])
 
 
+def greedy_drop_order(coder, tokens, image_size, grid=None):
+    """The drop order by its definition: every step re-predicts the whole grid from the kept image tokens and
+    drops the kept token with the smallest error (O(N²); the coder updates only what a drop changes)."""
+    coder = coder._on_grid(grid)
+    pad = coder.padding(image_size)
+    gh, gw = coder.grid
+    ev = coder.calibration.variances.astype(np.float64)
+    top = int(min(64, max(1, np.searchsorted(np.cumsum(ev) / ev.sum(), 0.95) + 1)))
+    x = coder._coefficients(tokens, pad)[:, :top].reshape(gh, gw, top)
+    img = ~pad.reshape(gh, gw)
+    kept = np.ones((gh, gw))
+    order = []
+    for _ in range(coder.n - 1):
+        pred = coder._neighbour_prediction(x, kept * img, exclude_self=True, comps=top)
+        pred[~img] = 0.0
+        err = ((x - pred) ** 2).sum(-1)
+        err[kept == 0] = np.inf
+        order.append(int(np.argmin(err)))
+        kept.reshape(-1)[order[-1]] = 0
+    return np.array(order + [int(np.flatnonzero(kept)[0])])
+
+
+@pytest.mark.parametrize("size", [None, (768, 512), (300, 900), (64, 10)])
+def test_drop_order_is_the_greedy_order(coder, tokens, size):
+    rng = np.random.default_rng(5)
+    smooth = np.cumsum(np.cumsum(rng.standard_normal((14, 14, 192)), 0), 1).reshape(196, 192) * 0.2
+    for t in (tokens[0], torch.from_numpy(smooth)):
+        order = coder.drop_order(t, image_size=size)
+        assert np.array_equal(order, greedy_drop_order(coder, t, size))  # bit for bit: the same float arithmetic
+        # keep=K keeps the last K of that order, also when the coder stops choosing after N - K drops
+        payload = coder.encode(t, 40, keep=50, image_size=size)
+        assert coder.decode(payload, image_size=size).positions.tolist() == sorted(order[-50:].tolist())
+
+
 def test_encode_is_deterministic_and_decode_thread_independent(coder, tokens, tmp_path):
     t = tokens[1]
     payload = coder.encode(t, 75, keep=150)
