@@ -387,8 +387,11 @@ def high_rate_markdown(summary: list[dict]) -> str:
     """Mean per setting of the high-rate section (rate knob, bpp, PSNR, MS-SSIM, times)."""
     rows = [[s["codec"], knob_text(s.get("setting", "")), str(s["n"]), _fmt(s["bpp"], 3), _fmt(s["psnr"], 2),
              _fmt(s["ms_ssim"], 5), _fmt(s["enc_s"] * 1000, 1), _fmt(s["dec_s"] * 1000, 1)] for s in summary]
-    return markdown_table(["codec", "setting", "n", "bpp", "PSNR (dB)", "MS-SSIM", "enc (ms)", "dec (ms)"], rows,
+    text = markdown_table(["codec", "setting", "n", "bpp", "PSNR (dB)", "MS-SSIM", "enc (ms)", "dec (ms)"], rows,
                           align="llrrrrrr")
+    if any(math.isinf(s["psnr"]) for s in summary):
+        text += "\n\nA PSNR of ∞: at least one image of that setting decoded exactly (its mean is not finite)."
+    return text
 
 
 def high_rate_bd_table(curves: dict[str, Curve], quality_range: tuple[float, float] = HIGH_RATE_BD_RANGE

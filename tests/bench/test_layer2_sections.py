@@ -15,7 +15,7 @@ import semcodec.bench.runner as runner_module
 from semcodec.bench.baselines import (HIGH_RATE_SWEEPS, LosslessCodec, high_rate_baselines, jxl_quality_of_distance,
                                       lossless_codecs)
 from semcodec.bench.metrics import mismatch
-from semcodec.bench.report import Curve, high_rate_bd_table, knob_text, write_report
+from semcodec.bench.report import Curve, high_rate_bd_table, high_rate_markdown, knob_text, write_report
 from semcodec.bench.runner import (HIGH_RATE_BPPS, HIGH_RATE_QUALITIES, HIGH_RATE_QUICK_BPPS,
                                    HIGH_RATE_QUICK_QUALITIES, LOSSLESS_COLUMNS, BenchConfig, high_rate_settings,
                                    run_bench)
@@ -183,6 +183,14 @@ def test_high_rate_bd_table_says_where_a_curve_ends():
     assert (rows["full"]["from_db"], rows["full"]["to_db"], rows["full"]["note"]) == (36.0, 46.0, "")
     assert rows["short"]["to_db"] == 43.0 and rows["short"]["note"] == "short tops out at 43.00 dB"
     assert rows["low"]["bd_rate_psnr"] == "no overlap"
+
+
+def test_high_rate_table_explains_an_infinite_mean():
+    row = {"codec": "c", "setting": '{"bpp": 9.0}', "n": 2, "bpp": 9.0, "psnr": float("inf"), "ms_ssim": 1.0,
+           "enc_s": 1.0, "dec_s": 1.0}
+    text = high_rate_markdown([row])
+    assert "| c | bpp 9 | 2 | 9.000 | ∞ |" in text and "decoded exactly" in text
+    assert "decoded exactly" not in high_rate_markdown([row | {"psnr": 50.0}])
 
 
 def test_cli_rejects_unknown_sections(runner, small_images):
