@@ -228,7 +228,7 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
         whole_stream = semantic_only and size is not None
         layer0 = _encode_semantic(pixels, tower_name, semantic_weights,
                                   max_bytes=size if whole_stream else semantic_bytes, whole_stream=whole_stream,
-                                  metadata=metadata, notes=notes)
+                                  metadata=metadata, notes=notes, device=device)
     if semantic_only:
         if quality is not None:
             notes.append("--quality applies to the pixel layer and is ignored with --semantic-only")
@@ -319,8 +319,15 @@ def _refinement_to_size(encoder_for, refined, with_refinement, q_top: float, siz
     """A size target above the pixel layer's reach: the pixel layer at quality 100 (its latents refined when
     ``refined`` is given) and layer 2 with the step that meets the target."""
     encode = with_refinement(encoder_for(refined(q_top) if refined else None)(q_top))
-    found = search_rate(lambda t: encode(step_of_knob(t)), size, 0.0, 1.0, q_start=2 / 3, slope=3.0,
-                        never_above=max_size, quantum=1 / 1024)
+    try:
+        found = search_rate(lambda t: encode(step_of_knob(t)), size, 0.0, 1.0, q_start=2 / 3, slope=3.0,
+                            never_above=max_size, quantum=1 / 1024)
+    except RateControlError:
+        lossless = encode(STEP_ONE)
+        if not (max_size and len(lossless) <= size):
+            raise
+        notes.append(f"the target is above the lossless size: the stream is lossless ({len(lossless)} bytes)")
+        return CompressResult(lossless, width, height, q_top, 1, tuple(notes))
     notes.append(f"the target is above what the pixel layer reaches: layer 2 refines it with a step of "
                  f"{step_of_knob(found.q) / STEP_ONE:g} level(s)")
     return CompressResult(found.data, width, height, q_top, len(found.trials) + 1, tuple(notes))
@@ -423,8 +430,9 @@ def _semantic_models(name: str, weights: str | None):
 
 def _encode_semantic(pixels: np.ndarray, name: str, weights, max_bytes: int | None,
                      whole_stream: bool = False, metadata: bytes | None = None,
-                     notes: list[str] | None = None) -> _Layer0:
-    """Run the tower on the image and code its tokens, at the default rate or within ``max_bytes``.
+                     notes: list[str] | None = None, device: torch.device | str = "cpu") -> _Layer0:
+    """Run the tower on the image (once, on ``device``) and code its tokens, at the default rate or within
+    ``max_bytes``: the rate search works on those tokens, on the CPU, so the stream depends only on them.
 
     With ``whole_stream``, ``max_bytes`` budgets the whole semantic-only stream (container and ``metadata``,
     the stream's META payload, included). A dynamic-resolution tower (Qwen2.5-VL) codes the image's own
@@ -446,7 +454,8 @@ def _encode_semantic(pixels: np.ndarray, name: str, weights, max_bytes: int | No
         note = tower.note(width, height)
         if note and notes is not None:
             notes.append(note)
-    tokens = tower.tokens([Image.fromarray(pixels)])[0]          # (N, D)
+    tower.to(device)                                             # a no-op when it is there already
+    tokens = tower.tokens([Image.fromarray(pixels)])[0]          # (N, D) float32, on the CPU
     if max_bytes is not None:
         payload = coder.encode_to_budget(tokens, max_bytes, image_size=(width, height), grid=grid)
     else:
@@ -485,7 +494,8 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
         effort: encoder effort 0–3; above 0 the pixel layer's latents are refined for this image
             (:mod:`semcodec.layers.pixels.refine`: smaller streams at the same quality, slower encoding; see
             docs/benchmarks.md for the measured gain and time). Decoding is unchanged.
-        device: where the refinement searches (``"cpu"`` or ``"cuda"``); the stream is the same kind
+        device: where the semantic tower runs and the refinement searches (``"cpu"`` or ``"cuda"``); the
+            layer-0 coder works on the CPU from the tower's tokens, and the stream is the same kind
             either way and decodes bit-exactly on any machine.
         strip_metadata: leave out the image's EXIF, ICC profile and XMP, which are kept by default
             (EXIF with orientation 1, an ICC profile only when it describes the coded pixels; see

@@ -199,6 +199,9 @@ def test_size_targets_above_the_pixel_layers_reach_are_met_by_layer_2(test_codec
     assert len(capped.data) <= target
     with pytest.raises(RateControlError, match="above the largest"):
         compress_image(image, size=2 * lossless, model=test_codec, semantic=False)
+    ceiling = compress_image(image, size=2 * lossless, max_size=True, model=test_codec, semantic=False)
+    np.testing.assert_array_equal(np.asarray(semcodec.decompress(ceiling.data)), image)
+    assert any("lossless" in note for note in ceiling.notes)
     with pytest.raises(InvalidInputError, match="lossless"):
         compress_image(image, size=target, lossless=True, model=test_codec, semantic=False)
 
