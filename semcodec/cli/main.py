@@ -140,7 +140,8 @@ def rate_options(f):
                           "(smaller streams at the same quality; much slower encoding; images of up to "
                           "8 megapixels; a progress bar from 2 on).")(f)
     f = click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda[:N]",
-                     help="Where the refinement of -e 1..3 searches; the stream decodes the same on any machine.")(f)
+                     help="Where the semantic tower runs and the refinement of -e 1..3 searches; the stream decodes "
+                          "the same on any machine.")(f)
     return f
 
 

@@ -41,10 +41,13 @@ def _image_files(folder: Path) -> list[Path]:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Calibration file to write, e.g. ~/.cache/semcodec/calibrations/calibration-NAME.safetensors.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per tower call.")
-@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+@click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda[:N]",
+              help="Where the tower runs (the statistics are computed on the CPU, in float64).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr. Default: on when stderr is a terminal.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")
 def calibrate(semantic: str, semantic_weights: Path | None, images: Path, output: Path, batch_size: int,
-              progress: bool, force: bool) -> None:
+              device: str, progress: bool | None, force: bool) -> None:
     """Compute a semantic tower's calibration (KLT, variances, entropy-model tables).
 
     The calibration is part of the codec model: streams name its hash, and a
@@ -52,6 +55,7 @@ def calibrate(semantic: str, semantic_weights: Path | None, images: Path, output
     (or the repository's checkpoints/) under the name calibration-NAME.safetensors
     so that encoders and decoders find it.
     """
+    from ..layers.pixels.refine import search_device
     from ..models.semantic import load_tower
     from ..layers.semantic import calibrate as run_calibration
 
@@ -60,10 +64,13 @@ def calibrate(semantic: str, semantic_weights: Path | None, images: Path, output
     check_writable(output, force)
     check_output_folder(output)
     files = _image_files(images.expanduser())
-    tower = load_tower(semantic, weights=semantic_weights)
+    dev = search_device(device)                  # a missing CUDA device fails here, before the tower loads
+    tower = load_tower(semantic, weights=semantic_weights).to(dev)
     t0 = time.perf_counter()
     from tqdm import tqdm
 
+    if progress is None:
+        progress = sys.stderr.isatty()
     with tqdm(total=len(files), unit="img", desc=f"calibrating {tower.spec.name}", file=sys.stderr,
               disable=not progress) as bar:
         cal = run_calibration(tower, files, batch_size=batch_size, progress=lambda done: bar.update(done - bar.n))

@@ -317,7 +317,9 @@ def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int =
               progress: Callable[[int], None] | None = None, max_cache_bytes: int = 1 << 29) -> Calibration:
     """Computes a tower's calibration from a folder of photos.
 
-    Runs the tower over every image and accumulates, in float64, per-position
+    Streams the images through the tower, ``batch_size`` at a time (each photo is read, turned
+    into the tower input and let go: memory holds one batch of inputs, the float64 sums and the
+    float16 token cache, whatever the photos' sizes), and accumulates, in float64, per-position
     means of image tokens and of padding tokens (``pad-square``) and the
     covariance of image tokens around their position mean; its
     eigendecomposition is the KLT. The integer entropy-model parameters
@@ -365,17 +367,22 @@ def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int =
     skipped: list[str] = []
     done = 0
     for i in range(0, len(paths), batch_size):
-        batch, names = [], []
+        inputs, sizes, names = [], [], []
         for p in paths[i:i + batch_size]:
             try:
-                batch.append(Image.fromarray(load_rgb(p)))             # as the encoder reads it
-                names.append(p)
+                image = Image.fromarray(load_rgb(p))                   # as the encoder reads it
             except InvalidInputError:
                 skipped.append(p.name)
-        if batch:
-            t = tower.tokens(batch, batch_size=batch_size).double().numpy()  # (B, N, D)
-            for k, (im, p) in enumerate(zip(batch, names)):
-                pad = pad_of(im.size)
+                continue
+            inputs.append(tower.preprocess(image))                      # (3, S, S): the photo itself is let go
+            sizes.append(image.size)
+            names.append(p)
+            del image
+        if inputs:
+            t = tower.tokens_from_tensor(torch.stack(inputs)).cpu().double().numpy()  # (B, N, D)
+            inputs.clear()
+            for k, (size, p) in enumerate(zip(sizes, names)):
+                pad = pad_of(size)
                 img = ~pad
                 sum_img[img] += t[k, img]
                 cnt_img += img
