@@ -189,15 +189,6 @@ def _bands(n_rows: int, n_cols: int) -> list[slice]:
     return [slice(r, min(r + step, n_rows)) for r in range(0, n_rows, step)]
 
 
-def _laplace_bits(symbols: np.ndarray, mean: np.ndarray, b: float) -> float:
-    """Ideal code length (bits) of integer ``symbols`` under discretized Laplace(mean, b) (the encoder's estimate)."""
-    def cdf(t):
-        z = (t - mean) / b
-        return np.where(z < 0, 0.5 * np.exp(np.minimum(z, 0)), 1 - 0.5 * np.exp(-np.maximum(z, 0)))
-    p = cdf(symbols + 0.5) - cdf(symbols - 0.5)
-    return float(-np.log2(np.maximum(p, 2.0 ** -24)).sum())
-
-
 def _scale_indices(abs_err_sum: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Per bucket, the table scale nearest (in log) to the Laplace fit ``b = mean |q − μ|``; unused buckets marked."""
     out = np.full(BUCKETS, UNUSED_BUCKET, dtype=np.uint8)
@@ -393,7 +384,7 @@ class RefinementCoder:
             for k in np.unique(ks):
                 m = ks == k
                 b = max(float(np.abs(ys[m] - ms[m]).mean()), float(SCALE_TABLE.scales[0]))
-                bits += _laplace_bits(ys[m], ms[m], b)
+                bits += float(_laplace_cost(ys[m], ms[m], b).sum())
             return bits * stride * every
 
         if cost(predicted) + 16 * len(weights) < cost(np.zeros_like(y)):
