@@ -74,9 +74,10 @@ __all__ = ["COLUMNS", "DEFAULT_SECTIONS", "LOSSLESS_COLUMNS", "SECTIONS", "SPEED
 
 #: Keys of compress_image kwargs that set the rate (the sweep); the other keys name the curve.
 RATE_KEYS = ("quality", "bpp", "size", "max_size")
-#: semcodec quality sweeps (0–100); the default quality (75) is what the speed section uses.
-SEMCODEC_QUALITIES = (0, 20, 40, 60, 80, 100)
-SEMCODEC_QUICK_QUALITIES = (0, 33, 67, 100)
+#: semcodec quality sweeps of the rate–distortion section: the pixel layer's range, 0–90 (above 90 a quality adds
+#: layer 2, which the high-rate section measures); the default quality (75) is what the speed section uses.
+SEMCODEC_QUALITIES = (0, 18, 36, 54, 72, 90)
+SEMCODEC_QUICK_QUALITIES = (0, 30, 60, 90)
 SPEED_QUALITY = 75.0
 #: Sections of a run, in the order they are reported; a run without ``--sections`` has the default ones.
 SECTIONS = ("rd", "speed", "lossless", "high-rate")
