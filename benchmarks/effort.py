@@ -11,7 +11,7 @@ latents so far count): how the gain grows with the iteration budget. Its rates a
 pixel layer's payload (the container's fixed overhead left out), and a point inside the schedule
 is not a shorter schedule (whose temperature would have annealed sooner).
 
-    python benchmarks/effort.py [--images DIR] [--limit 4] [--efforts 0,1,2] [--qualities 0,25,50,75,100]
+    python benchmarks/effort.py [--images DIR] [--limit 4] [--efforts 0,1,2] [--qualities 0,18,36,54,72,90]
                                 [--threads 2] [--baselines avif,webp,jpeg420] [--curve 50]
 """
 
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--model", default="semcodec-ms192")
     parser.add_argument("--limit", type=int, default=4)
     parser.add_argument("--efforts", default="0,1,2")
-    parser.add_argument("--qualities", default="0,25,50,75,100")
+    parser.add_argument("--qualities", default="0,18,36,54,72,90", help="pixel-layer qualities (above 90 a quality adds layer 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the time budgets are for 2)")
     parser.add_argument("--device", default="cpu", help="where the refinement searches (cpu, cuda)")
     parser.add_argument("--baselines", default="", help="Pillow codecs to compare with, e.g. avif,webp,jpeg420")
