@@ -74,7 +74,7 @@ DEFAULT_SEMANTIC_RATE = 48
 REFINEMENT_QUALITY = 90.0
 REFINEMENT_STEPS = (32.0, 4.0)
 #: Quality of the pixel layer under a lossless layer 2 when none is given (the cheapest total on Kodak).
-LOSSLESS_BASE_QUALITY = 90.0
+LOSSLESS_BASE_QUALITY = 82.0
 
 
 # --------------------------------------------------------------------------- models

@@ -604,12 +604,15 @@ REF2_PAD = 2                             # planes are padded by 2 samples (the 5
 REF2_BUCKETS = 24                        # 6 activity classes × 4 gradient classes
 REF2_NO_SCALE = 255                      # the scale index of a bucket no symbol falls in
 REF2_WEIGHT_SHIFT = 8                    # weights: 12 fractional bits; means: 4 (a grid of 1/16)
-#: The 2×2 phases in coding order, and the offsets (dy, dx) of each one's neighbours (refinement.md §4.2).
-REF2_PHASES = ((0, 0), (1, 1), (0, 1), (1, 0))
-REF2_NEIGHBOURS = ((),
-                   ((-1, -1), (-1, 1), (1, -1), (1, 1)),
-                   ((0, -1), (0, 1), (-1, 0), (1, 0)),
-                   ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)))
+#: The phases (row, column, stride) in coding order, and the offsets (dy, dx) of each one's neighbours
+#: (refinement.md §4.2): four on the 4×4 grid (neighbours at distance 2), then three on the 2×2 grid.
+REF2_PHASES = ((0, 0, 4), (2, 2, 4), (0, 2, 4), (2, 0, 4), (1, 1, 2), (0, 1, 2), (1, 0, 2))
+_REF2_PATTERNS = ((),
+                  ((-1, -1), (-1, 1), (1, -1), (1, 1)),
+                  ((0, -1), (0, 1), (-1, 0), (1, 0)),
+                  ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)))
+REF2_NEIGHBOURS = tuple(tuple((2 * dy, 2 * dx) for dy, dx in pattern) for pattern in _REF2_PATTERNS) \
+    + _REF2_PATTERNS[1:]
 REF2_WINDOW = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy, dx) != (0, 0)]       # 24 offsets
 REF2_CROSS = [(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2) if (dy, dx) != (0, 0)]        # 8 offsets
 
@@ -705,10 +708,10 @@ def reflect_pad(plane: np.ndarray, pad: int = REF2_PAD) -> np.ndarray:
 def phase_view(padded: np.ndarray, phase: int, shape: tuple[int, int], dy: int = 0, dx: int = 0) -> np.ndarray:
     """The samples at offset (dy, dx) from each position of ``phase`` in an (H, W) plane padded by 2, flattened in
     raster order: the padded plane at ``(i + dy + 2, j + dx + 2)``."""
-    (py, px), (h, w) = REF2_PHASES[phase], shape
-    rows, cols = len(range(py, h, 2)), len(range(px, w, 2))
+    (py, px, stride), (h, w) = REF2_PHASES[phase], shape
+    rows, cols = len(range(py, h, stride)), len(range(px, w, stride))
     r0, c0 = py + dy + REF2_PAD, px + dx + REF2_PAD
-    return padded[r0:r0 + 2 * rows - 1:2, c0:c0 + 2 * cols - 1:2].reshape(-1)
+    return padded[r0:r0 + stride * rows:stride, c0:c0 + stride * cols:stride].reshape(-1)
 
 
 def ref2_features(P: list[np.ndarray], Q: list[np.ndarray], phase: int, c: int, shape: tuple[int, int]) -> np.ndarray:
@@ -791,7 +794,7 @@ def decode_ref2(payload: bytes, base: np.ndarray) -> Ref2Decoded:
     dec, enc = RangeDecoder(ref.words), RangeEncoder()
     for group in ref.groups:
         phase, c = group.phase, group.channel
-        (py, px) = REF2_PHASES[phase]
+        (py, px, stride) = REF2_PHASES[phase]
         if group.weights is None:
             mean_q = np.zeros(phase_view(P[c], phase, shape).shape, np.int64)
         else:
@@ -806,7 +809,7 @@ def decode_ref2(payload: bytes, base: np.ndarray) -> Ref2Decoded:
             i = dec.decode(cdf)
             enc.encode(int(cdf[i]), int(cdf[i + 1] - cdf[i]))
             q[n] = i - bound
-        rows, cols = slice(py, None, 2), slice(px, None, 2)
+        rows, cols = slice(py, None, stride), slice(px, None, stride)
         symbols[c, rows, cols] = q.reshape(symbols[c, rows, cols].shape)
         means[c, rows, cols] = mean_q.reshape(symbols[c, rows, cols].shape)
         index[c, rows, cols] = k.reshape(symbols[c, rows, cols].shape)

@@ -223,12 +223,13 @@ def test_reference_ref2_decodes_the_goldens_as_semcodec(name):
     else:
         step = REF2_GOLDENS[name] / 16
         assert 0 < np.abs(decoded.pixels.astype(np.int16) - image).max() <= step
-    # not vacuous: several buckets' scales are in play, and every group of the goldens carries weights
-    assert all(group.weights is not None for group in header.groups)
+    # not vacuous: several buckets' scales are in play, and the groups of the 2×2 grid carry weights (those of the
+    # 4×4 grid, 576 positions each here, do not pay for theirs)
+    assert sum(group.weights is not None for group in header.groups) == 9
     assert len(np.unique(decoded.scale_index)) > 3 and np.any(decoded.symbols != 0)
 
 
-@pytest.mark.parametrize("shape", [(40, 48), (40, 48, 3)])
+@pytest.mark.parametrize("shape", [(80, 80), (80, 80, 3)])
 def test_reference_ref2_predicted_means_in_every_group(shape):
     """A residual linear in x̂₁'s horizontal gradient makes semcodec's encoder keep the weights of every group (gray
     and RGB, every phase and channel), so the features and means of docs/refinement.md §4.3 decide every symbol:

@@ -139,8 +139,8 @@ def test_another_pixel_layer_is_refused_by_name(payload_and_base):
 
 
 def test_group_parameters_are_counted_per_channel_layout():
-    assert len(feature_counts(3)) == 12 and len(feature_counts(1)) == 4
-    assert feature_counts(1) == [25, 29, 29, 33]
+    assert len(feature_counts(3)) == 21 and len(feature_counts(1)) == 7
+    assert feature_counts(1) == [25, 29, 29, 33, 29, 29, 33]
 
 
 # --------------------------------------------------------------------------- through the API and the shell
@@ -238,7 +238,7 @@ def test_shell_lossless_extract_and_info(test_codec, runner, tmp_path):
 GOLDEN = __import__("helpers").TEST_DATA / "golden"
 
 
-@pytest.mark.parametrize("name, step16, size", [("lossless", 16, 15052), ("step4.5", 72, 7636)])
+@pytest.mark.parametrize("name, step16, size", [("lossless", 16, 15401), ("step4.5", 72, 8013)])
 def test_golden_refinement_payloads_decode_and_encode_unchanged(name, step16, size):
     """Payloads written when layer 2 was specified: the decoder's conventions (and the encoder's output, whose
     size also guards its compression) must not drift."""

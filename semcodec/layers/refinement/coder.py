@@ -40,14 +40,23 @@ from .payload import (
     symbol_bound,
 )
 
-#: The phases of the 2×2 grid, in coding order: (row offset, column offset).
-PHASES = ((0, 0), (1, 1), (0, 1), (1, 0))
-#: The already-decoded neighbours of a phase's positions (row, column offsets): none for the first phase.
+#: The phases, in coding order: (row offset, column offset, stride). The positions of the 2×2 grid's first phase
+#: (even rows and columns) are split again on a 4×4 grid, so that three quarters of them see decoded neighbours
+#: too (at distance 2); the others follow at stride 2.
+PHASES = ((0, 0, 4), (2, 2, 4), (0, 2, 4), (2, 0, 4), (1, 1, 2), (0, 1, 2), (1, 0, 2))
+_DIAGONAL = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+_CROSS = ((0, -1), (0, 1), (-1, 0), (1, 0))
+_ALL = ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
+#: The already-decoded neighbours of a phase's positions (row, column offsets): none for the first phase; at
+#: distance 2 on the 4×4 grid, 1 on the 2×2 grid.
 NEIGHBOURS = {
     0: (),
-    1: ((-1, -1), (-1, 1), (1, -1), (1, 1)),
-    2: ((0, -1), (0, 1), (-1, 0), (1, 0)),
-    3: ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)),
+    1: tuple((2 * dy, 2 * dx) for dy, dx in _DIAGONAL),
+    2: tuple((2 * dy, 2 * dx) for dy, dx in _CROSS),
+    3: tuple((2 * dy, 2 * dx) for dy, dx in _ALL),
+    4: _DIAGONAL,
+    5: _CROSS,
+    6: _ALL,
 }
 #: Window radius of the pixel-layer features: 5×5 in the symbol's channel, 3×3 in the others.
 SAME_RADIUS, OTHER_RADIUS = 2, 1
@@ -86,11 +95,9 @@ def feature_counts(channels: int) -> list[int]:
 
 
 def _reflect(index: np.ndarray, n: int) -> np.ndarray:
-    """Indices reflected into ``[0, n)`` about the edge samples (``-1 → 1``, ``n → n − 2``), clamped."""
-    if n == 1:
-        return np.zeros_like(index)
-    index = np.abs(index)
-    index = np.where(index >= n, 2 * (n - 1) - index, index)
+    """Indices reflected into ``[0, n)`` about the edge samples, by one rule each (``−i ↦ i``,
+    ``n − 1 + i ↦ n − 1 − i``), then clamped (so ``−2 ↦ 1`` when ``n = 2``, and every index ``↦ 0`` when ``n = 1``)."""
+    index = np.where(index < 0, -index, np.where(index >= n, 2 * (n - 1) - index, index))
     return np.clip(index, 0, n - 1)
 
 
@@ -116,22 +123,22 @@ class _Planes:
 
     def set_group(self, phase: int, channel: int, symbols: np.ndarray) -> None:
         """Store a group's symbols and refresh the channel's reflected border."""
-        py, px = PHASES[phase]
-        self.q[channel, PAD + py:PAD + self.height:2, PAD + px:PAD + self.width:2] = symbols
+        py, px, stride = PHASES[phase]
+        self.q[channel, PAD + py:PAD + self.height:stride, PAD + px:PAD + self.width:stride] = symbols
         self.q[channel] = _padded(self.interior(self.q)[channel])
 
     def grid(self, phase: int) -> tuple[int, int]:
         """(rows, columns) of a phase's positions."""
-        py, px = PHASES[phase]
-        return len(range(py, self.height, 2)), len(range(px, self.width, 2))
+        py, px, stride = PHASES[phase]
+        return len(range(py, self.height, stride)), len(range(px, self.width, stride))
 
     def view(self, planes: np.ndarray, c: int, phase: int, band: slice, dy: int, dx: int) -> np.ndarray:
         """``planes[c]`` at the phase's positions of rows ``band`` shifted by ``(dy, dx)``: a strided view."""
-        py, px = PHASES[phase]
-        r0 = PAD + py + 2 * band.start + dy
+        py, px, stride = PHASES[phase]
+        r0 = PAD + py + stride * band.start + dy
         c0 = PAD + px + dx
         rows, cols = band.stop - band.start, self.grid(phase)[1]
-        return planes[c, r0:r0 + 2 * rows - 1:2, c0:c0 + 2 * cols - 1:2]
+        return planes[c, r0:r0 + stride * rows:stride, c0:c0 + stride * cols:stride]
 
 
 def _features(s: _Planes, phase: int, channel: int, band: slice):
@@ -275,8 +282,8 @@ class RefinementCoder:
         enc = EntropyEncoder()
         models = []
         for phase, channel in groups(channels):
-            py, px = PHASES[phase]
-            truth = symbols[channel, py::2, px::2]                            # (rows, columns) of the phase
+            py, px, stride = PHASES[phase]
+            truth = symbols[channel, py::stride, px::stride]                  # (rows, columns) of the phase
             bands = _bands(*truth.shape)
             weights = self._fit(s, phase, channel, truth, bound)
             means, keys = [], []
@@ -292,8 +299,8 @@ class RefinementCoder:
             scale_index = _scale_indices(err_sum, counts)
             if step16 > STEP_ONE:                                          # lossy: rate-distortion choice
                 lam = RDO_LAMBDA * (step16 / STEP_ONE) ** 2
-                pixel_target = target[channel, py::2, px::2]
-                pixel_base = base_planes[channel, py::2, px::2]
+                pixel_target = target[channel, py::stride, px::stride]
+                pixel_base = base_planes[channel, py::stride, px::stride]
                 err_sum[:] = 0
                 for band, mean_q, key in zip(bands, means, keys):
                     truth[band] = _rdo(truth[band], mean_q, SCALE_TABLE.scales[scale_index[key]], pixel_target[band],
