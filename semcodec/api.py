@@ -501,7 +501,7 @@ def compress(image, *, quality: float | None = None, bpp: float | None = None, s
             (EXIF with orientation 1, an ICC profile only when it describes the coded pixels; see
             :mod:`semcodec.imageio`). Kept metadata counts in ``bpp``/``size`` targets.
         lossless: add a lossless layer 2: the stream decodes to exactly the 8-bit pixels coded (those of
-            :mod:`semcodec.imageio`'s conversion), over a pixel layer at ``quality`` (default 90).
+            :mod:`semcodec.imageio`'s conversion), over a pixel layer at ``quality`` (default 82).
 
     Size targets above what the pixel layer reaches are met by layer 2 (pixel layer at quality 100).
 

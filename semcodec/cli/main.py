@@ -131,7 +131,7 @@ def rate_options(f):
     f = click.option("--bpp", type=FiniteFloatRange(min=0, min_open=True), default=None, help="Target bits per pixel of the whole stream (±2%).")(f)
     f = click.option("--lossless", is_flag=True,
                      help="Add a lossless layer 2: the stream decodes to exactly the image's 8-bit pixels "
-                          "(-q then sets the pixel layer under it; default 90).")(f)
+                          "(-q then sets the pixel layer under it; default 82).")(f)
     f = click.option("-q", "--quality", type=FiniteFloatRange(0, 100), default=None,
                      help="Fixed quality, 0 (smallest) to 100 (best); default 75. Above 90 a refinement layer "
                           "(layer 2) is added, up to about 46 dB at 100.")(f)

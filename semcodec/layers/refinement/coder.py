@@ -5,8 +5,8 @@ step ``Δ = step16 / 16`` (``Δ = 1``: lossless)::
 
     q = floor(16·r / step16 + 1/2)          r̂ = floor((step16·q + 8) / 16)          x̂₂ = clip(x̂₁ + r̂, 0, 255)
 
-The symbols ``q`` are coded in 4 phases of a 2×2 grid — ``(0, 0)``, ``(1, 1)``, ``(0, 1)``, ``(1, 0)`` — and,
-within a phase, channel by channel: 4·C *groups*. Each symbol's Laplace model takes its mean from a linear
+The symbols ``q`` are coded in 7 phases (:data:`PHASES`: four on a 4×4 grid, then three on the 2×2 grid) and,
+within a phase, channel by channel: 7·C *groups*. Each symbol's Laplace model takes its mean from a linear
 prediction over integer features (the decoded pixel layer around it, the symbols already decoded around it and at
 the same position in earlier channels) with per-group integer weights fitted by the encoder and stored, and its
 scale from one of 24 buckets of local activity, per group, stored too. Everything the range coder sees is an
