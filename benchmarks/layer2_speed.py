@@ -4,7 +4,7 @@ For each image: the pixel layer alone (``compress_image(quality=Q)``, ``Q`` ≤ 
 (``quality=100`` and ``lossless=True``); decoding is timed on the whole stream and on the same stream with its
 layer 2 dropped (``extract_layers``), so layer 2's decode time is the difference. Layer 2's encode time is
 measured directly: ``RefinementCoder.encode`` over the decoded pixel layer, plus that decode, which the encoder
-needs. Best of ``--repeats`` runs per measurement.
+needs. Best of ``--repeats`` runs per measurement. Also the PSNR of quality 100 (layer 2 at step 4).
 
     python benchmarks/layer2_speed.py [--images DIR] [--limit 8] [--repeats 3] [--threads 2]
 """
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from semcodec.api import compress_image, decompress, extract_layers, refinement_step
+from semcodec.bench.metrics import psnr
 from semcodec.bench.runner import list_images
 from semcodec.imageio import load_rgb
 from semcodec.layers.refinement import STEP_ONE, RefinementCoder
@@ -57,12 +58,14 @@ def main() -> None:
                                      ("lossless", {"lossless": True}, STEP_ONE)):
             stream = compress_image(image, semantic=False, **kwargs).data
             lower = extract_layers(stream, [1])
-            full_dec, _ = best_of(args.repeats, lambda: decompress(stream))
+            full_dec, full = best_of(args.repeats, lambda: np.asarray(decompress(stream)))
             lower_dec, lower_pixels = best_of(args.repeats, lambda: np.asarray(decompress(lower)))
             enc, _ = best_of(args.repeats, lambda: RefinementCoder().encode(image, lower_pixels, step16))
             row[f"{name}_enc"] = enc + lower_dec              # the encoder decodes the pixel layer first
             row[f"{name}_dec"] = full_dec - lower_dec
             row[f"{name}_bpp"] = 8 * len(stream) / (image.shape[0] * image.shape[1])
+            if name == "q100":
+                row["q100_psnr"] = psnr(full, image)
         rows.append(row)
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     keys = [k for k in rows[0] if k != "image"]
