@@ -216,12 +216,14 @@ def report(r: dict, args) -> str:
              "| run | wall (s) | per image: wall (s) | × forward | CPU (s) | × forward | steady (s) | × forward "
              "| target | peak RSS (GiB) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-             f"| import + load the tower (the fixed cost) | {fixed['wall']:.1f} | – | – | {fixed['cpu']:.1f} | – | – "
+             f"| import + load the tower (the fixed cost) | {fixed['wall']:.1f} | – | – | {fixed['cpu']:.1f} "
+             "| – | – "
              f"| – | – | {fixed['rss']:.2f} |",
              f"| tower forward, {n} Kodak images | {r['forward']['wall']:.1f} | {f_wall:.2f} | 1.00 "
              f"| {per('forward', n, 'cpu'):.2f} | 1.00 | {f_steady:.2f} | 1.00 | – | {r['forward']['rss']:.2f} |"]
     w, c = per("calibrate", m, "wall"), per("calibrate", m, "cpu")
-    lines.append(f"| `semcodec calibrate`, {m} train images | {r['calibrate']['wall']:.1f} | {w:.2f} | {w / f_wall:.2f} "
+    lines.append(f"| `semcodec calibrate`, {m} train images | {r['calibrate']['wall']:.1f} | {w:.2f} "
+                 f"| {w / f_wall:.2f} "
                  f"| {c:.2f} | {c / f_cpu:.2f} | – | – | ≤ 1.2 | {r['calibrate']['rss']:.2f} |")
     for label, what in (("compress", "default rate"), ("compress_size", f"--size {args.size}")):
         w, c = per(label, n, "wall"), per(label, n, "cpu")
@@ -231,9 +233,11 @@ def report(r: dict, args) -> str:
                      f"| ≤ 1.3 | {r[label]['rss']:.2f} |")
     if "interleaved" in r:
         i = r["interleaved"]
-        lines += ["", f"Interleaved in one process (each ratio over the same image, forward then compress; median of {n}):",
+        lines += ["", "Interleaved in one process (each ratio over the same image, forward then compress; "
+                  f"median of {n}):",
                   "", "| run | × forward (wall) | × forward (CPU) | target |", "|---|---:|---:|---:|",
-                  f"| compress --semantic-only, default rate | {i['compress']:.2f} | {i['compress_cpu']:.2f} | ≤ 1.3 |",
+                  f"| compress --semantic-only, default rate | {i['compress']:.2f} | {i['compress_cpu']:.2f} "
+                  "| ≤ 1.3 |",
                   f"| compress --semantic-only --size {args.size} | {i['compress_size']:.2f} "
                   f"| {i['compress_size_cpu']:.2f} | ≤ 1.3 |",
                   f"| calibrate, {m} train images (÷ {m} forwards, {i['forward_train']:.2f} s each) "

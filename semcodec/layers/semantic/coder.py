@@ -346,7 +346,8 @@ class SemanticCoder:
         none = max(gh, gw)                        # the radius of "no kept neighbour at all"
         margin = int((dist[hit] + rad2[ar, ac]).max())
         while True:
-            R0, R1, C0, C1 = max(ri - margin, 0), min(ri + margin + 1, gh), max(ci - margin, 0), min(ci + margin + 1, gw)
+            R0, R1 = max(ri - margin, 0), min(ri + margin + 1, gh)
+            C0, C1 = max(ci - margin, 0), min(ci + margin + 1, gw)
             kr, kc = np.nonzero(src[R0:R1, C0:C1])  # kept tokens of the crop, row-major
             kr, kc = kr + R0, kc + C0
             d = np.maximum(np.abs(ar[:, None] - kr[None, :]), np.abs(ac[:, None] - kc[None, :]))  # (k, C)
