@@ -166,17 +166,13 @@ def _read_visual_tensors(path: Path) -> dict[str, torch.Tensor]:
 def load_qwen_visual(config: dict, path: Path, arch: str) -> torch.nn.Module:
     """The vision encoder of ``config`` with the weights of ``path``: every parameter present with its shape and
     nothing else (the language model's tensors of a full checkpoint are not read)."""
+    from .semantic import check_tensors_present          # semantic imports this module
+
     sd = _read_visual_tensors(Path(path))
     visual = build_qwen_visual(config["vision_cfg"], init=False)
     own = visual.state_dict()
     where = f"{path} does not hold the vision encoder of {arch}"
-    missing = sorted(k for k in own if k not in sd)
-    if missing:
-        more = f" and {len(missing) - 1} more" if missing[1:] else ""
-        raise ModelMismatchError(f"{where}: missing {missing[0]}{more}")
-    for k, v in own.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise ModelMismatchError(f"{where}: {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}")
+    check_tensors_present(own, sd, where)
     extra = sorted(k for k in sd if k not in own)
     if extra:
         raise ModelMismatchError(f"{where}: unexpected tensor {extra[0]}")

@@ -688,6 +688,21 @@ def _load_visual(spec: SemanticSpec, path: Path) -> torch.nn.Module:
     return visual
 
 
+def check_tensors_present(own: dict[str, torch.Tensor], found: dict[str, torch.Tensor], where: str) -> None:
+    """Every tensor of a built tower (``own``) must be in a weights file (``found``) with its shape.
+
+    Raises:
+        ModelMismatchError: ``"{where}: missing …"`` or ``"{where}: … has shape …, expected …"``.
+    """
+    missing = sorted(k for k in own if k not in found)
+    if missing:
+        more = f" and {len(missing) - 1} more" if missing[1:] else ""
+        raise ModelMismatchError(f"{where}: missing {missing[0]}{more}")
+    for k, v in own.items():
+        if tuple(found[k].shape) != tuple(v.shape):
+            raise ModelMismatchError(f"{where}: {k} has shape {tuple(found[k].shape)}, expected {tuple(v.shape)}")
+
+
 def _load_siglip(spec: SemanticSpec, path: Path) -> torch.nn.Module:
     """A SigLIP trunk from open_clip's file (``visual.trunk.…``), its vision tower alone (``trunk.…``) or a Hugging
     Face SigLIP / LLaVA-OneVision file: every built parameter must be there with its shape; blocks past the
@@ -698,13 +713,7 @@ def _load_siglip(spec: SemanticSpec, path: Path) -> torch.nn.Module:
     sd = to_trunk_names(_visual_state_dict(_read_plain_state_dict(path)))
     own = visual.state_dict()
     where = f"{path} does not hold the vision tower of {spec.open_clip_arch}"
-    missing = sorted(k for k in own if k not in sd)
-    if missing:
-        more = f" and {len(missing) - 1} more" if missing[1:] else ""
-        raise ModelMismatchError(f"{where}: missing {missing[0]}{more}")
-    for k, v in own.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise ModelMismatchError(f"{where}: {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}")
+    check_tensors_present(own, sd, where)
     block_re = re.compile(r"^trunk\.blocks\.(\d+)\.")
     for k in sd:
         m = block_re.match(k)

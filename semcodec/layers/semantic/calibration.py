@@ -313,6 +313,85 @@ def padding_mask(preprocessing: str, input_size: int, grid: tuple[int, int], wid
     return mask.reshape(-1)
 
 
+def _klt(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eigen-decomposition of a (D, D) covariance in decreasing order with semcodec's sign convention (each
+    eigenvector's largest-magnitude entry positive); returns ``(evals, evecs, log2_std_q)``, the last made
+    non-increasing explicitly."""
+    d = cov.shape[0]
+    cov = (cov + cov.T) / 2
+    evals, evecs = np.linalg.eigh(cov)
+    order = np.argsort(-evals, kind="stable")
+    evals = np.maximum(evals[order], 0.0)
+    evecs = evecs[:, order]
+    evecs *= np.where(evecs[np.abs(evecs).argmax(0), np.arange(d)] < 0, -1.0, 1.0)  # sign convention
+    return evals, evecs, np.minimum.accumulate(_q8_log2(evals))
+
+
+def _pass_context(c: np.ndarray, pm: np.ndarray, img: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """The coefficients of pass ``p`` at image positions ``img`` of a (gh, gw, D) grid and their context (the
+    mean of the earlier passes' image coefficients within the pass's radius); ``(x, ctx)``, (n, D) each."""
+    if p == 0:
+        x = c[(pm == 0) & img]
+        return x, np.zeros_like(x)
+    known = ((pm < p) & img).astype(np.float64)
+    ctx_n = _box_sum(known, PASS_RADIUS[p])
+    sel = (pm == p) & img & (ctx_n > 0)
+    return c[sel], _box_sum(c * known[..., None], PASS_RADIUS[p])[sel] / ctx_n[sel][:, None]
+
+
+class _PassStatistics:
+    """Sums for the per-pass prediction weights, residual stds and drop weights, over images added one by one."""
+
+    def __init__(self, d: int):
+        self.sxx, self.sxc, self.scc = (np.zeros((NUM_PASSES, d)) for _ in range(3))
+        self.cnt = np.zeros(NUM_PASSES)
+        self.dxc, self.dcc = np.zeros((DROP_RADIUS_MAX, d)), np.zeros((DROP_RADIUS_MAX, d))
+
+    def add(self, c: np.ndarray, pm: np.ndarray, img: np.ndarray) -> None:
+        """One image's (gh, gw, D) coefficients, its pass map and its image positions (bool (gh, gw))."""
+        for p in range(NUM_PASSES):
+            x, ctx = _pass_context(c, pm, img, p)
+            self.sxx[p] += (x * x).sum(0)
+            self.sxc[p] += (x * ctx).sum(0)
+            self.scc[p] += (ctx * ctx).sum(0)
+            self.cnt[p] += x.shape[0]
+        imgf = img.astype(np.float64)
+        for rho in range(1, DROP_RADIUS_MAX + 1):
+            ring_n = _box_sum(imgf, rho) - imgf
+            sel = img & (ring_n > 0)
+            ctx = (_box_sum(c * imgf[..., None], rho) - c * imgf[..., None])[sel] / ring_n[sel][:, None]
+            self.dxc[rho - 1] += (c[sel] * ctx).sum(0)
+            self.dcc[rho - 1] += (ctx * ctx).sum(0)
+
+    def parameters(self, ls: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(alpha_q, a, res_var, cstd_q, drop_alpha_q)``: the quantized prediction weights per pass (0 for pass 0),
+        their values, the residual variances, their quantized log2 stds (pass 0: ``ls``) and the drop weights."""
+        alpha_q = np.clip(np.rint(self.sxc / np.maximum(self.scc, 1e-300) * ALPHA_GRID), -ALPHA_MAX,
+                          ALPHA_MAX).astype(np.int32)
+        alpha_q[0] = 0
+        a = alpha_q / ALPHA_GRID
+        res_var = (self.sxx - 2 * a * self.sxc + a * a * self.scc) / np.maximum(self.cnt, 1)[:, None]
+        cstd_q = _q8_log2(res_var)
+        cstd_q[0] = ls
+        drop_alpha_q = np.clip(np.rint(self.dxc / np.maximum(self.dcc, 1e-300) * ALPHA_GRID), -ALPHA_MAX, ALPHA_MAX)
+        return alpha_q, a, res_var, cstd_q, drop_alpha_q
+
+
+def _entropy_family(grids, a: np.ndarray, res_var: np.ndarray, evals: np.ndarray) -> tuple[str, dict[str, float]]:
+    """The better log-likelihood family (``"gaussian"``/``"laplace"``) of the residuals of the strongest components
+    (95 % of the variance), over ``grids``: ``(c, pm, img)`` triples as for :meth:`_PassStatistics.add`."""
+    top = max(1, int(np.searchsorted(np.cumsum(evals) / max(evals.sum(), 1e-300), 0.95)) + 1)
+    res_std = np.sqrt(np.maximum(res_var[:, :top], 1e-300))
+    ll = {"gaussian": 0.0, "laplace": 0.0}
+    for c, pm, img in grids:
+        for p in range(NUM_PASSES):
+            x, ctx = _pass_context(c, pm, img, p)
+            z = (x[:, :top] - a[p, :top] * ctx[:, :top]) / res_std[p]
+            ll["gaussian"] += float((-0.5 * z * z - 0.5 * math.log(2 * math.pi)).sum())
+            ll["laplace"] += float((-math.sqrt(2) * np.abs(z) - math.log(math.sqrt(2))).sum())
+    return ("laplace" if ll["laplace"] >= ll["gaussian"] else "gaussian"), ll
+
+
 def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int = 8,
               progress: Callable[[int], None] | None = None, max_cache_bytes: int = 1 << 29) -> Calibration:
     """Computes a tower's calibration from a folder of photos.
@@ -413,74 +492,27 @@ def calibrate(tower, image_paths: Iterable[str | os.PathLike], batch_size: int =
     # Covariance of image tokens around their position mean: E[t tᵀ] - Σ_p cnt_p μ_p μ_pᵀ / Σ cnt.
     total = max(cnt_img.sum(), 1)
     cov = (gram - (position_mean * cnt_img[:, None]).T @ position_mean) / total
-    cov = (cov + cov.T) / 2
-    evals, evecs = np.linalg.eigh(cov)
-    order = np.argsort(-evals, kind="stable")
-    evals = np.maximum(evals[order], 0.0)
-    evecs = evecs[:, order]
-    evecs *= np.where(evecs[np.abs(evecs).argmax(0), np.arange(d)] < 0, -1.0, 1.0)  # sign convention
-    ls = np.minimum.accumulate(_q8_log2(evals))  # non-increasing by construction; made explicit
+    evals, evecs, ls = _klt(cov)
 
     # Second pass on cached tokens: prediction weights and residual stds per pass (image tokens only).
     pm = pass_map(gh, gw)
-    sxx, sxc, scc = (np.zeros((NUM_PASSES, d)) for _ in range(3))
-    cnt = np.zeros(NUM_PASSES)
-    dxc, dcc = np.zeros((DROP_RADIUS_MAX, d)), np.zeros((DROP_RADIUS_MAX, d))
+    pass_stats = _PassStatistics(d)
     pad_sq, pad_n = np.zeros(d), 0
 
     def coefficients(t16: np.ndarray, pad: np.ndarray) -> np.ndarray:
         mu = np.where(pad[:, None], padding_mean, position_mean)
         return ((t16.astype(np.float64) - mu) @ evecs).reshape(gh, gw, d)
 
-    def pass_context(c: np.ndarray, img: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
-        if p == 0:
-            x = c[(pm == 0) & img]
-            return x, np.zeros_like(x)
-        known = ((pm < p) & img).astype(np.float64)
-        ctx_n = _box_sum(known, PASS_RADIUS[p])
-        sel = (pm == p) & img & (ctx_n > 0)
-        return c[sel], _box_sum(c * known[..., None], PASS_RADIUS[p])[sel] / ctx_n[sel][:, None]
-
     for t16, pad in cache:
         c = coefficients(t16, pad)
         img = ~pad.reshape(gh, gw)
         pad_sq += (c[~img] ** 2).sum(0)
         pad_n += int((~img).sum())
-        for p in range(NUM_PASSES):
-            x, ctx = pass_context(c, img, p)
-            sxx[p] += (x * x).sum(0)
-            sxc[p] += (x * ctx).sum(0)
-            scc[p] += (ctx * ctx).sum(0)
-            cnt[p] += x.shape[0]
-        imgf = img.astype(np.float64)
-        for rho in range(1, DROP_RADIUS_MAX + 1):
-            ring_n = _box_sum(imgf, rho) - imgf
-            sel = img & (ring_n > 0)
-            ctx = (_box_sum(c * imgf[..., None], rho) - c * imgf[..., None])[sel] / ring_n[sel][:, None]
-            dxc[rho - 1] += (c[sel] * ctx).sum(0)
-            dcc[rho - 1] += (ctx * ctx).sum(0)
-    alpha_q = np.clip(np.rint(sxc / np.maximum(scc, 1e-300) * ALPHA_GRID), -ALPHA_MAX, ALPHA_MAX).astype(np.int32)
-    alpha_q[0] = 0
-    a = alpha_q / ALPHA_GRID
-    res_var = (sxx - 2 * a * sxc + a * a * scc) / np.maximum(cnt, 1)[:, None]
-    cstd_q = _q8_log2(res_var)
-    cstd_q[0] = ls
-    drop_alpha_q = np.clip(np.rint(dxc / np.maximum(dcc, 1e-300) * ALPHA_GRID), -ALPHA_MAX, ALPHA_MAX)
+        pass_stats.add(c, pm, img)
+    alpha_q, a, res_var, cstd_q, drop_alpha_q = pass_stats.parameters(ls)
     pad_std_q = _q8_log2(pad_sq / pad_n) if pad_n else ls.copy()
-
-    # Entropy model family: the better log-likelihood of the residuals of the strongest components.
-    top = max(1, int(np.searchsorted(np.cumsum(evals) / max(evals.sum(), 1e-300), 0.95)) + 1)
-    res_std = np.sqrt(np.maximum(res_var[:, :top], 1e-300))
-    ll = {"gaussian": 0.0, "laplace": 0.0}
-    for t16, pad in cache[:32]:
-        c = coefficients(t16, pad)
-        img = ~pad.reshape(gh, gw)
-        for p in range(NUM_PASSES):
-            x, ctx = pass_context(c, img, p)
-            z = (x[:, :top] - a[p, :top] * ctx[:, :top]) / res_std[p]
-            ll["gaussian"] += float((-0.5 * z * z - 0.5 * math.log(2 * math.pi)).sum())
-            ll["laplace"] += float((-math.sqrt(2) * np.abs(z) - math.log(math.sqrt(2))).sum())
-    family = "laplace" if ll["laplace"] >= ll["gaussian"] else "gaussian"
+    family, ll = _entropy_family(((coefficients(t16, pad), pm, ~pad.reshape(gh, gw)) for t16, pad in cache[:32]),
+                                 a, res_var, evals)
 
     stats = {
         "num_images": m, "num_tokens": m * n, "padding_tokens": int(cnt_pad.sum()), "skipped_images": len(skipped),
@@ -558,64 +590,21 @@ def _calibrate_variable_grid(tower, paths: list[Path], progress: Callable[[int],
         raise InvalidInputError(f"calibration needs at least 2 readable images, found {len(used)}")
     mean = total / count
     cov = gram / count - np.outer(mean, mean)
-    cov = (cov + cov.T) / 2
-    evals, evecs = np.linalg.eigh(cov)
-    order = np.argsort(-evals, kind="stable")
-    evals = np.maximum(evals[order], 0.0)
-    evecs = evecs[:, order]
-    evecs *= np.where(evecs[np.abs(evecs).argmax(0), np.arange(d)] < 0, -1.0, 1.0)  # sign convention
-    ls = np.minimum.accumulate(_q8_log2(evals))
-
-    sxx, sxc, scc = (np.zeros((NUM_PASSES, d)) for _ in range(3))
-    cnt = np.zeros(NUM_PASSES)
-    dxc, dcc = np.zeros((DROP_RADIUS_MAX, d)), np.zeros((DROP_RADIUS_MAX, d))
-
-    def pass_context(c: np.ndarray, pm: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
-        if p == 0:
-            x = c[pm == 0]
-            return x, np.zeros_like(x)
-        known = (pm < p).astype(np.float64)
-        ctx_n = _box_sum(known, PASS_RADIUS[p])
-        sel = (pm == p) & (ctx_n > 0)
-        return c[sel], _box_sum(c * known[..., None], PASS_RADIUS[p])[sel] / ctx_n[sel][:, None]
+    evals, evecs, ls = _klt(cov)
 
     def coefficients(t16: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
         return ((t16.astype(np.float64) - mean) @ evecs).reshape(*grid, d)
 
-    for t16, grid in cache:
-        c, pm = coefficients(t16, grid), pass_map(*grid)
-        for p in range(NUM_PASSES):
-            x, ctx = pass_context(c, pm, p)
-            sxx[p] += (x * x).sum(0)
-            sxc[p] += (x * ctx).sum(0)
-            scc[p] += (ctx * ctx).sum(0)
-            cnt[p] += x.shape[0]
-        ones = np.ones(grid)
-        for rho in range(1, DROP_RADIUS_MAX + 1):
-            ring_n = _box_sum(ones, rho) - ones
-            sel = ring_n > 0
-            ctx = (_box_sum(c, rho) - c)[sel] / ring_n[sel][:, None]
-            dxc[rho - 1] += (c[sel] * ctx).sum(0)
-            dcc[rho - 1] += (ctx * ctx).sum(0)
-    alpha_q = np.clip(np.rint(sxc / np.maximum(scc, 1e-300) * ALPHA_GRID), -ALPHA_MAX, ALPHA_MAX).astype(np.int32)
-    alpha_q[0] = 0
-    a = alpha_q / ALPHA_GRID
-    res_var = (sxx - 2 * a * sxc + a * a * scc) / np.maximum(cnt, 1)[:, None]
-    cstd_q = _q8_log2(res_var)
-    cstd_q[0] = ls
-    drop_alpha_q = np.clip(np.rint(dxc / np.maximum(dcc, 1e-300) * ALPHA_GRID), -ALPHA_MAX, ALPHA_MAX)
+    def coefficient_grids(items):
+        """(coefficients, pass map, image positions: all of them) of cached images."""
+        for t16, grid in items:
+            yield coefficients(t16, grid), pass_map(*grid), np.ones(grid, dtype=bool)
 
-    top = max(1, int(np.searchsorted(np.cumsum(evals) / max(evals.sum(), 1e-300), 0.95)) + 1)
-    res_std = np.sqrt(np.maximum(res_var[:, :top], 1e-300))
-    ll = {"gaussian": 0.0, "laplace": 0.0}
-    for t16, grid in cache[:32]:
-        c, pm = coefficients(t16, grid), pass_map(*grid)
-        for p in range(NUM_PASSES):
-            x, ctx = pass_context(c, pm, p)
-            z = (x[:, :top] - a[p, :top] * ctx[:, :top]) / res_std[p]
-            ll["gaussian"] += float((-0.5 * z * z - 0.5 * math.log(2 * math.pi)).sum())
-            ll["laplace"] += float((-math.sqrt(2) * np.abs(z) - math.log(math.sqrt(2))).sum())
-    family = "laplace" if ll["laplace"] >= ll["gaussian"] else "gaussian"
+    pass_stats = _PassStatistics(d)
+    for c, pm, img in coefficient_grids(cache):
+        pass_stats.add(c, pm, img)
+    alpha_q, a, res_var, cstd_q, drop_alpha_q = pass_stats.parameters(ls)
+    family, ll = _entropy_family(coefficient_grids(cache[:32]), a, res_var, evals)
 
     m = len(used)
     stats = {
