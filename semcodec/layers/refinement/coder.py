@@ -196,6 +196,17 @@ def _bands(n_rows: int, n_cols: int) -> list[slice]:
     return [slice(r, min(r + step, n_rows)) for r in range(0, n_rows, step)]
 
 
+def _bucket_scales(truth: np.ndarray, bands: list[slice], means: list[np.ndarray], keys: list[np.ndarray]) -> np.ndarray:
+    """The scale index of each bucket of a group for its symbols ``truth`` (rows, columns), given each band's
+    means and buckets."""
+    err_sum, counts = np.zeros(BUCKETS), np.zeros(BUCKETS, dtype=np.int64)
+    for band, mean_q, key in zip(bands, means, keys):
+        err = np.abs(truth[band] - mean_q / MEAN_GRID)
+        err_sum += np.bincount(key.ravel(), err.ravel(), minlength=BUCKETS)
+        counts += np.bincount(key.ravel(), minlength=BUCKETS)
+    return _scale_indices(err_sum, counts)
+
+
 def _scale_indices(abs_err_sum: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Per bucket, the table scale nearest (in log) to the Laplace fit ``b = mean |q − μ|``; unused buckets marked."""
     out = np.full(BUCKETS, UNUSED_BUCKET, dtype=np.uint8)
@@ -252,6 +263,11 @@ def _image_of(planes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(planes.astype(np.uint8), 0, 2))
 
 
+def _refined(base_planes: np.ndarray, s: "_Planes", step16: int) -> np.ndarray:
+    """``x̂₂ = clip(x̂₁ + r̂, 0, 255)`` from the decoded symbols, (H, W, C) uint8."""
+    return _image_of(np.clip(base_planes + dequantize(s.interior(s.q), step16), 0, 255))
+
+
 class RefinementCoder:
     """Encodes and decodes layer 2 (``REF2``). It has no model file: everything it needs is in the payload."""
 
@@ -287,34 +303,26 @@ class RefinementCoder:
             bands = _bands(*truth.shape)
             weights = self._fit(s, phase, channel, truth, bound)
             means, keys = [], []
-            err_sum, counts = np.zeros(BUCKETS), np.zeros(BUCKETS, dtype=np.int64)
             for band in bands:
                 feats, key = _features(s, phase, channel, band)
-                mean_q = _mean_q(feats, weights, bound)
-                means.append(mean_q)
+                means.append(_mean_q(feats, weights, bound))
                 keys.append(key)
-                err = np.abs(truth[band] - mean_q / MEAN_GRID)
-                err_sum += np.bincount(key.ravel(), err.ravel(), minlength=BUCKETS)
-                counts += np.bincount(key.ravel(), minlength=BUCKETS)
-            scale_index = _scale_indices(err_sum, counts)
+            scale_index = _bucket_scales(truth, bands, means, keys)
             if step16 > STEP_ONE:                                          # lossy: rate-distortion choice
                 lam = RDO_LAMBDA * (step16 / STEP_ONE) ** 2
                 pixel_target = target[channel, py::stride, px::stride]
                 pixel_base = base_planes[channel, py::stride, px::stride]
-                err_sum[:] = 0
                 for band, mean_q, key in zip(bands, means, keys):
                     truth[band] = _rdo(truth[band], mean_q, SCALE_TABLE.scales[scale_index[key]], pixel_target[band],
                                        pixel_base[band], step16, lam)
-                    err = np.abs(truth[band] - mean_q / MEAN_GRID)
-                    err_sum += np.bincount(key.ravel(), err.ravel(), minlength=BUCKETS)
-                scale_index = _scale_indices(err_sum, counts)
+                scale_index = _bucket_scales(truth, bands, means, keys)     # refitted to the chosen symbols
             for band, mean_q, key in zip(bands, means, keys):
                 enc.encode_gaussian(truth[band], scale_index[key].astype(np.int32), SCALE_TABLE, mean_q=mean_q,
                                     mean_grid=MEAN_GRID, lo=-bound, hi=bound, family="laplace")
             s.set_group(phase, channel, truth)
             models.append(GroupModel(weights, scale_index))
         base_crc = pixels_crc(_image_of(base_planes))
-        recon = _image_of(np.clip(base_planes + dequantize(s.interior(s.q), step16), 0, 255))
+        recon = _refined(base_planes, s, step16)
         return RefinementPayload(channels, step16, base_crc, pixels_crc(recon), tuple(models),
                                  enc.to_bytes()).to_bytes()
 
@@ -352,7 +360,7 @@ class RefinementCoder:
                                                     mean_grid=MEAN_GRID, lo=-bound, hi=bound, family="laplace")
             s.set_group(phase, channel, decoded)
         dec.finish()
-        recon = _image_of(np.clip(base_planes + dequantize(s.interior(s.q), p.step16), 0, 255))
+        recon = _refined(base_planes, s, p.step16)
         if pixels_crc(recon) != p.pixels_crc:
             raise CorruptStreamError("corrupt refinement layer: the refined pixels fail their CRC-32")
         return recon

@@ -100,38 +100,23 @@ class RefinementPayload:
             TruncatedStreamError, CorruptStreamError: the payload is cut short or has impossible values.
         """
         data = bytes(data)
-        if len(data) < _PREFIX.size:
-            raise TruncatedStreamError(f"the refinement layer is truncated: {len(data)} bytes, its prefix alone "
-                                       f"takes {_PREFIX.size}")
-        version, channels, step16, base_crc, crc = _PREFIX.unpack_from(data)
-        if version != PAYLOAD_VERSION:
-            raise UnsupportedVersionError(f"refinement layer version {version} is not supported (this semcodec "
-                                          f"reads version {PAYLOAD_VERSION}); upgrade semcodec")
-        if channels not in (1, 3):
-            raise CorruptStreamError(f"corrupt refinement layer: {channels} channels (1 or 3)")
-        if not STEP_ONE <= step16 <= MAX_STEP16:
-            raise CorruptStreamError(f"corrupt refinement layer: step {step16}/16 is outside "
-                                     f"1..{MAX_STEP16 // STEP_ONE}")
+        _version, channels, step16, base_crc, crc = _read_prefix(data)
         pos = _PREFIX.size
+
+        def take(n: int) -> bytes:
+            nonlocal pos
+            if pos + n > len(data):
+                raise TruncatedStreamError("the refinement layer is truncated inside its model parameters")
+            pos += n
+            return data[pos - n:pos]
+
         groups = []
         for count in feature_counts(channels):
-            if pos >= len(data):
-                raise TruncatedStreamError("the refinement layer is truncated inside its model parameters")
-            flags = data[pos]
-            pos += 1
+            flags = take(1)[0]
             if flags & ~FLAG_PREDICTED:
                 raise CorruptStreamError(f"corrupt refinement layer: unknown group flags 0x{flags:02x}")
-            weights = None
-            if flags & FLAG_PREDICTED:
-                weights = np.frombuffer(data, dtype="<i2", count=count, offset=pos).astype(np.int64) \
-                    if pos + 2 * count <= len(data) else None
-                if weights is None:
-                    raise TruncatedStreamError("the refinement layer is truncated inside its model parameters")
-                pos += 2 * count
-            if pos + BUCKETS > len(data):
-                raise TruncatedStreamError("the refinement layer is truncated inside its model parameters")
-            scale_index = np.frombuffer(data, dtype=np.uint8, count=BUCKETS, offset=pos).copy()
-            pos += BUCKETS
+            weights = np.frombuffer(take(2 * count), dtype="<i2").astype(np.int64) if flags & FLAG_PREDICTED else None
+            scale_index = np.frombuffer(take(BUCKETS), dtype=np.uint8).copy()
             if np.any((scale_index >= len(SCALE_TABLE)) & (scale_index != UNUSED_BUCKET)):
                 raise CorruptStreamError("corrupt refinement layer: a scale index outside the table")
             groups.append(GroupModel(weights, scale_index))
@@ -141,17 +126,34 @@ class RefinementPayload:
         return cls(channels, step16, base_crc, crc, tuple(groups), words)
 
 
-def refinement_channels(data: bytes) -> int:
-    """The channels (1 or 3) a ``REF2`` payload refines to, read from its prefix without checking the rest.
+def _read_prefix(data: bytes) -> tuple[int, int, int, int, int]:
+    """``(version, channels, step16, base_crc, pixels_crc)`` of a payload's prefix, checked.
 
     Raises:
-        TruncatedStreamError, CorruptStreamError: the prefix is cut short or names no valid channel count.
+        UnsupportedVersionError: a payload version this semcodec does not know.
+        TruncatedStreamError, CorruptStreamError: the prefix is cut short or has impossible values.
     """
     if len(data) < _PREFIX.size:
-        raise TruncatedStreamError("the refinement layer is truncated inside its prefix")
-    if data[1] not in (1, 3):
-        raise CorruptStreamError(f"corrupt refinement layer: {data[1]} channels (1 or 3)")
-    return data[1]
+        raise TruncatedStreamError(f"the refinement layer is truncated: {len(data)} bytes, its prefix alone "
+                                   f"takes {_PREFIX.size}")
+    version, channels, step16, base_crc, crc = _PREFIX.unpack_from(data)
+    if version != PAYLOAD_VERSION:
+        raise UnsupportedVersionError(f"refinement layer version {version} is not supported (this semcodec "
+                                      f"reads version {PAYLOAD_VERSION}); upgrade semcodec")
+    if channels not in (1, 3):
+        raise CorruptStreamError(f"corrupt refinement layer: {channels} channels (1 or 3)")
+    if not STEP_ONE <= step16 <= MAX_STEP16:
+        raise CorruptStreamError(f"corrupt refinement layer: step {step16}/16 is outside 1..{MAX_STEP16 // STEP_ONE}")
+    return version, channels, step16, base_crc, crc
+
+
+def refinement_channels(data: bytes) -> int:
+    """The channels (1 or 3) a ``REF2`` payload refines to, from its checked prefix (the rest is not read).
+
+    Raises:
+        UnsupportedVersionError, TruncatedStreamError, CorruptStreamError: as :func:`_read_prefix`.
+    """
+    return _read_prefix(bytes(data[:_PREFIX.size]))[1]
 
 
 def pixels_crc(pixels: np.ndarray) -> int:
