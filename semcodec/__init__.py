@@ -25,6 +25,7 @@ from .errors import (
     RateControlError,
     SemcodecError,
     StreamError,
+    TargetAboveReachError,
     TrainingDivergedError,
     TruncatedStreamError,
     UnsupportedVersionError,
@@ -33,7 +34,7 @@ from .version import __version__
 
 __all__ = ["CompressResult", "CorruptStreamError", "InvalidInputError", "MissingLayerError", "ModelError",
            "ModelMismatchError", "ModelNotAvailableError", "OutputClosedError", "RateControlError", "SemcodecError",
-           "StreamError", "StreamInfo", "TrainingDivergedError", "TruncatedStreamError", "UnsupportedVersionError",
+           "StreamError", "StreamInfo", "TargetAboveReachError", "TrainingDivergedError", "TruncatedStreamError", "UnsupportedVersionError",
            "__version__", "compress", "compress_image", "decode_tokens", "decompress", "inspect"]
 
 _API_NAMES = {"CompressResult", "compress", "compress_image", "decode_tokens", "decompress"}

@@ -44,6 +44,7 @@ from .errors import (
     ModelMismatchError,
     RateControlError,
     SemcodecError,
+    TargetAboveReachError,
 )
 from .fsutil import file_digest8
 from .imageio import GRAY_TOLERANCE, channel_spread, gray_from_rgb, load_image
@@ -298,9 +299,7 @@ def compress_image(image, *, quality: float | None = None, bpp: float | None = N
     q0, slope = codec.rate_curve.guess(residual_bytes * 8 / (width * height), rate_range)
     try:
         found = search_rate(encoder_for(None), size, *rate_range, q_start=q0, slope=slope, never_above=max_size)
-    except RateControlError:
-        if len(encoder_for(None)(rate_range[1])) >= size:
-            raise                                                 # below what the pixel layer reaches
+    except TargetAboveReachError:                                 # above what the pixel layer reaches
         return _refinement_to_size(encoder_for, refined if steps else None, with_refinement,
                                    quality_to_rate(100, codec.coder.quality_range), size, max_size, width, height,
                                    notes)
@@ -322,9 +321,9 @@ def _refinement_to_size(encoder_for, refined, with_refinement, q_top: float, siz
     try:
         found = search_rate(lambda t: encode(step_of_knob(t)), size, 0.0, 1.0, q_start=2 / 3, slope=3.0,
                             never_above=max_size, quantum=1 / 1024)
-    except RateControlError:
-        lossless = encode(STEP_ONE)
-        if not (max_size and len(lossless) <= size):
+    except TargetAboveReachError as above:                        # the largest stream is the lossless one
+        lossless = above.largest
+        if not max_size:
             raise
         notes.append(f"the target is above the lossless size: the stream is lossless ({len(lossless)} bytes)")
         return CompressResult(lossless, width, height, q_top, 1, tuple(notes))

@@ -64,6 +64,14 @@ class RateControlError(SemcodecError):
     exit_code = 5
 
 
+class TargetAboveReachError(RateControlError):
+    """A size target above the largest stream a rate knob reaches; ``largest`` holds that stream."""
+
+    def __init__(self, message: str, largest: bytes = b""):
+        super().__init__(message)
+        self.largest = largest
+
+
 class TrainingDivergedError(SemcodecError):
     """Training kept producing non-finite losses or gradients; the last checkpoint is left untouched."""
 

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import RateControlError
+from .errors import RateControlError, TargetAboveReachError
 
 #: Relative tolerance of a size target (±2 %).
 DEFAULT_TOLERANCE = 0.02
@@ -131,7 +131,7 @@ def search_rate(encode: Callable[[float], bytes], target_bytes: int, q_min: floa
         if lo_n is None and q <= q_min:
             raise RateControlError(_out_of_range(target_bytes, n, trial(q_max), below=True))
         if hi_n is None and q >= q_max:
-            raise RateControlError(_out_of_range(target_bytes, trial(q_min), n, below=False))
+            raise TargetAboveReachError(_out_of_range(target_bytes, trial(q_min), n, below=False), cache[q])
         if hi_q - lo_q <= quantum:
             break
         if lo_n is not None and hi_n is not None:
