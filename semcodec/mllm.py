@@ -43,7 +43,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -53,6 +53,19 @@ from .layers.semantic import Tokens
 
 __all__ = ["llava_input_ids", "llava_inputs_embeds", "onevision_input_ids", "onevision_inputs_embeds",
            "onevision_num_image_tokens", "projector", "qwen_input_ids", "qwen_inputs"]
+
+
+def _checked_items(tokens: Tokens | Sequence[Tokens], check: Callable[[Tokens], None] | None) -> list[Tokens]:
+    """The adapters' common start: transformers present, the tokens as a non-empty list, each passed to ``check``
+    (which raises for a token space the model does not consume) unless it is None."""
+    _require_transformers()
+    items = [tokens] if isinstance(tokens, Tokens) else list(tokens)
+    if not items:
+        raise InvalidInputError("no tokens given")
+    if check is not None:
+        for t in items:
+            check(t)
+    return items
 
 
 def _require_transformers() -> None:
@@ -155,14 +168,7 @@ def llava_inputs_embeds(model, tokens: Tokens | Sequence[Tokens], input_ids: tor
         InvalidInputError: the number of image tokens in ``input_ids`` differs from the tokens given.
         ModelMismatchError: the model consumes another layer or width.
     """
-    _require_transformers()
-    items = [tokens] if isinstance(tokens, Tokens) else list(tokens)
-    if not items:
-        raise InvalidInputError("no tokens given")
-    config = model.config
-    if check:
-        for t in items:
-            _check_compatible(config, t)
+    items = _checked_items(tokens, (lambda t: _check_compatible(model.config, t)) if check else None)
     param = next(projector(model).parameters())
     with torch.no_grad():
         feats = torch.cat([t.tokens.to(param.device, param.dtype) for t in items])  # (sum N, D)
@@ -295,13 +301,7 @@ def onevision_inputs_embeds(model, tokens: Tokens | Sequence[Tokens], input_ids:
         InvalidInputError: the number of image tokens in ``input_ids`` differs from ``sum(N + 1)``.
         ModelMismatchError: the model consumes another block, width, grid or selection.
     """
-    _require_transformers()
-    items = [tokens] if isinstance(tokens, Tokens) else list(tokens)
-    if not items:
-        raise InvalidInputError("no tokens given")
-    if check:
-        for t in items:
-            _check_onevision(model.config, t, tower_layers)
+    items = _checked_items(tokens, (lambda t: _check_onevision(model.config, t, tower_layers)) if check else None)
     newline = None
     for owner in (model, getattr(model, "model", None)):
         value = getattr(owner, "image_newline", None) if owner is not None else None
@@ -387,14 +387,8 @@ def qwen_inputs(model, tokens: Tokens | Sequence[Tokens], input_ids: torch.Tenso
         InvalidInputError: the number of image tokens in ``input_ids`` differs from ``Σ gh·gw``.
         ModelMismatchError: the model consumes another width or preprocessing.
     """
-    _require_transformers()
-    items = [tokens] if isinstance(tokens, Tokens) else list(tokens)
-    if not items:
-        raise InvalidInputError("no tokens given")
     config = model.config
-    if check:
-        for t in items:
-            _check_qwen(config, t)
+    items = _checked_items(tokens, (lambda t: _check_qwen(config, t)) if check else None)
     embed = model.get_input_embeddings()
     feats = torch.cat([t.tokens.to(embed.weight.device, embed.weight.dtype) for t in items])  # (Σ N, H)
     embeds = _splice(model, input_ids, feats, "qwen_input_ids")
