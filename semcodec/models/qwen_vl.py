@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from ..errors import InvalidInputError, ModelError, ModelMismatchError
+from .frozen_tower import FrozenTower
 
 __all__ = ["QwenVisionTower", "QWEN_FAMILY", "load_qwen_visual", "qwen_grid", "resize_note", "smart_resize"]
 
@@ -180,7 +181,7 @@ def load_qwen_visual(config: dict, path: Path, arch: str) -> torch.nn.Module:
     return visual
 
 
-class QwenVisionTower:
+class QwenVisionTower(FrozenTower):
     """A loaded Qwen2.5-VL vision encoder: Qwen's preprocessing + ViT + merger, one token grid per image.
 
     The same interface as :class:`~semcodec.models.semantic.SemanticTower` where it makes sense, but
@@ -191,20 +192,8 @@ class QwenVisionTower:
     variable_grid = True
 
     def __init__(self, spec, visual: torch.nn.Module, weights: Path | None = None):
-        self.spec = spec
-        self.weights = weights
+        super().__init__(spec, visual, weights)
         self.config = spec.config
-        self.visual = visual.float().eval().requires_grad_(False)
-        self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
-
-    def to(self, device) -> "QwenVisionTower":
-        self.visual.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.visual.parameters()).device
 
     def grid(self, width: int, height: int) -> tuple[int, int]:
         """The token grid ``(gh, gw)`` of a ``width × height`` image."""

@@ -74,6 +74,7 @@ import torch
 from PIL import Image
 
 from ..errors import InvalidInputError, ModelError, ModelMismatchError, ModelNotAvailableError
+from .frozen_tower import FrozenTower
 from .qwen_vl import QWEN25_VL_7B, QWEN_FAMILY
 
 __all__ = [
@@ -795,27 +796,15 @@ def box_region(spec: SemanticSpec, width: int, height: int, top: int, left: int,
     return t0 + rh * top / height, l0 + rw * left / width, rh * box_height / height, rw * box_width / width
 
 
-class SemanticTower:
+class SemanticTower(FrozenTower):
     """A loaded tower: preprocessing + frozen ViT, returning patch tokens of ``spec.layer``.
 
     Always eval mode, float32, CPU unless moved with :meth:`to`, no gradients.
     """
 
     def __init__(self, spec: SemanticSpec, visual: torch.nn.Module, weights: Path | None = None):
-        self.spec = spec
-        self.weights = weights
-        self.visual = visual.float().eval().requires_grad_(False)
-        self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
+        super().__init__(spec, visual, weights)
         self._block = spec.num_layers + spec.layer  # absolute index of the block whose output we take
-
-    def to(self, device) -> "SemanticTower":
-        self.visual.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.visual.parameters()).device
 
     # ---- preprocessing
 
