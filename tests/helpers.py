@@ -123,3 +123,11 @@ def run_cli_in_fresh_interpreter(*args: str, forbidden: tuple[str, ...] = (), en
     last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     imported = ast.literal_eval(last.removeprefix("imported:").strip()) if last.startswith("imported:") else None
     return result, imported
+
+
+def csv_rows(path) -> list[dict]:
+    """The rows of a CSV file with a header, as dicts."""
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 
 import numpy as np
 import pytest
-from helpers import SAMPLE
+from helpers import SAMPLE, csv_rows
 from PIL import Image
 
 from semcodec.bench.baselines import compressai_weights, pillow_baselines, select_baselines
@@ -19,22 +18,6 @@ from semcodec.errors import InvalidInputError
 from semcodec.cli.bench import bench
 
 BASELINES = "jpeg420,jpeg444,webp,avif,jxl"
-
-
-@pytest.fixture
-def small_images(tmp_path):
-    """Two small PNG crops of the sample photo (128×96 and 96×96)."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    im = Image.open(SAMPLE).convert("RGB")
-    im.crop((0, 0, 128, 96)).save(folder / "a.png")
-    im.crop((200, 100, 296, 196)).save(folder / "b.png")
-    return folder
-
-
-def _rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_bench_end_to_end(runner, test_codec, small_images, tmp_path):
@@ -58,7 +41,7 @@ def _check_outputs(result, out, images, test_codec):
             assert im.format == "PNG" and im.width >= 800
 
     # every image × setting, all columns, no failures, consistent numbers
-    rows = _rows(out / "measurements.csv")
+    rows = csv_rows(out / "measurements.csv")
     assert list(rows[0]) == list(COLUMNS)
     codecs = {r["codec"] for r in rows}
     assert {"jpeg420", "jpeg444", "webp", "avif", "jxl", test_codec} <= codecs
@@ -87,14 +70,14 @@ def _check_outputs(result, out, images, test_codec):
     assert "| codec | quality |" in result.stdout and "jpeg420" in result.stdout
 
     # BD rows: the semcodec curve against every measured baseline (and the published curves when present)
-    bd = _rows(out / "bdrate.csv")
+    bd = csv_rows(out / "bdrate.csv")
     anchors = {r["anchor"] for r in bd if r["test"] == test_codec}
     assert {"jpeg420", "jpeg444", "webp", "avif", "jxl"} <= anchors
     if load_published():
         assert any(r["anchor_kind"] == "published" and r["anchor"].endswith("(published)") for r in bd)
 
     # speed section: the default model's encode/decode, pixels + tower, tokens-only (or why not)
-    speed = _rows(out / "speed.csv")
+    speed = csv_rows(out / "speed.csv")
     whats = {r["what"] for r in speed}
     assert {"encode (q=75)", "decode pixels", "decode pixels + tower (tiny)", "decode tokens (layer 0 only)"} <= whats
     assert all(r["threads"] == "1" for r in speed)
@@ -109,7 +92,7 @@ def _check_outputs(result, out, images, test_codec):
 
 def _check_semantic_curve(out, test_codec):
     """The semantic-layer curve is measured once compress_image takes semantic=, else skipped with a note."""
-    rows = _rows(out / "measurements.csv")
+    rows = csv_rows(out / "measurements.csv")
     semantic_rows = [r for r in rows if r["codec"] == f"{test_codec}+semantic=tiny"]
     notes = json.loads((out / "run.json").read_text())["notes"]
     if unsupported_keywords({"semantic": "tiny"}):
@@ -119,7 +102,7 @@ def _check_semantic_curve(out, test_codec):
 
 
 def _check_summary_and_readme(out, tmp_path):
-    rows = _rows(out / "measurements.csv")
+    rows = csv_rows(out / "measurements.csv")
     summary = summarize(rows)
     jpeg = next(s for s in summary if s["codec"] == "jpeg420" and s["param"] == 60)
     pair = [r for r in rows if r["codec"] == "jpeg420" and float(r["param"]) == 60]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 
 import numpy as np
 import pytest
-from helpers import SAMPLE
+from helpers import csv_rows
 from PIL import Image
 
 import semcodec.bench.runner as runner_module
@@ -24,22 +23,6 @@ from semcodec.cli.bench import bench
 BASELINES = "jpeg420,jpeg444,webp,avif,jxl"
 
 
-@pytest.fixture
-def small_images(tmp_path):
-    """Two small PNG crops of the sample photo (128×96 and 96×96)."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    im = Image.open(SAMPLE).convert("RGB")
-    im.crop((0, 0, 128, 96)).save(folder / "a.png")
-    im.crop((200, 100, 296, 196)).save(folder / "b.png")
-    return folder
-
-
-def _rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def test_lossless_and_high_rate_sections_alone(runner, test_codec, small_images, tmp_path):
     """--sections lossless,high-rate --quick: only those sections' files, every number consistent (a few seconds)."""
     out = tmp_path / "out"
@@ -51,7 +34,7 @@ def test_lossless_and_high_rate_sections_alone(runner, test_codec, small_images,
                        "high_rate_summary.csv", "high_rate_bdrate.csv", "rd_high_rate.png", "results.md", "run.json"}
 
     # lossless: every codec on every image, bit-exact, bpp = its bytes; PNG's size is what Pillow writes
-    rows = _rows(out / "lossless.csv")
+    rows = csv_rows(out / "lossless.csv")
     assert list(rows[0]) == list(LOSSLESS_COLUMNS)
     names = [c.name for c in lossless_codecs()]
     assert {"png", "webp-lossless-m4", "webp-lossless-m6", "jxl-lossless-e7"} <= set(names)
@@ -72,7 +55,7 @@ def test_lossless_and_high_rate_sections_alone(runner, test_codec, small_images,
     assert int(ours["bytes"]) == len(data) and mismatch(np.asarray(original), api.decompress(data)) is None
 
     # high rate: semcodec's quick sweep (qualities into layer 2, bpp targets) and each baseline's high sweep
-    high = _rows(out / "high_rate.csv")
+    high = csv_rows(out / "high_rate.csv")
     assert not [r for r in high if r["error"]]
     ours = {knob_text(r["setting"]) for r in high if r["codec"] == test_codec}
     assert ours == {f"quality {q}" for q in HIGH_RATE_QUICK_QUALITIES} | {f"bpp {b}" for b in HIGH_RATE_QUICK_BPPS}
@@ -88,7 +71,7 @@ def test_lossless_and_high_rate_sections_alone(runner, test_codec, small_images,
                                                                              "distance 0.18", "distance 0.11"}
 
     # BD-rates over 36–46 dB against every baseline, each over an interval inside that range
-    bd = _rows(out / "high_rate_bdrate.csv")
+    bd = csv_rows(out / "high_rate_bdrate.csv")
     assert {r["anchor"] for r in bd} == {"jpeg420", "jpeg444", "webp", "avif", "avif444", "jxl"}
     for r in bd:
         if r["from_db"]:
