@@ -15,7 +15,8 @@ import semcodec._compat  # noqa: F401  (before transformers, which imports torch
 
 transformers = pytest.importorskip("transformers", reason="the optional extra 'mllm' (transformers) is not installed")
 
-from test_tower_equivalence import SIGLIP_CFG, onevision_processor, photo, siglip_spec  # noqa: E402
+from test_tower_equivalence import (SIGLIP_CFG, onevision_processor, photo, siglip_spec,  # noqa: E402
+                                    tiny_onevision)
 
 from semcodec.errors import InvalidInputError, ModelMismatchError  # noqa: E402
 from semcodec.layers.semantic import Tokens, calibrate, decode_tokens, semantic_only_stream  # noqa: E402
@@ -29,23 +30,7 @@ TOWER_LAYERS = SIGLIP_CFG["vision_cfg"]["layers"]  # the spec's full tower; the 
 
 @pytest.fixture(scope="module")
 def model():
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
-                              SiglipVisionConfig)
-
-    torch.manual_seed(5)
-    vc = SIGLIP_CFG["vision_cfg"]
-    vision = SiglipVisionConfig(hidden_size=vc["width"], intermediate_size=vc["mlp_dim"], num_hidden_layers=3,
-                                num_attention_heads=vc["heads"], image_size=vc["image_size"],
-                                patch_size=vc["patch_size"], vision_use_head=False)
-    text = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                       num_attention_heads=2, num_key_value_heads=2)
-    config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
-                                  video_token_index=VIDEO_TOKEN,
-                                  image_grid_pinpoints=[[56, 56], [56, 112], [112, 56], [112, 112]])
-    m = LlavaOnevisionForConditionalGeneration(config).eval()
-    for p in m.parameters():  # HF's init leaves biases, norms and image_newline trivial: randomize everything
-        p.data.normal_(0, 0.2 if p.ndim > 1 else 0.5)
-    return m
+    return tiny_onevision(5)
 
 
 @pytest.fixture(scope="module")

@@ -44,13 +44,13 @@ def siglip_spec(layer: int = -2):
                           sem.INCEPTION_STD, "squash", "test tower")
 
 
-@pytest.fixture(scope="module")
-def onevision():
-    """A tiny LLaVA-OneVision whose SigLIP tower keeps 3 of the spec's 4 layers (as the real one keeps 26 of 27)."""
+def tiny_onevision(seed: int):
+    """A tiny LLaVA-OneVision whose SigLIP tower keeps 3 of the spec's 4 layers (as the real one keeps 26 of 27),
+    every parameter random (``seed``); image token 60, video token 61."""
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
                               SiglipVisionConfig)
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     vc = SIGLIP_CFG["vision_cfg"]
     vision = SiglipVisionConfig(hidden_size=vc["width"], intermediate_size=vc["mlp_dim"], num_hidden_layers=3,
                                 num_attention_heads=vc["heads"], image_size=vc["image_size"],
@@ -60,9 +60,14 @@ def onevision():
     config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=60, video_token_index=61,
                                   image_grid_pinpoints=[[56, 56], [56, 112], [112, 56], [112, 112]])
     model = LlavaOnevisionForConditionalGeneration(config).eval()
-    for p in model.parameters():  # HF's init leaves biases and norms trivial: randomize everything
+    for p in model.parameters():  # HF's init leaves biases, norms and image_newline trivial: randomize everything
         p.data.normal_(0, 0.2 if p.ndim > 1 else 0.5)
     return model
+
+
+@pytest.fixture(scope="module")
+def onevision():
+    return tiny_onevision(0)
 
 
 def onevision_processor():

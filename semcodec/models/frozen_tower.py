@@ -5,6 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
+
+from ..errors import InvalidInputError
+
+
+def rgb_image(image: Image.Image) -> Image.Image:
+    """A tower's input image in RGB (palette and gray+alpha images through RGBA, as Pillow converts them).
+
+    Raises:
+        InvalidInputError: not a PIL image, or an empty one.
+    """
+    if not isinstance(image, Image.Image):
+        raise InvalidInputError(f"expected a PIL image, got {type(image).__name__}")
+    if image.width < 1 or image.height < 1:
+        raise InvalidInputError("the image is empty")
+    if image.mode != "RGB":
+        image = image.convert("RGBA").convert("RGB") if image.mode in ("P", "LA", "PA") else image.convert("RGB")
+    return image
 
 
 class FrozenTower:

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from ..errors import InvalidInputError, ModelError, ModelMismatchError
-from .frozen_tower import FrozenTower
+from .frozen_tower import FrozenTower, rgb_image
 
 __all__ = ["QwenVisionTower", "QWEN_FAMILY", "load_qwen_visual", "qwen_grid", "resize_note", "smart_resize"]
 
@@ -207,12 +207,7 @@ class QwenVisionTower(FrozenTower):
         """One PIL image -> ``(pixel_values (gh·gw·4, 3·T·P·P) float32, grid_thw (1, 3) int64)``, laid out as
         ``Qwen2VLImageProcessor`` lays them out (patch grid ``2gh × 2gw``, 2×2 merge groups contiguous, the
         frame repeated ``T = temporal_patch_size`` times)."""
-        if not isinstance(image, Image.Image):
-            raise InvalidInputError(f"expected a PIL image, got {type(image).__name__}")
-        if image.width < 1 or image.height < 1:
-            raise InvalidInputError("the image is empty")
-        if image.mode != "RGB":
-            image = image.convert("RGBA").convert("RGB") if image.mode in ("P", "LA", "PA") else image.convert("RGB")
+        image = rgb_image(image)
         vc = self.config["vision_cfg"]
         patch, merge, temporal = int(vc["patch_size"]), int(vc["spatial_merge_size"]), int(vc["temporal_patch_size"])
         (h, w), _ = qwen_grid(self.config, image.width, image.height)

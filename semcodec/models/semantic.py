@@ -74,7 +74,7 @@ import torch
 from PIL import Image
 
 from ..errors import InvalidInputError, ModelError, ModelMismatchError, ModelNotAvailableError
-from .frozen_tower import FrozenTower
+from .frozen_tower import FrozenTower, rgb_image
 from .qwen_vl import QWEN25_VL_7B, QWEN_FAMILY
 
 __all__ = [
@@ -832,12 +832,7 @@ class SemanticTower(FrozenTower):
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """One PIL image -> normalized tower input ``(3, S, S)`` float32."""
-        if not isinstance(image, Image.Image):
-            raise InvalidInputError(f"expected a PIL image, got {type(image).__name__}")
-        if image.width < 1 or image.height < 1:
-            raise InvalidInputError("the image is empty")
-        if image.mode != "RGB":
-            image = image.convert("RGBA").convert("RGB") if image.mode in ("P", "LA", "PA") else image.convert("RGB")
+        image = rgb_image(image)
         x = torch.from_numpy(np.asarray(self._square(image), dtype=np.float32) / 255.0)  # (S, S, 3)
         return (x.permute(2, 0, 1) - self._mean) / self._std
 
