@@ -25,6 +25,7 @@ from PIL import Image
 
 from .bitstream.container import (
     CHUNK_OVERHEAD,
+    LAYER_TYPES,
     REFINEMENT_LAYER,
     RESIDUAL_LAYER,
     RESIDUAL_TILES_VERSION,
@@ -575,8 +576,8 @@ def decompress(data) -> Image.Image:
     return image
 
 
-#: Layer numbers of the shell and their chunk types.
-LAYER_NUMBERS = {0: SEMANTIC_LAYER, 1: RESIDUAL_LAYER, 2: REFINEMENT_LAYER}
+#: Layer numbers of the shell and their chunk types: a layer's number is its place in the stream order.
+LAYER_NUMBERS = dict(enumerate(LAYER_TYPES))
 
 
 def extract_layers(data, layers) -> bytes:

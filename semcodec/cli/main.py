@@ -282,7 +282,9 @@ def layer_list(ctx, param, value: str) -> tuple[int, ...]:
         numbers = tuple(int(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of layer numbers (e.g. 0,1)") from None
-    if not numbers or any(n not in (0, 1, 2) for n in numbers):
+    from ..bitstream.container import LAYER_TYPES      # a layer's number is its place in the stream order
+
+    if not numbers or any(not 0 <= n < len(LAYER_TYPES) for n in numbers):
         raise click.BadParameter(f"layers are 0 (semantic), 1 (pixels) and 2 (refinement); got {value!r}")
     return numbers
 
