@@ -408,10 +408,13 @@ def categorical_cdf(counts: np.ndarray) -> np.ndarray:
 
 
 class RangeDecoder:
-    """constriction's RangeDecoder<u32, u64> with 24-bit probabilities (pixels.md §5.1)."""
+    """constriction's RangeDecoder<u32, u64> with 24-bit probabilities (pixels.md §5.1), with the end check of
+    pixels.md §5.2: each decoded symbol is encoded again (:class:`RangeEncoder`), and at the end the words must be
+    exactly that encoding (:meth:`words_match`)."""
 
     def __init__(self, words: np.ndarray):
         self.words = [int(w) for w in words]
+        self.replay = RangeEncoder()
         self.pos = 0
         self.lower, self.range = 0, MASK64
         self.point = 0
@@ -439,11 +442,12 @@ class RangeDecoder:
             self.lower = (self.lower << 32) & MASK64
             self.range <<= 32
             self.point = ((self.point << 32) & MASK64) | self._read()
+        self.replay.encode(left, prob)
         return i
 
-    def maybe_exhausted(self) -> bool:
-        return self.pos >= len(self.words) and (
-            self.range == MASK64 or ((self.point - self.lower) & MASK64) < (1 << 33) - 1)
+    def words_match(self) -> bool:
+        """After the last symbol: whether the words are exactly the encoding of the decoded symbols."""
+        return self.replay.flush() == self.words
 
 
 # --------------------------------------------------------------------------- the RES1 decode (pixels.md §6)
@@ -540,8 +544,8 @@ def decode_res1(codec: Codec, payload: bytes, width: int, height: int, check_dig
             decode_y(mask)
         y_sym[:, r0:r1, c0:c1], index[:, r0:r1, c0:c1] = tile_sym, tile_index
         means[:, r0:r1, c0:c1] = params[M:].astype(np.float32)
-    if not dec.maybe_exhausted():
-        raise ReferenceDecodeError("data left after the last symbol")
+    if not dec.words_match():
+        raise ReferenceDecodeError("the pixel layer's words are not the encoding of its symbols")
 
     y_hat = y_sym.astype(np.float32) + means
     x = g_s(codec, y_hat * codec.gains("log_inv_gain", q, np.float32)[:, None, None])[:, :height, :width]
@@ -551,8 +555,9 @@ def decode_res1(codec: Codec, payload: bytes, width: int, height: int, check_dig
 
 
 class RangeEncoder:
-    """constriction's RangeEncoder<u32, u64> with 24-bit probabilities (pixels.md §5.3), for the end check of
-    refinement.md §4.6: the words must be exactly those that this encoder writes for the decoded symbols."""
+    """constriction's RangeEncoder<u32, u64> with 24-bit probabilities (pixels.md §5.3), for the decoders' end check
+    (pixels.md §5.2, refinement.md §4.6): the words must be exactly those that this encoder writes for the decoded
+    symbols."""
 
     def __init__(self):
         self.lower, self.range = 0, MASK64
@@ -791,7 +796,7 @@ def decode_ref2(payload: bytes, base: np.ndarray) -> Ref2Decoded:
     P = [reflect_pad(base[:, :, c].astype(np.int64)) for c in range(C)]                          # (H+4, W+4)
     Q = [np.zeros((shape[0] + 2 * REF2_PAD, shape[1] + 2 * REF2_PAD), np.int64) for _ in range(C)]
     symbols, means, index = (np.zeros((C, *shape), np.int64) for _ in range(3))
-    dec, enc = RangeDecoder(ref.words), RangeEncoder()
+    dec = RangeDecoder(ref.words)
     for group in ref.groups:
         phase, c = group.phase, group.channel
         (py, px, stride) = REF2_PHASES[phase]
@@ -806,15 +811,13 @@ def decode_ref2(payload: bytes, base: np.ndarray) -> Ref2Decoded:
         cdfs = laplace_cdfs(mean_q / 16.0, SCALES[k], bound)
         q = np.empty(len(k), np.int64)
         for n, cdf in enumerate(cdfs):                               # raster order within the group
-            i = dec.decode(cdf)
-            enc.encode(int(cdf[i]), int(cdf[i + 1] - cdf[i]))
-            q[n] = i - bound
+            q[n] = dec.decode(cdf) - bound
         rows, cols = slice(py, None, stride), slice(px, None, stride)
         symbols[c, rows, cols] = q.reshape(symbols[c, rows, cols].shape)
         means[c, rows, cols] = mean_q.reshape(symbols[c, rows, cols].shape)
         index[c, rows, cols] = k.reshape(symbols[c, rows, cols].shape)
         Q[c] = reflect_pad(symbols[c])                                 # padding recomputed from the interior
-    if enc.flush() != [int(w) for w in ref.words]:
+    if not dec.words_match():
         raise ReferenceDecodeError("the refinement layer's words are not the encoding of its symbols")
     residual = ref2_dequantize(symbols, step16).transpose(1, 2, 0)                               # (H, W, C)
     pixels = np.clip(base.astype(np.int64) + residual, 0, 255).astype(np.uint8)

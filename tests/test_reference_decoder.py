@@ -148,6 +148,29 @@ def test_reference_decoder_tile_checks(reference_codec):
         rd.decode_res1(reference_codec, untiled, 16384, 16384)
 
 
+@pytest.mark.parametrize("word", [0, 1, 0xFFFFFFFF])
+def test_reference_decoder_refuses_a_trailing_word(reference_codec, word):
+    """A RES1 payload with one word appended still decodes every symbol (the two-word look-ahead hides it); the
+    end check of pixels.md §5.2 refuses it, as semcodec does."""
+    container = rd.read_container(_golden("ms192-sample-64x48-q30"))
+    payload = container.layers["RES1"] + word.to_bytes(4, "little")
+    with pytest.raises(rd.ReferenceDecodeError, match="not the encoding of its symbols"):
+        rd.decode_res1(reference_codec, payload, container.width, container.height)
+    with pytest.raises(semcodec.CorruptStreamError):
+        semcodec.decompress(with_res1_payload(_golden("ms192-sample-64x48-q30"), payload))
+
+
+def with_res1_payload(stream: bytes, payload: bytes) -> bytes:
+    """``stream`` with its RES1 payload replaced (through semcodec's own container writer)."""
+    from dataclasses import replace
+
+    from semcodec.bitstream.container import Chunk, read_container, write_container
+
+    container = read_container(stream)
+    chunks = tuple(Chunk(c.type, payload) if c.type == b"RES1" else c for c in container.chunks)
+    return write_container(replace(container, chunks=chunks))
+
+
 def test_reference_scale_table_and_gaussian_tables():
     """The scale table is semcodec's; every quantized Gaussian's integer CDF is strictly increasing (so decoding
     a symbol has one answer whatever the search) and its entries equal constriction's (a sample of symbols, read
